@@ -1,0 +1,1 @@
+"""Registers the registry models with django-auditlog (filled in with the models)."""
