@@ -1,0 +1,389 @@
+"""Trabecular ROI and per-vertebra HU measurement (SPEC section 2), with QA flags.
+
+The data walk is ``volume + VerSe body labels -> trabecular_roi per level -> LevelMeasurement per level
+-> measurement_json`` (the JSON of ``manage.py measure_volume``, SPEC section 6). Pure numpy/scipy: no
+Django here.
+
+The ROI
+-------
+Each vertebral body is eroded by ``E`` mm with the *centred* structuring element of SPEC section 2: all
+voxel offsets ``(k, j, i)`` with ``(k*dz/E)^2 + (j*dy/E)^2 + (i*dx/E)^2 <= 1``. Each body is eroded on
+its own (a voxel next to the neighbouring vertebra's label is background for this vertebra), and voxels
+outside the image count as background: a body cut by the volume edge is eroded from the cut as well, so
+its ROI never claims tissue that was not imaged. Such a body is also flagged ``touches_volume_edge``.
+
+QA flags (stable strings; pages, exports and tests rely on them)
+----------------------------------------------------------------
+Per level:
+
+``roi_too_small``
+    ROI smaller than ``MIN_ROI_ML`` (0.5 ml) or ``MIN_ROI_VOXELS`` (20 voxels): the mean is too noisy or
+    the body is mostly cut off / mis-segmented. An empty ROI has ``mean_hu = None``.
+``touches_volume_edge``
+    The body mask touches a face of the image volume: the vertebra is only partly imaged. It is still
+    measured (the ROI keeps away from the cut), never silently treated as complete.
+``contrast_exam``
+    The exam is contrast-enhanced (caller says so): trabecular HU reads higher than on plain CT.
+``hu_outlier``
+    Mean ROI HU differs by more than ``HU_OUTLIER_HU`` (50 HU) from the median of the measured levels
+    within two levels above and below (at least two such neighbours needed). Between adjacent levels
+    trabecular HU changes by a few HU; 50 HU suggests a fracture, a focal lesion or a segmentation error.
+``duplicated_level``
+    The label has two or more separate connected parts of vertebral-body size (the second largest at
+    least ``DUPLICATE_FRACTION`` (30 %) of the largest and at least 1 ml): two vertebrae probably carry the
+    same level name.
+``low_level_confidence``
+    The segmenter's confidence in the level name is below ``min_level_confidence`` (default 0.8).
+
+Case level (:func:`case_flags`): ``missing_level`` (a gap in the sequence of measured levels, e.g. T12
+and L2 without L1), ``duplicated_level``, ``low_level_confidence``, ``contrast_exam`` (each when any level
+carries it), plus whatever the segmenter reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from analysis.segmentation.levels import LEVEL_OF_LABEL, VERSE_LABEL
+
+ROI_TOO_SMALL = "roi_too_small"
+TOUCHES_VOLUME_EDGE = "touches_volume_edge"
+CONTRAST_EXAM = "contrast_exam"
+HU_OUTLIER = "hu_outlier"
+MISSING_LEVEL = "missing_level"
+DUPLICATED_LEVEL = "duplicated_level"
+LOW_LEVEL_CONFIDENCE = "low_level_confidence"
+
+MIN_ROI_ML = 0.5
+MIN_ROI_VOXELS = 20
+HU_OUTLIER_HU = 50.0
+HU_OUTLIER_NEIGHBOURS = 2  # levels above and below compared with
+DUPLICATE_FRACTION = 0.3
+DUPLICATE_MIN_ML = 1.0
+DEFAULT_MIN_LEVEL_CONFIDENCE = 0.8
+
+
+def ellipsoid_structure(spacing, erosion_mm) -> np.ndarray:
+    """The centred ellipsoidal structuring element of SPEC section 2.
+
+    Parameters
+    ----------
+    spacing : sequence of 3 floats
+        Voxel size ``(dz, dy, dx)`` in mm, in array axis order.
+    erosion_mm : float
+        Erosion depth E in mm (> 0).
+
+    Returns
+    -------
+    np.ndarray of bool, shape (2*rz+1, 2*ry+1, 2*rx+1)
+        True at the offsets ``(k, j, i)`` with ``(k*dz/E)^2 + (j*dy/E)^2 + (i*dx/E)^2 <= 1``; the centre is
+        the origin offset, ``r = floor(E / d)`` per axis.
+    """
+    spacing = np.asarray(spacing, dtype=np.float64)
+    if spacing.shape != (3,) or np.any(spacing <= 0):
+        raise ValueError(f"spacing must be 3 positive numbers (dz, dy, dx) in mm, got {spacing}")
+    if not erosion_mm > 0:
+        raise ValueError(f"erosion_mm must be > 0 for a structuring element, got {erosion_mm}")
+    # One extra offset per axis, then trimmed: the inequality itself decides, never a rounded radius.
+    radius = [int(np.ceil(erosion_mm / s)) + 1 for s in spacing]
+    k, j, i = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
+    element = (k * spacing[0] / erosion_mm) ** 2 + (j * spacing[1] / erosion_mm) ** 2 + (
+        i * spacing[2] / erosion_mm
+    ) ** 2 <= 1.0
+    keep = [np.flatnonzero(element.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    # The element is symmetric, so trimming the empty outer planes keeps it centred.
+    return element[keep[0][0] : keep[0][-1] + 1, keep[1][0] : keep[1][-1] + 1, keep[2][0] : keep[2][-1] + 1]
+
+
+def _bounding_box(mask: np.ndarray):
+    """Slices of the smallest box holding all True voxels, or None for an empty mask."""
+    from scipy import ndimage
+
+    boxes = ndimage.find_objects(mask.astype(np.uint8, copy=False))
+    return boxes[0] if boxes else None
+
+
+def trabecular_roi(body_mask, spacing, erosion_mm=3.0) -> np.ndarray:
+    """Trabecular ROI: a vertebral body mask eroded by ``erosion_mm`` with the SPEC ellipsoid.
+
+    Parameters
+    ----------
+    body_mask : np.ndarray of bool, shape (z, y, x)
+        One vertebral body.
+    spacing : sequence of 3 floats
+        ``(dz, dy, dx)`` in mm.
+    erosion_mm : float, default 3.0
+        Erosion depth in mm; 0 returns the body itself.
+
+    Returns
+    -------
+    np.ndarray of bool, shape (z, y, x)
+        The ROI. Voxels outside the image are background (see the module docstring).
+
+    Notes
+    -----
+    The erosion runs on the body's bounding box only. This is exactly the full-volume erosion with
+    ``border_value=0``: a voxel outside the box is background in the mask, so whether the box edge or the
+    volume beyond it bounds the neighbourhood makes no difference, and voxels outside the box are not in
+    the eroded result because the element contains the origin.
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(body_mask, dtype=bool)
+    if mask.ndim != 3:
+        raise ValueError(f"body_mask must be 3-D (z, y, x), got shape {mask.shape}")
+    if erosion_mm < 0:
+        raise ValueError(f"erosion_mm must be >= 0, got {erosion_mm}")
+    if erosion_mm == 0:
+        return mask.copy()
+    element = ellipsoid_structure(spacing, erosion_mm)
+    roi = np.zeros_like(mask)
+    box = _bounding_box(mask)
+    if box is None:
+        return roi
+    roi[box] = ndimage.binary_erosion(mask[box], structure=element, border_value=0)
+    return roi
+
+
+@dataclass
+class LevelMeasurement:
+    """HU statistics of one vertebra's trabecular ROI.
+
+    Attributes
+    ----------
+    level : str
+        Level name, e.g. ``"L1"``.
+    label : int
+        VerSe label number (SPEC section 6).
+    mean_hu, median_hu, sd_hu : float or None
+        HU in the ROI (SD with ddof=1); None when the ROI is empty (SD also when it has one voxel).
+    roi_voxels, body_voxels : int
+        Voxel counts of the ROI and of the whole body mask.
+    roi_volume_ml, body_volume_ml : float
+        Volumes in ml (cm3).
+    centroid_mm : tuple of 3 floats
+        Centroid of the body mask in mm, in the volume's source convention (RAS for NIfTI input, LPS for
+        DICOM), order (x, y, z).
+    flags : list of str
+        QA flags of this level (module docstring).
+    """
+
+    level: str
+    label: int
+    mean_hu: float | None
+    median_hu: float | None
+    sd_hu: float | None
+    roi_voxels: int
+    body_voxels: int
+    roi_volume_ml: float
+    body_volume_ml: float
+    centroid_mm: tuple
+    flags: list = field(default_factory=list)
+
+
+def _duplicated(mask_box: np.ndarray, voxel_ml: float) -> bool:
+    from scipy import ndimage
+
+    components, count = ndimage.label(mask_box, structure=np.ones((3, 3, 3), dtype=bool))
+    if count < 2:
+        return False
+    sizes = np.sort(np.bincount(components.ravel())[1:])[::-1]
+    second = sizes[1]
+    return bool(second >= DUPLICATE_FRACTION * sizes[0] and second * voxel_ml >= DUPLICATE_MIN_ML)
+
+
+def measure_levels(
+    volume,
+    body_labels,
+    erosion_mm=3.0,
+    contrast=False,
+    level_confidence=None,
+    min_level_confidence=DEFAULT_MIN_LEVEL_CONFIDENCE,
+) -> dict:
+    """Measure the trabecular HU of every labelled vertebral body.
+
+    Parameters
+    ----------
+    volume : analysis.imaging.volume.Volume
+        CT in HU, array shape (z, y, x).
+    body_labels : np.ndarray of int, shape (z, y, x)
+        Vertebral bodies in VerSe numbering (C1-C7 = 1-7, T1-T12 = 8-19, L1-L5 = 20-24, L6 = 25); 0 is
+        background. Other values (e.g. 26 sacrum, 28 T13) raise ValueError: they are not levels this
+        product measures, and dropping them silently would hide a labelling problem.
+    erosion_mm : float, default 3.0
+        ROI erosion depth in mm (SPEC section 2).
+    contrast : bool, default False
+        The exam is contrast-enhanced; every level gets ``contrast_exam``.
+    level_confidence : dict of str to float, optional
+        Segmenter confidence (0-1) in each level name.
+    min_level_confidence : float, default 0.8
+        Below this, a level is flagged ``low_level_confidence``.
+
+    Returns
+    -------
+    dict of str to LevelMeasurement
+        In cranio-caudal order.
+    """
+    from scipy import ndimage
+
+    labels = np.asarray(body_labels)
+    if labels.shape != volume.shape:
+        raise ValueError(f"label map shape {labels.shape} does not match the image shape {volume.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.array_equal(labels, np.round(labels)):
+            raise ValueError("label map must hold integer labels")
+        labels = labels.astype(np.int32)
+    present = np.unique(labels)
+    present = present[present != 0]
+    unknown = [int(v) for v in present if int(v) not in LEVEL_OF_LABEL]
+    if unknown:
+        raise ValueError(f"label values {unknown} are not vertebral body labels (VerSe 1-25)")
+    if labels.dtype.itemsize > 1 or labels.dtype.kind != "u":
+        labels = labels.astype(np.uint8)
+
+    if erosion_mm < 0:
+        raise ValueError(f"erosion_mm must be >= 0, got {erosion_mm}")
+    spacing = volume.spacing
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    hu = volume.array
+    level_confidence = level_confidence or {}
+    element = ellipsoid_structure(spacing, erosion_mm) if erosion_mm > 0 else None
+    boxes = ndimage.find_objects(labels)
+    results = {}
+    for value, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        level = LEVEL_OF_LABEL[value]
+        mask = labels[box] == value
+        # Same exact crop argument as in trabecular_roi: erosion of the box == erosion of the volume.
+        roi = mask if element is None else ndimage.binary_erosion(mask, structure=element, border_value=0)
+        values = hu[box][roi].astype(np.float64)
+        n_roi = int(values.size)
+        n_body = int(np.count_nonzero(mask))
+        offset = np.array([s.start for s in box], dtype=np.float64)
+        centroid_index = np.argwhere(mask).mean(axis=0) + offset
+        centroid = tuple(float(c) for c in volume.index_to_source(centroid_index))
+
+        flags = []
+        if n_roi < MIN_ROI_VOXELS or n_roi * voxel_ml < MIN_ROI_ML:
+            flags.append(ROI_TOO_SMALL)
+        if any(s.start == 0 or s.stop == size for s, size in zip(box, labels.shape)):
+            flags.append(TOUCHES_VOLUME_EDGE)
+        if contrast:
+            flags.append(CONTRAST_EXAM)
+        if _duplicated(mask, voxel_ml):
+            flags.append(DUPLICATED_LEVEL)
+        confidence = level_confidence.get(level)
+        if confidence is not None and confidence < min_level_confidence:
+            flags.append(LOW_LEVEL_CONFIDENCE)
+        results[level] = LevelMeasurement(
+            level=level,
+            label=value,
+            mean_hu=float(values.mean()) if n_roi else None,
+            median_hu=float(np.median(values)) if n_roi else None,
+            sd_hu=float(values.std(ddof=1)) if n_roi > 1 else None,
+            roi_voxels=n_roi,
+            body_voxels=n_body,
+            roi_volume_ml=n_roi * voxel_ml,
+            body_volume_ml=n_body * voxel_ml,
+            centroid_mm=centroid,
+            flags=flags,
+        )
+    _flag_hu_outliers(results)
+    return results
+
+
+def _flag_hu_outliers(results: dict) -> None:
+    usable = {
+        m.label: m.mean_hu for m in results.values() if m.mean_hu is not None and ROI_TOO_SMALL not in m.flags
+    }
+    for m in results.values():
+        if m.label not in usable:
+            continue
+        neighbours = [
+            usable[v]
+            for v in range(m.label - HU_OUTLIER_NEIGHBOURS, m.label + HU_OUTLIER_NEIGHBOURS + 1)
+            if v != m.label and v in usable
+        ]
+        if len(neighbours) >= 2 and abs(m.mean_hu - float(np.median(neighbours))) > HU_OUTLIER_HU:
+            m.flags.append(HU_OUTLIER)
+
+
+def missing_levels(measurements: dict) -> list:
+    """Level names absent between the most cranial and the most caudal measured level."""
+    labels = sorted(m.label for m in measurements.values())
+    if not labels:
+        return []
+    return [LEVEL_OF_LABEL[v] for v in range(labels[0], labels[-1] + 1) if v not in labels]
+
+
+def case_flags(measurements: dict, segmentation_flags=()) -> list:
+    """Case-level QA flags: ``missing_level`` plus level flags that concern the whole case.
+
+    Parameters
+    ----------
+    measurements : dict of str to LevelMeasurement
+    segmentation_flags : iterable of str
+        Flags the segmenter raised for the case (kept, deduplicated).
+
+    Returns
+    -------
+    list of str
+        Sorted, unique.
+    """
+    flags = set(segmentation_flags)
+    if missing_levels(measurements):
+        flags.add(MISSING_LEVEL)
+    for m in measurements.values():
+        flags.update(f for f in m.flags if f in (DUPLICATED_LEVEL, LOW_LEVEL_CONFIDENCE, CONTRAST_EXAM))
+    return sorted(flags)
+
+
+def _round(value, digits=4):
+    return None if value is None else round(float(value), digits)
+
+
+def measurement_json(measurements: dict, timings: dict, segmentation_flags=(), **extra) -> dict:
+    """The JSON document of ``measure_volume`` (SPEC section 6).
+
+    Parameters
+    ----------
+    measurements : dict of str to LevelMeasurement
+    timings : dict of str to float
+        Seconds per step (load, segmentation, measure, total, ...).
+    segmentation_flags : iterable of str
+        Case flags from the segmenter.
+    **extra
+        More top-level keys (e.g. ``erosion_mm``, ``segmenter``, ``coordinate_convention``).
+
+    Returns
+    -------
+    dict
+        ``{"levels": {name: {"mean_hu", "median_hu", "sd_hu", "roi_voxels", "body_voxels",
+        "body_volume_ml", "centroid_mm": [x, y, z], "flags"}}, "flags": [...], "missing_levels": [...],
+        "timings_s": {...}, **extra}``. HU values are rounded to 1e-4 HU, volumes to 1e-4 ml, centroids
+        to 1e-3 mm.
+    """
+    levels = {}
+    for name in sorted(measurements, key=lambda n: VERSE_LABEL[n]):
+        m = measurements[name]
+        levels[name] = {
+            "mean_hu": _round(m.mean_hu),
+            "median_hu": _round(m.median_hu),
+            "sd_hu": _round(m.sd_hu),
+            "roi_voxels": int(m.roi_voxels),
+            "body_voxels": int(m.body_voxels),
+            "body_volume_ml": _round(m.body_volume_ml),
+            "centroid_mm": [round(float(c), 3) for c in m.centroid_mm],
+            "flags": list(m.flags),
+        }
+    document = {
+        "levels": levels,
+        "flags": case_flags(measurements, segmentation_flags),
+        "missing_levels": missing_levels(measurements),
+        "timings_s": {k: round(float(v), 4) for k, v in timings.items()},
+    }
+    document.update(extra)
+    return document
