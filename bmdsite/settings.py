@@ -97,6 +97,8 @@ RQ_QUEUES = {
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 3600},
     "gpu": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 4 * 3600},
 }
+# Modules whose import registers job kinds (``studies.jobs.task``).
+JOB_TASK_MODULES = ["studies.tasks", "analysis.tasks"] + env.list("EXTRA_JOB_TASK_MODULES", default=[])
 # How long a job may go without a worker heartbeat before it is declared lost (seconds).
 JOB_LOST_AFTER_S = env.int("JOB_LOST_AFTER_S", default=120)
 

@@ -1,1 +1,18 @@
-"""Registers the registry models with django-auditlog (filled in with the models)."""
+"""Registers the registry models with django-auditlog: every create, change and delete of patients, exams,
+QCT values, exclusion flags, cohort splits and memberships is recorded with who, when, before and after.
+
+``get_additional_data`` on each model stores the project and patient ids with the entry, so a patient's
+history page finds the entries of its exams, QCT values and flags in one indexed query.
+"""
+
+from auditlog.registry import auditlog
+
+from .models import CohortMember, Exam, ExclusionFlag, Membership, Patient, Project, QCTResult
+
+auditlog.register(Project)
+auditlog.register(Membership)
+auditlog.register(Patient)
+auditlog.register(Exam)
+auditlog.register(QCTResult)
+auditlog.register(ExclusionFlag)
+auditlog.register(CohortMember)

@@ -1,0 +1,1 @@
+"""Analysis jobs (image pipeline, modelling) register here with ``studies.jobs.task``."""

@@ -1,0 +1,47 @@
+from django.contrib import admin
+
+from .models import AccessLog, Cohort, CohortMember, Exam, ExclusionFlag, Job, Membership, Patient, Project, QCTResult
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Project)
+class ProjectAdmin(admin.ModelAdmin):
+    list_display = ["name", "osteoporosis_below", "normal_above", "created_at"]
+    inlines = [MembershipInline]
+
+
+@admin.register(Patient)
+class PatientAdmin(admin.ModelAdmin):
+    list_display = ["pseudonym", "project", "sex", "birth_year"]
+    list_filter = ["project"]
+    search_fields = ["pseudonym"]
+
+
+@admin.register(Exam)
+class ExamAdmin(admin.ModelAdmin):
+    list_display = ["patient", "exam_date", "region", "contrast"]
+    list_select_related = ["patient"]
+    raw_id_fields = ["patient"]
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ["pk", "kind", "project", "state", "created_at", "finished_at"]
+    list_filter = ["state", "kind"]
+
+
+@admin.register(AccessLog)
+class AccessLogAdmin(admin.ModelAdmin):
+    list_display = ["at", "user", "project", "action", "detail"]
+    list_filter = ["action"]
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+admin.site.register([QCTResult, ExclusionFlag, Cohort, CohortMember])

@@ -1,0 +1,24 @@
+"""The embedded job queue: an in-process Redis-protocol server (fakeredis) so that the default install runs
+real RQ workers with no Redis installed. Production sets REDIS_URL and never uses this module."""
+
+import threading
+
+from rq.worker import Worker
+
+
+class EmbeddedWorker(Worker):
+    """An RQ worker that tolerates the embedded server's CLIENT INFO reply."""
+
+    def _set_ip_address(self, connection):
+        # fakeredis formats the client address as a Python tuple, which redis-py cannot parse; the worker
+        # only records it for display, so the loopback address is exact enough.
+        self.ip_address = "127.0.0.1"
+
+
+def start_server(host, port):
+    """Serve the Redis protocol from this process on (host, port) in a daemon thread; returns the server."""
+    from fakeredis import TcpFakeServer
+
+    server = TcpFakeServer((host, port), server_type="redis")
+    threading.Thread(target=server.serve_forever, name="embedded-redis", daemon=True).start()
+    return server

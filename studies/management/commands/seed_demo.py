@@ -1,0 +1,31 @@
+"""python manage.py seed_demo: the demo admin and the synthetic demo project (idempotent)."""
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from studies.demo import add_member, ensure_demo_admin, seed_demo_project
+
+
+class Command(BaseCommand):
+    help = "Create a demo admin (credentials printed) and a synthetic demo project of about 700 patients."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--patients", type=int, default=702)
+        parser.add_argument("--seed", type=int, default=0)
+
+    def handle(self, *args, patients, seed, **options):
+        user, password = ensure_demo_admin()
+        credentials = settings.VAR_DIR / "demo-admin.txt"
+        if password:
+            credentials.parent.mkdir(parents=True, exist_ok=True)
+            credentials.write_text(f"user: {user.username}\npassword: {password}\n")
+            credentials.chmod(0o600)
+        project, created = seed_demo_project(n_patients=patients, random_state=seed)
+        add_member(project, user)
+        state = "created" if created else "already present"
+        self.stdout.write(f"demo project '{project.name}' {state} ({project.patients.count()} patients)")
+        if password:
+            self.stdout.write(self.style.SUCCESS(f"demo admin: user '{user.username}', password '{password}' "
+                                                 f"(also in {credentials})"))
+        else:
+            self.stdout.write(f"demo admin '{user.username}' exists; its password is in {credentials}")
