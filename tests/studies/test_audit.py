@@ -1,0 +1,75 @@
+"""Every create, change and delete of patients, exams, QCT values, flags and memberships is recorded with
+who, when, before and after, and shown on the patient's history page."""
+
+from auditlog.models import LogEntry
+from django.urls import reverse
+
+from studies.models import Exam, ExclusionFlag, Patient, QCTResult
+from tests.factories import MembershipFactory, UserFactory
+
+
+def entries(model, action):
+    from django.contrib.contenttypes.models import ContentType
+
+    return LogEntry.objects.filter(content_type=ContentType.objects.get_for_model(model), action=action)
+
+
+def test_changes_through_pages_are_audited(coordinator_client, project):
+    c = coordinator_client
+    c.post(reverse("studies:patient_add", args=[project.pk]), {"pseudonym": "AUD1", "sex": "F"})
+    patient = Patient.objects.get(pseudonym="AUD1")
+    created = entries(Patient, LogEntry.Action.CREATE).get(object_pk=str(patient.pk))
+    assert created.actor == c.user
+
+    c.post(reverse("studies:exam_add", args=[project.pk, patient.pk]), {
+        "exam-exam_date": "2022-05-03", "exam-age_at_exam": "66", "exam-region": "chest",
+        "qct-bmd_l1": "90", "qct-bmd_l2": "", "qct-bmd_l3": ""})
+    exam = Exam.objects.get(patient=patient)
+    qct = QCTResult.objects.get(exam=exam)
+    assert entries(Exam, LogEntry.Action.CREATE).filter(object_pk=str(exam.pk)).exists()
+
+    c.post(reverse("studies:exam_edit", args=[project.pk, patient.pk, exam.pk]), {
+        "exam-exam_date": "2022-05-03", "exam-age_at_exam": "66", "exam-region": "chest",
+        "qct-bmd_l1": "70", "qct-bmd_l2": "", "qct-bmd_l3": ""})
+    change = entries(QCTResult, LogEntry.Action.UPDATE).get(object_pk=str(qct.pk))
+    assert change.actor == c.user
+    assert change.changes_dict["bmd_l1"] == ["90.0", "70.0"]
+    assert change.changes_dict["category"] == ["osteopenia", "osteoporosis"]
+
+    c.post(reverse("studies:flag_add", args=[project.pk, patient.pk]), {"reason": "vertebral_fracture",
+                                                                         "note": "L2"})
+    flag = ExclusionFlag.objects.get(patient=patient)
+    c.post(reverse("studies:flag_delete", args=[project.pk, patient.pk, flag.pk]))
+    assert entries(ExclusionFlag, LogEntry.Action.CREATE).count() == 1
+    assert entries(ExclusionFlag, LogEntry.Action.DELETE).count() == 1
+
+    c.post(reverse("studies:exam_delete", args=[project.pk, patient.pk, exam.pk]))
+    assert entries(Exam, LogEntry.Action.DELETE).filter(object_pk=str(exam.pk)).exists()
+    assert entries(QCTResult, LogEntry.Action.DELETE).filter(object_pk=str(qct.pk)).exists()
+
+    history = c.get(reverse("studies:patient_history", args=[project.pk, patient.pk])).content.decode()
+    assert "bmd_l1" in history and "90.0 → 70.0" in history
+    assert history.count(c.user.username) >= 5
+
+
+def test_membership_changes_are_audited(client, member, project):
+    from studies.models import Membership
+
+    admin = member("admin")
+    client.force_login(admin)
+    newcomer = UserFactory()
+    client.post(reverse("studies:members", args=[project.pk]), {"username": newcomer.username,
+                                                                "role": "annotator"})
+    membership = Membership.objects.get(project=project, user=newcomer)
+    assert entries(Membership, LogEntry.Action.CREATE).get(object_pk=str(membership.pk)).actor == admin
+    client.post(reverse("studies:member_remove", args=[project.pk, membership.pk]))
+    assert entries(Membership, LogEntry.Action.DELETE).filter(object_pk=str(membership.pk)).exists()
+
+
+def test_non_admin_cannot_add_members(client, member, project):
+    client.force_login(member("coordinator"))
+    newcomer = UserFactory()
+    response = client.post(reverse("studies:members", args=[project.pk]), {"username": newcomer.username,
+                                                                           "role": "admin"})
+    assert response.status_code == 403
+    assert not MembershipFactory._meta.model.objects.filter(user=newcomer).exists()
