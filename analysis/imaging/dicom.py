@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -639,24 +640,35 @@ def _has_contrast(ds) -> bool:
     return False
 
 
+# Namespace of bmdsite's name-based UIDs (a fixed random UUID, so our UIDs never collide with others').
+_UID_NAMESPACE = uuid.UUID("6f1c2a4e-8d3b-4f5a-9b7e-2c1d0e9f8a7b")
+
+
+def content_uid(*parts) -> str:
+    """Deterministic DICOM UID ``2.25.<int>`` from a name-based (SHA-1, version 5) UUID of ``parts``.
+
+    ``pydicom.uid.generate_uid(prefix=None, ...)`` ignores its entropy sources and returns a random UUID,
+    so it cannot give the same UID twice; a version-5 UUID is the standard deterministic alternative and
+    its integer form is what the 2.25 root requires (PS3.5 B.2).
+    """
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, '|'.join(str(p) for p in parts)).int}"
+
+
 def _replacement_uids(array, affine, slices):
     """Deterministic UIDs from the content (HU voxels and geometry) for instances whose UIDs are empty.
 
     The same pixels and geometry always give the same UIDs, whatever the transfer syntax or file names, so
     loading an anonymised series twice cannot create two series.
     """
-    from pydicom.uid import generate_uid
-
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(array).view(np.uint8).reshape(-1))
     digest.update(str(array.dtype).encode())
     digest.update(np.round(affine, 4).tobytes())
     content = digest.hexdigest()
-    series = slices[0].series_uid or generate_uid(prefix=None, entropy_srcs=["series", content])
-    study = slices[0].study_uid or generate_uid(prefix=None, entropy_srcs=["study", content])
-    sops = [s.sop_uid or generate_uid(prefix=None, entropy_srcs=["instance", content, str(k)])
-            for k, s in enumerate(slices)]
-    return str(series), str(study), [str(u) for u in sops]
+    series = slices[0].series_uid or content_uid("series", content)
+    study = slices[0].study_uid or content_uid("study", content)
+    sops = [s.sop_uid or content_uid("instance", content, k) for k, s in enumerate(slices)]
+    return series, study, sops
 
 
 def read_series_folder(path, **kwargs) -> Volume:

@@ -62,9 +62,9 @@ def _stored_values(hu: np.ndarray, slope: float, intercept: float):
 
 
 def _uid(*parts) -> str:
-    from pydicom.uid import generate_uid
+    from analysis.imaging.dicom import content_uid
 
-    return str(generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts]))
+    return content_uid(*parts)
 
 
 def _content_key(volume: Volume) -> str:
