@@ -1,0 +1,121 @@
+"""python manage.py measure_volume INPUT --out OUT.json [--labels-out LABELS.nii.gz] [--device cpu|cuda]
+[--labels-in LABELS.nii.gz] [--erosion-mm MM]
+
+Segments (or takes the given VerSe body labels), and measures the trabecular HU of every vertebra of one CT,
+without touching the database (SPEC section 6). Centroids are in the input's own convention: RAS for
+NIfTI, LPS for a DICOM folder.
+"""
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+
+def _one_line(exc) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _write_atomically(path: Path, write):
+    """Write beside the target and rename, so a failure never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial" + "".join(path.suffixes))
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Command(BaseCommand):
+    help = "Measure the trabecular HU of each vertebra of a CT (NIfTI file or DICOM folder) into a JSON file."
+
+    def add_arguments(self, parser):
+        parser.add_argument("input", help="NIfTI file or folder holding one DICOM series")
+        parser.add_argument("--out", required=True, help="JSON file to write")
+        parser.add_argument("--labels-out", help="write the vertebral body labels (VerSe numbering) as NIfTI")
+        parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="segmentation device")
+        parser.add_argument("--labels-in", help="measure this VerSe-numbered body label NIfTI instead of segmenting")
+        parser.add_argument("--erosion-mm", type=float, default=3.0, help="ROI erosion depth in mm (default 3)")
+
+    def handle(self, *args, input, out, labels_out=None, device="cpu", labels_in=None, erosion_mm=3.0, **options):
+        from analysis.imaging.volume import load_volume, save_nifti
+        from analysis.measurement import measure_levels, measurement_json
+        from analysis.segmentation.external import from_verse
+
+        out_path = Path(out)
+        for target in filter(None, (out, labels_out)):
+            if not Path(target).parent.is_dir():
+                raise CommandError(f"{target}: folder {Path(target).parent} does not exist")
+        if labels_out and not labels_out.endswith((".nii", ".nii.gz")):
+            raise CommandError(f"{labels_out}: --labels-out must end in .nii or .nii.gz")
+        if not erosion_mm >= 0:
+            raise CommandError(f"--erosion-mm must be >= 0, got {erosion_mm}")
+
+        started = time.perf_counter()
+        try:
+            volume = load_volume(input)
+        except Exception as exc:  # every reader error becomes one line naming the input
+            message = _one_line(exc)
+            raise CommandError(message if str(input) in message else f"{input}: {message}") from None
+        loaded = time.perf_counter()
+
+        segmentation_flags = []
+        level_confidence = None
+        segmenter_timings = {}
+        if labels_in:
+            try:
+                labels = from_verse(labels_in, like=volume)
+            except Exception as exc:
+                message = _one_line(exc)
+                raise CommandError(message if str(labels_in) in message else f"{labels_in}: {message}") from None
+            segmenter = {"name": "labels-in", "path": str(labels_in)}
+        else:
+            try:
+                from analysis.segmentation.spine import segment_vertebrae
+            except ImportError:
+                raise CommandError("default segmenter not available") from None
+            try:
+                result = segment_vertebrae(volume, device=device)
+            except Exception as exc:
+                raise CommandError(f"{input}: segmentation failed: {_one_line(exc)}") from None
+            labels = result.labels
+            level_confidence = dict(getattr(result, "level_confidence", None) or {})
+            segmentation_flags = list(getattr(result, "flags", None) or [])
+            segmenter_timings = dict(getattr(result, "timings_s", None) or {})
+            segmenter = {"name": "default", "version": getattr(result, "version", None), "device": device}
+        segmented = time.perf_counter()
+
+        try:
+            measurements = measure_levels(
+                volume,
+                labels,
+                erosion_mm=erosion_mm,
+                contrast=bool(volume.meta.get("contrast", False)),
+                level_confidence=level_confidence,
+            )
+        except ValueError as exc:
+            raise CommandError(f"{labels_in or input}: {_one_line(exc)}") from None
+        measured = time.perf_counter()
+
+        timings = {"load": loaded - started, "segmentation": segmented - loaded, "measure": measured - segmented}
+        timings.update({f"segmentation_{k}": v for k, v in segmenter_timings.items()})
+        if labels_out:
+            _write_atomically(Path(labels_out), lambda p: save_nifti(labels, p, like=volume, dtype="uint8"))
+        timings["total"] = time.perf_counter() - started
+        document = measurement_json(
+            measurements,
+            timings,
+            segmentation_flags=segmentation_flags,
+            input=str(input),
+            coordinate_convention=volume.convention,
+            erosion_mm=float(erosion_mm),
+            segmenter=segmenter,
+            level_confidence=level_confidence,
+        )
+        _write_atomically(out_path, lambda p: p.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8"))
+        self.stdout.write(f"{len(measurements)} levels measured -> {out_path}")
