@@ -189,7 +189,11 @@ def write_ct_series(volume: Volume, folder, transfer_syntax="1.2.840.10008.1.2.1
         if str(tsyntax) in _NATIVE:
             ds.file_meta.TransferSyntaxUID = tsyntax
         else:
-            ds.compress(tsyntax)
+            try:
+                ds.compress(tsyntax)
+            except Exception as exc:  # encoder plugins raise RuntimeError/ValueError with their own text
+                raise DicomWriteError(f"{path.name}: encoding as {tsyntax.name} failed ({exc}); JPEG 2000 "
+                                      "needs images of at least 32 x 32 pixels") from exc
         ds.save_as(path, enforce_file_format=True)
         if cut:
             # Keep the header and half of the pixel bytes, as an interrupted transfer would.
