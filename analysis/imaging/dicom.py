@@ -92,11 +92,10 @@ class _Slice:
     slope: float | None
     intercept: float | None
     transfer_syntax: str
-    bits_stored: int
-    signed: bool
     slice_thickness: float | None
     spacing_between: float | None
     header: object  # the header-only Dataset (shared by the frames of one instance), for meta
+    n_frames: int = 1  # > 1 only for a multi-frame instance without functional groups (rejected)
 
 
 # -- reading headers ------------------------------------------------------------------------------------
@@ -163,8 +162,6 @@ def _slices_of(ds, source, name) -> list[_Slice]:
         rows=ds.get("Rows"),
         cols=ds.get("Columns"),
         transfer_syntax=_transfer_syntax(ds),
-        bits_stored=int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16),
-        signed=bool(ds.get("PixelRepresentation", 0)),
     )
     sop_class = str(ds.get("SOPClassUID", ""))
     n_frames = int(ds.get("NumberOfFrames") or 1)
@@ -202,7 +199,8 @@ def _slices_of(ds, source, name) -> list[_Slice]:
             ))
         return out
     return [_Slice(
-        frame=None if n_frames == 1 else 0,
+        frame=None,
+        n_frames=n_frames,
         name=name,
         image_type=image_type,
         iop=_floats(ds.get("ImageOrientationPatient"), 6),
@@ -505,6 +503,13 @@ def assemble_series(sources, *, series_uid: str | None = None, exclude_localizer
         found = ", ".join(f"{m or 'missing'} ({n} images)" for m, n in modalities.items() if m != "CT")
         _fail(label, "not_ct",
               f"Modality (0008,0060) is {found}, not CT ({_few(s.name for s in not_ct)})", not_ct)
+
+    # -- multi-frame objects must say where each frame lies
+    unplaced = [s for s in slices if s.n_frames > 1]
+    if unplaced:
+        _fail(label, "multiframe_without_positions",
+              f"file {unplaced[0].name}: NumberOfFrames (0028,0008) is {unplaced[0].n_frames} but there is no "
+              "PerFrameFunctionalGroupsSequence (5200,9230) giving the frame positions", unplaced)
 
     # -- localizers
     localizers = [s for s in slices if LOCALIZER_TYPES & set(s.image_type)]
