@@ -102,8 +102,11 @@ RQ_QUEUES = {
 }
 # Modules whose import registers job kinds (``studies.jobs.task``).
 JOB_TASK_MODULES = ["studies.tasks", "analysis.tasks"] + env.list("EXTRA_JOB_TASK_MODULES", default=[])
-# How long a job may go without a worker heartbeat before it is declared lost (seconds).
-JOB_LOST_AFTER_S = env.int("JOB_LOST_AFTER_S", default=120)
+RQ = {"WORKER_CLASS": "studies.workers.HeartbeatWorker"}
+# Workers heartbeat every JOB_HEARTBEAT_S seconds while running a job; a running job whose worker has been
+# silent for JOB_LOST_AFTER_S is declared lost (failed, with the reason) and can be retried.
+JOB_HEARTBEAT_S = env.int("JOB_HEARTBEAT_S", default=10)
+JOB_LOST_AFTER_S = env.int("JOB_LOST_AFTER_S", default=60)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

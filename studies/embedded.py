@@ -3,10 +3,10 @@ real RQ workers with no Redis installed. Production sets REDIS_URL and never use
 
 import threading
 
-from rq.worker import Worker
+from .workers import HeartbeatWorker
 
 
-class EmbeddedWorker(Worker):
+class EmbeddedWorker(HeartbeatWorker):
     """An RQ worker that tolerates the embedded server's CLIENT INFO reply."""
 
     def _set_ip_address(self, connection):

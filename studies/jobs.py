@@ -11,10 +11,10 @@ Tasks register with ``@task("kind")`` in the apps' ``tasks.py``; they take keywo
 and a ``progress`` callable.
 """
 
+import datetime as dt
 import importlib
 import logging
 import traceback
-from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -70,7 +70,7 @@ def _enqueue(job_id):
     job = Job.objects.get(pk=job_id)
     try:
         rq_job = get_queue(job.queue).enqueue(
-            "studies.jobs.execute", job_id=job.pk, job_timeout=settings.RQ_QUEUES[job.queue]["DEFAULT_TIMEOUT"]
+            "studies.jobs.execute", row_id=job.pk, job_timeout=settings.RQ_QUEUES[job.queue]["DEFAULT_TIMEOUT"]
         )
     except Exception as exc:  # the queue is unreachable: say so on the row instead of leaving it queued
         log.exception("could not enqueue job %s", job_id)
@@ -81,10 +81,11 @@ def _enqueue(job_id):
     Job.objects.filter(pk=job_id).update(rq_job_id=rq_job.id)
 
 
-def execute(*, job_id):
+def execute(*, row_id):
     """Run one job inside an RQ worker. Idempotent: a row that is not queued is left alone."""
     from rq import get_current_job
 
+    job_id = row_id  # not "job_id", which RQ's enqueue reserves for its own id
     rq_job = get_current_job()
     claimed = Job.objects.filter(pk=job_id, state=JobState.QUEUED).update(
         state=JobState.RUNNING,
@@ -158,14 +159,14 @@ def _lost_reason(job, rq_job, connection, Worker, JobStatus):
     if status in (JobStatus.FINISHED, JobStatus.STOPPED, JobStatus.CANCELED):
         return f"the queue says the job is {status.value} but it never reported a result"
     worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + job.worker_name, connection=connection)
-    lost_after = timedelta(seconds=settings.JOB_LOST_AFTER_S)
+    lost_after = dt.timedelta(seconds=settings.JOB_LOST_AFTER_S)
     if worker is None:
         return f"worker {job.worker_name or '?'} is gone (killed or stopped while running the job)"
-    if worker.last_heartbeat and timezone.now() - worker.last_heartbeat.replace(tzinfo=timezone.utc) > lost_after:
-        return (
-            f"worker {job.worker_name} stopped sending heartbeats "
-            f"{int((timezone.now() - worker.last_heartbeat.replace(tzinfo=timezone.utc)).total_seconds())} s ago"
-        )
+    if worker.last_heartbeat:
+        last = worker.last_heartbeat
+        silent = timezone.now() - (last if last.tzinfo else last.replace(tzinfo=dt.timezone.utc))
+        if silent > lost_after:
+            return f"worker {job.worker_name} stopped sending heartbeats {int(silent.total_seconds())} s ago"
     return None
 
 

@@ -100,7 +100,7 @@ def rq_worker(transactional_db, redis_url):
                    EXTRA_JOB_TASK_MODULES="tests.job_tasks", PYTHONPATH=str(REPO))
         env.update(extra_env or {})
         cmd = [sys.executable, "manage.py", "rqworker", *(queues or ("default",)),
-               "--job-monitoring-interval", "1", "--worker-ttl", "30"]
+               "--worker-ttl", "30"]
         if burst:
             cmd.append("--burst")
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
