@@ -1,0 +1,44 @@
+"""In headless Chromium: log in, add a patient and a QCT value, see the category and the history entry."""
+
+import pytest
+from selenium.webdriver.common.by import By
+
+from tests.factories import MembershipFactory
+
+pytestmark = pytest.mark.browser
+
+
+def test_coordinator_adds_patient_and_qct(browser, live_server, transactional_db, password):
+    membership = MembershipFactory(role="coordinator", project__name="Browser study")
+    user, project = membership.user, membership.project
+
+    browser.get(live_server.url + "/accounts/login/")
+    browser.find_element(By.NAME, "username").send_keys(user.username)
+    browser.find_element(By.NAME, "password").send_keys(password)
+    browser.find_element(By.ID, "login-button").click()
+    browser.find_element(By.LINK_TEXT, "Browser study").click()
+    browser.find_element(By.LINK_TEXT, "Patients").click()
+    browser.find_element(By.LINK_TEXT, "Add patient").click()
+    browser.find_element(By.NAME, "pseudonym").send_keys("BR-001")
+    browser.find_element(By.CSS_SELECTOR, "select[name=sex] option[value=F]").click()
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+    assert "Patient BR-001" in browser.find_element(By.TAG_NAME, "h1").text
+    browser.find_element(By.ID, "add-exam").click()
+    browser.execute_script("document.querySelector('[name=\"exam-exam_date\"]').value = '2022-05-03'")
+    browser.find_element(By.NAME, "exam-age_at_exam").send_keys("67")
+    browser.find_element(By.CSS_SELECTOR, "select[name='exam-region'] option[value=chest]").click()
+    browser.find_element(By.NAME, "qct-bmd_l1").send_keys("72.5")
+    browser.find_element(By.NAME, "qct-bmd_l2").send_keys("75.5")
+    browser.find_element(By.ID, "save-exam").click()
+
+    # (72.5 + 75.5) / 2 = 74.0 mg/cm3 < 80: osteoporosis.
+    category = browser.find_element(By.CSS_SELECTOR, "#exams [data-testid=category]")
+    assert category.text == "osteoporosis"
+    assert "74.0" in browser.find_element(By.ID, "exams").text
+
+    browser.find_element(By.LINK_TEXT, "History").click()
+    history = browser.find_element(By.ID, "history").text
+    assert "BR-001" in history and user.username in history
+    assert "bmd_l1" in history and "72.5" in history
+    assert project.patients.filter(pseudonym="BR-001").exists()
