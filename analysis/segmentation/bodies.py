@@ -1,0 +1,449 @@
+"""Vertebral bodies on the canonical grid: spinal canal tracking, body masks, centreline and discs.
+
+All thresholds are physical (HU, mm) and every length is converted to voxels with the working spacing, so
+the same code runs on 0.7 mm and 3 mm data. Arrays are on the canonical ``(S, P, L)`` grid of
+:mod:`analysis.segmentation.grid`: axis 0 towards the head, axis 1 towards the back, axis 2 to the left.
+
+The chain of reasoning, as a reader of a CT would do it:
+
+1. The spinal canal is the one tube of water-like HU (CSF, cord) that is ringed by bone and has a block
+   of bone (the body) in front of it; it runs the whole length of the spine. Candidate rings are found
+   slice by slice, and the longest continuous chain of them is the canal.
+2. In each slice the vertebral body is the bone-filled region just in front of the canal (cortical rim
+   closed and filled), cut off at the canal's front wall so pedicles and posterior elements stay out.
+3. Along the body centreline, sampled in planes perpendicular to the spine, the discs are the gaps where
+   no filled bone is found; they split the bodies into vertebrae.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Bone rim threshold (HU): cortical bone and endplates are far above it even at 3 mm partial volume,
+# discs (70-110 HU), muscle (40-60) and fat stay below.
+BONE_HU = 180.0
+# Cortical rim in partial volume (a 1 mm cortex of 1000+ HU reads about 300 HU in a 3 mm voxel).
+RIM_HU = 150.0
+# Trabecular bone of most adults reads above this (osteoporotic bodies may not: the rim then decides).
+MARROW_HU = 110.0
+# CSF and spinal cord read about 0-40 HU; epidural fat and partial volume widen the window.
+CANAL_HU = (-60.0, 90.0)
+# Canal cross-section in adults: about 12-25 mm across, 100-450 mm^2; the window is widened for the
+# sacral canal (small) and partial rings.
+CANAL_AREA_MM2 = (40.0, 700.0)
+# Body cross-sections: cervical about 250 mm^2, lumbar up to about 2000 mm^2 (osteophytes add more).
+BODY_AREA_MM2 = (200.0, 3500.0)
+BODY_EXTENT_MM = (10.0, 75.0)
+# Endplates on both sides of a disc read at least this much above the disc's centre.
+DISC_DIP_HU = 60.0
+# Mean HU of the block in front of the canal: trabecular bone with its rim is above this even in
+# osteoporosis, whereas fat and most soft tissue are below.
+BODY_EVIDENCE_HU = 90.0
+
+
+def _disk(radius_mm, spacing_yx):
+    """In-plane elliptical structuring element (1, ny, nx) for a radius in mm."""
+    ry = max(1, int(np.floor(radius_mm / spacing_yx[0] + 1e-6)))
+    rx = max(1, int(np.floor(radius_mm / spacing_yx[1] + 1e-6)))
+    y, x = np.mgrid[-ry : ry + 1, -rx : rx + 1]
+    disk = (y * spacing_yx[0] / max(radius_mm, spacing_yx[0])) ** 2 + (
+        x * spacing_yx[1] / max(radius_mm, spacing_yx[1])
+    ) ** 2 <= 1.0 + 1e-9
+    return disk[None]
+
+
+_INPLANE = np.zeros((3, 3, 3), dtype=bool)
+_INPLANE[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
+
+
+@dataclass
+class SpineTrack:
+    """The spinal canal followed through the slices (canonical working grid).
+
+    Attributes
+    ----------
+    z_first, z_last : int
+        Slice range (inclusive) where the canal is observed or interpolated.
+    canal_yx : np.ndarray, shape (n_slices, 2)
+        Canal centre (row, column) per slice of the whole grid, NaN outside the track.
+    canal_front_y : np.ndarray, shape (n_slices,)
+        Row of the canal's front (anterior) wall per slice, NaN outside the track.
+    n_observed : int
+        Number of slices with an observed canal ring.
+    """
+
+    z_first: int
+    z_last: int
+    canal_yx: np.ndarray
+    canal_front_y: np.ndarray
+    n_observed: int
+
+
+def filled_bone(hu, spacing):
+    """Bone cross-sections with their marrow: cortical rims closed and filled slice by slice.
+
+    The rim threshold is :data:`RIM_HU`, below the nominal HU of cortical bone because a 1 mm cortex in a
+    3 mm voxel reads only a third of its true value. Marrow that reads above :data:`MARROW_HU` after light
+    smoothing is added, so that a rim with gaps still encloses a dense body.
+
+    Returns
+    -------
+    np.ndarray of bool, shape = hu.shape
+    """
+    from scipy import ndimage
+
+    sz, sy, sx = spacing
+    smooth = ndimage.gaussian_filter(hu, sigma=(0.0, 1.0 / sy, 1.0 / sx))
+    bone = (hu > RIM_HU) | (smooth > MARROW_HU)
+    bone = ndimage.binary_closing(bone, structure=_disk(2.5, (sy, sx)), border_value=0)
+    return ndimage.binary_fill_holes(bone, structure=_INPLANE)
+
+
+def find_canal_candidates(hu, spacing):
+    """Candidate vertebral bodies with a spinal canal behind them, slice by slice.
+
+    A candidate is a compact filled-bone blob (the body cross-section) whose back edge is followed by
+    water-like HU (the canal: CSF and cord) and, further back, by bone (laminae, spinous process). The
+    contrast-filled aorta or a femoral head can be compact bone-dense blobs too, but bone, not CSF, lies
+    right behind them.
+
+    Returns
+    -------
+    np.ndarray, shape (n, 5)
+        Columns: slice, row, column of the canal centre, row of the body's back edge, blob area mm^2.
+    """
+    from scipy import ndimage
+
+    sz, sy, sx = spacing
+    filled = filled_bone(hu, spacing)
+    # Opening breaks thin bridges (rib heads, osteophytes touching the aorta) before blobs are measured.
+    blobs = ndimage.binary_opening(filled, structure=_disk(4.0, (sy, sx)))
+    lab, n = ndimage.label(blobs, structure=_INPLANE)
+    if n == 0:
+        return np.zeros((0, 5))
+    idx = np.arange(1, n + 1)
+    counts = ndimage.sum_labels(np.ones(hu.shape, dtype=np.float32), lab, idx)
+    area = counts * sy * sx
+    slices = ndimage.find_objects(lab)
+    # Neighbourhood maximum over +-10 mm in z, for the posterior arch that is not in every slice.
+    arch_hu = ndimage.maximum_filter1d(hu, size=max(1, int(round(20.0 / sz))) | 1, axis=0)
+    ny, nx = hu.shape[1:]
+    rows = []
+    for i in np.flatnonzero((area >= BODY_AREA_MM2[0]) & (area <= BODY_AREA_MM2[1])):
+        sl = slices[i]
+        ext_y = (sl[1].stop - sl[1].start) * sy
+        ext_x = (sl[2].stop - sl[2].start) * sx
+        if not (BODY_EXTENT_MM[0] <= ext_y <= BODY_EXTENT_MM[1] and BODY_EXTENT_MM[0] <= ext_x <= BODY_EXTENT_MM[1]):
+            continue
+        if counts[i] < 0.5 * (ext_y / sy) * (ext_x / sx):
+            continue
+        z = sl[0].start
+        sub = lab[z, sl[1], sl[2]] == i + 1
+        yy, xx = np.nonzero(sub)
+        cx = xx.mean() + sl[2].start
+        band = np.abs(xx + sl[2].start - cx) * sx <= 4.0
+        back = yy[band].max() + sl[1].start
+        xa, xb = int(round(cx - 4.0 / sx)), int(round(cx + 4.0 / sx)) + 1
+        ya, yb = back + 1 + int(round(2.0 / sy)), back + 1 + int(round(12.0 / sy))
+        if yb >= ny or xa < 0 or xb > nx:
+            continue
+        canal = hu[z, ya:yb, xa:xb].mean()
+        if not (CANAL_HU[0] <= canal <= CANAL_HU[1]):
+            continue
+        y2 = min(ny, back + 1 + int(round(50.0 / sy)))
+        xa2, xb2 = max(0, int(round(cx - 10.0 / sx))), min(nx, int(round(cx + 10.0 / sx)) + 1)
+        if arch_hu[z, yb:y2, xa2:xb2].max(initial=-1024) < BONE_HU:
+            continue
+        rows.append((z, back + 8.0 / sy, cx, back, area[i]))
+    rows = np.array(rows, dtype=np.float64).reshape(-1, 5)
+    # The aorta (or a stent graft) in front of the spine can pass the tests above, with the body taking
+    # the place of the arch. The vertebral body is the most posterior of such blobs in a slice: drop a
+    # candidate that has another candidate straight behind it.
+    keep = np.ones(len(rows), dtype=bool)
+    for a in range(len(rows)):
+        same = rows[:, 0] == rows[a, 0]
+        dy = (rows[:, 1] - rows[a, 1]) * sy
+        dx = np.abs(rows[:, 2] - rows[a, 2]) * sx
+        if np.any(same & (dy > 10.0) & (dy < 80.0) & (dx < 25.0)):
+            keep[a] = False
+    return rows[keep]
+
+
+def track_canal(hu, spacing):
+    """Longest chain of canal candidates that is continuous along the body axis.
+
+    Returns
+    -------
+    SpineTrack or None
+        None when no chain of at least 3 observed slices covering 10 mm exists.
+    """
+    cand = find_canal_candidates(hu, spacing)
+    n_slices = hu.shape[0]
+    if len(cand) == 0:
+        return None
+    cand = cand[np.argsort(cand[:, 0], kind="stable")]
+    sz, sy, sx = spacing
+    pos = cand[:, 1:3] * np.array([sy, sx])
+    zmm = cand[:, 0] * sz
+    n = len(cand)
+    best = np.ones(n)
+    prev = np.full(n, -1)
+    max_gap_mm = 45.0
+    for i in range(n):
+        lo = np.searchsorted(zmm, zmm[i] - max_gap_mm, side="left")
+        j = np.arange(lo, i)
+        j = j[zmm[j] < zmm[i]]
+        if len(j) == 0:
+            continue
+        dz = zmm[i] - zmm[j]
+        dist = np.linalg.norm(pos[j] - pos[i], axis=1)
+        # The canal drifts at most about 0.7 mm per mm of height (sacral and cervical curves).
+        ok = dist <= 6.0 + 0.7 * dz
+        if not ok.any():
+            continue
+        j, dz = j[ok], dz[ok]
+        # Prefer long chains; a gap costs a little so that a dense chain wins over a sparse one.
+        score = best[j] + 1.0 - 0.01 * dz
+        k = int(np.argmax(score))
+        if score[k] > best[i]:
+            best[i] = score[k]
+            prev[i] = j[k]
+    end = int(np.argmax(best))
+    chain = []
+    while end >= 0:
+        chain.append(end)
+        end = prev[end]
+    chain = cand[chain[::-1]]
+    # Several rings in a slice of the chain cannot happen (strictly increasing z), keep one per slice.
+    zs = chain[:, 0].astype(int)
+    if len(zs) < 3 or (zs[-1] - zs[0]) * sz < 10.0:
+        return None
+    z_all = np.arange(zs[0], zs[-1] + 1)
+    cy = np.interp(z_all, zs, chain[:, 1])
+    cx = np.interp(z_all, zs, chain[:, 2])
+    fy = np.interp(z_all, zs, chain[:, 3])
+    canal_yx = np.full((n_slices, 2), np.nan)
+    canal_front = np.full(n_slices, np.nan)
+    canal_yx[z_all, 0] = cy
+    canal_yx[z_all, 1] = cx
+    canal_front[z_all] = fy
+    # Beyond the first/last ring the spine continues (a vertebra may be cut by the edge of the scan):
+    # carry the end positions to the volume edge, where body evidence still decides.
+    canal_yx[: zs[0]] = canal_yx[zs[0]]
+    canal_yx[zs[-1] + 1 :] = canal_yx[zs[-1]]
+    canal_front[: zs[0]] = canal_front[zs[0]]
+    canal_front[zs[-1] + 1 :] = canal_front[zs[-1]]
+    return SpineTrack(0, n_slices - 1, canal_yx, canal_front, n_observed=len(zs))
+
+
+def body_mask(hu, spacing, track, filled_all=None):
+    """Vertebral body mask, slice by slice, in front of the tracked canal.
+
+    Returns
+    -------
+    np.ndarray of bool, shape = hu.shape
+    """
+    from scipy import ndimage
+
+    sz, sy, sx = spacing
+    if filled_all is None:
+        filled_all = filled_bone(hu, spacing)
+    mask = np.zeros(hu.shape, dtype=bool)
+    half_x = int(round(45.0 / sx))
+    depth = int(round(75.0 / sy))
+    neck_mm = 7.0
+    open_el = _disk(neck_mm, (sy, sx))[0]
+    for z in range(track.z_first, track.z_last + 1):
+        if np.isnan(track.canal_front_y[z]):
+            continue
+        cx = int(round(track.canal_yx[z, 1]))
+        front = int(round(track.canal_front_y[z]))
+        y0, y1 = max(0, front - depth), min(hu.shape[1], front + 1)
+        x0, x1 = max(0, cx - half_x), min(hu.shape[2], cx + half_x + 1)
+        if y1 - y0 < 3 or x1 - x0 < 3:
+            continue
+        crop = hu[z, y0:y1, x0:x1]
+        filled = filled_all[z, y0:y1, x0:x1].copy()
+        # Water-like or fatty voxels enclosed by bone rings that are not marrow (e.g. a calcified aorta
+        # with unenhanced blood) are kept out by requiring a dense enough interior.
+        filled &= crop > -50.0
+        opened = ndimage.binary_opening(filled, structure=open_el)
+        lab, n = ndimage.label(opened)
+        if n == 0:
+            continue
+        # The body is the opened blob closest to a point 12 mm in front of the canal's front wall.
+        seed = np.array([front - y0 - 12.0 / sy, cx - x0])
+        com = np.array(ndimage.center_of_mass(opened, lab, np.arange(1, n + 1))).reshape(-1, 2)
+        d = np.linalg.norm((com - seed) * np.array([sy, sx]), axis=1)
+        k = int(np.argmin(d))
+        if d[k] > 25.0:
+            continue
+        blob = lab == k + 1
+        # Undo the opening inside the filled region only (restores the rim, not the neck).
+        grown = ndimage.binary_dilation(blob, structure=open_el) & filled
+        mask[z, y0:y1, x0:x1] = grown
+    return mask
+
+
+@dataclass
+class Centreline:
+    """Body centreline resampled every ``step_mm`` along its arc.
+
+    Attributes
+    ----------
+    points : np.ndarray, shape (n, 3)
+        Points in working-grid voxel indices (S, P, L).
+    points_mm : np.ndarray, shape (n, 3)
+    tangents : np.ndarray, shape (n, 3)
+        Unit tangents in mm space, pointing superior.
+    s_mm : np.ndarray, shape (n,)
+        Arc length from the inferior end.
+    """
+
+    points: np.ndarray
+    points_mm: np.ndarray
+    tangents: np.ndarray
+    s_mm: np.ndarray
+    notes: list = field(default_factory=list)
+
+
+def centreline(mask, spacing, min_area_mm2=150.0, step_mm=1.0):
+    """Smooth body centreline from the per-slice centroids of the body mask.
+
+    Returns
+    -------
+    Centreline or None
+    """
+    from scipy import ndimage
+
+    sz, sy, sx = spacing
+    areas = mask.sum(axis=(1, 2)) * sy * sx
+    good = np.flatnonzero(areas >= min_area_mm2)
+    if len(good) < 2:
+        return None
+    com = np.array(ndimage.center_of_mass(mask, np.broadcast_to(np.arange(mask.shape[0])[:, None, None], mask.shape) + 1, good + 1))
+    z_all = np.arange(good[0], good[-1] + 1)
+    cy = np.interp(z_all, good, com[:, 1])
+    cx = np.interp(z_all, good, com[:, 2])
+    # Smooth over about 15 mm: the curve should follow lordosis/kyphosis, not single bodies.
+    sigma = max(1.0, 7.5 / sz)
+    cy = ndimage.gaussian_filter1d(cy, sigma, mode="nearest")
+    cx = ndimage.gaussian_filter1d(cx, sigma, mode="nearest")
+    pts_mm = np.stack([z_all * sz, cy * sy, cx * sx], axis=1)
+    seg = np.linalg.norm(np.diff(pts_mm, axis=0), axis=1)
+    s = np.concatenate([[0.0], np.cumsum(seg)])
+    if s[-1] <= step_mm:
+        return None
+    s_new = np.arange(0.0, s[-1] + 1e-9, step_mm)
+    pts_new = np.stack([np.interp(s_new, s, pts_mm[:, d]) for d in range(3)], axis=1)
+    tang = np.gradient(pts_new, axis=0)
+    tang /= np.linalg.norm(tang, axis=1, keepdims=True)
+    return Centreline(
+        points=pts_new / np.asarray(spacing), points_mm=pts_new, tangents=tang, s_mm=s_new
+    )
+
+
+def perpendicular_profile(volume, spacing, line, radius_mm, order=1):
+    """Mean of ``volume`` over disks perpendicular to the centreline.
+
+    Returns
+    -------
+    np.ndarray, shape (n,)
+    """
+    from scipy import ndimage
+
+    t = line.tangents
+    # In-plane frame: u = left-right direction made perpendicular to t, v = t x u.
+    ex = np.array([0.0, 0.0, 1.0])
+    u = ex - (t @ ex)[:, None] * t
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    v = np.cross(t, u)
+    step = 1.0
+    r = np.arange(-radius_mm, radius_mm + 1e-9, step)
+    a, b = np.meshgrid(r, r, indexing="ij")
+    inside = a**2 + b**2 <= radius_mm**2
+    a, b = a[inside], b[inside]
+    pts = line.points_mm[:, None, :] + a[None, :, None] * u[:, None, :] + b[None, :, None] * v[:, None, :]
+    idx = pts / np.asarray(spacing)
+    vals = ndimage.map_coordinates(volume, idx.reshape(-1, 3).T, order=order, mode="nearest")
+    return vals.reshape(len(line.s_mm), -1).mean(axis=1)
+
+
+def find_discs(body_fraction, hu_profile, s_mm, min_pitch_mm=14.0):
+    """Disc positions along the centreline: gaps of the filled-bone fraction.
+
+    Parameters
+    ----------
+    body_fraction : np.ndarray, shape (n,)
+        Fraction of each perpendicular disk inside the body mask (1 in a body, near 0 in a disc).
+    hu_profile : np.ndarray, shape (n,)
+        Mean HU in the same disks (used to rank gaps).
+    s_mm : np.ndarray, shape (n,)
+
+    Returns
+    -------
+    list of (s_mm, depth) tuples
+        Disc centres from inferior to superior with the depth of the gap (0..1).
+    """
+    from scipy import ndimage
+
+    step = s_mm[1] - s_mm[0] if len(s_mm) > 1 else 1.0
+    f = ndimage.gaussian_filter1d(body_fraction.astype(float), 1.0 / step, mode="nearest")
+    low = f < 0.5
+    lab, n = ndimage.label(low)
+    discs = []
+    for i in range(1, n + 1):
+        idx = np.flatnonzero(lab == i)
+        # Gaps touching the ends of the centreline are the end of the imaged spine, not discs.
+        if idx[0] == 0 or idx[-1] == len(f) - 1:
+            continue
+        width = (idx[-1] - idx[0] + 1) * step
+        if width > 25.0:
+            continue  # a missing stretch of body (e.g. segmentation failure), not a disc
+        centre = s_mm[idx].mean()
+        depth = 1.0 - f[idx].min()
+        discs.append([centre, depth])
+    # A disc also shows as a dip of HU between the two bright endplates, even where a tilted disc keeps
+    # the filled-bone fraction high (L5/S1): minimum flanked on both sides, within 8 mm, by HU at
+    # least DISC_DIP_HU higher. A dip inside a body (basivertebral veins, fatty marrow) lacks the
+    # endplate on at least one side.
+    h = ndimage.gaussian_filter1d(hu_profile.astype(float), 1.0 / step, mode="nearest")
+    w = max(1, int(round(8.0 / step)))
+    for i in range(w, len(h) - w):
+        if h[i] != h[i - w // 2 : i + w // 2 + 1].min():
+            continue
+        left, right = h[i - w : i].max(), h[i + 1 : i + w + 1].max()
+        prominence = min(left, right) - h[i]
+        # Without support from the filled-bone fraction the dip must also be deep in relative terms
+        # (disc about 80 HU against endplates of 160 HU or more).
+        deep = h[i] <= 0.55 * min(left, right)
+        if prominence >= DISC_DIP_HU and (f[i] < 0.9 or deep):
+            discs.append([s_mm[i], min(1.0, prominence / (2 * DISC_DIP_HU))])
+    discs.sort()
+    # Two gaps closer than the shortest vertebra are one disc split by an osteophyte or noise.
+    merged = []
+    for c, d in discs:
+        if merged and c - merged[-1][0] < min_pitch_mm:
+            if d > merged[-1][1]:
+                merged[-1] = [c, d]
+            continue
+        merged.append([c, d])
+    # Vertebral height changes slowly along the spine: a "disc" that leaves short pieces on both sides
+    # (each under 70 % of the typical pitch) splits one body (a dip in its marrow) and is dropped.
+    while len(merged) >= 3:
+        centres = np.array([m[0] for m in merged])
+        pitch = np.median(np.diff(centres))
+        worst = None
+        for k in range(len(merged)):
+            below = centres[k] - centres[k - 1] if k > 0 else np.inf
+            above = centres[k + 1] - centres[k] if k + 1 < len(merged) else np.inf
+            short = [x for x in (below, above) if np.isfinite(x)]
+            if len(short) == 2 and max(short) < 0.7 * pitch and sum(short) < 1.4 * pitch:
+                if worst is None or merged[k][1] < merged[worst][1]:
+                    worst = k
+        if worst is None:
+            break
+        del merged[worst]
+    return [tuple(m) for m in merged]

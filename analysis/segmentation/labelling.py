@@ -1,0 +1,157 @@
+"""Vertebra level identification from anatomical anchors: ribs and the sacrum.
+
+The reasoning a radiologist uses, written as code:
+
+- A vertebra whose rib articulates with it is thoracic. Normally 12 pairs: the last rib-bearing vertebra
+  is T12, provided the vertebra below it is seen and bears no rib (otherwise it may be T11 with T12 cut off).
+- The sacrum is fused to the iliac bones at the sacroiliac joints; the vertebra just above its top segment
+  is L5.
+- When both anchors are seen, the count between them must be 5 lumbar vertebrae; 4 or 6 means an unusual
+  rib count or a transitional lumbosacral vertebra, and the case is flagged instead of guessing silently.
+- No anchor is taken from a vertebra cut by the edge of the volume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from analysis.segmentation.levels import LEVEL_NAMES
+
+FLAGS = ("level_disagreement", "unusual_rib_count", "transitional_lumbosacral", "low_confidence", "no_anchor")
+
+
+@dataclass
+class Segment:
+    """One vertebra-sized stretch of the spine between two discs, inferior to superior order.
+
+    Attributes
+    ----------
+    complete : bool
+        Bounded by a disc (or the sacrum) on both ends, not cut by the volume edge.
+    rib_left, rib_right : bool
+        A rib articulates with it on that side.
+    pelvic_left, pelvic_right : bool
+        Bone continuous laterally with the ilium on that side (sacral ala / sacroiliac joint).
+    """
+
+    complete: bool
+    cut: bool = False
+    rib_left: bool = False
+    rib_right: bool = False
+    pelvic_left: bool = False
+    pelvic_right: bool = False
+
+    @property
+    def ribs(self):
+        return int(self.rib_left) + int(self.rib_right)
+
+    @property
+    def pelvic(self):
+        return int(self.pelvic_left) + int(self.pelvic_right)
+
+
+def _name_from_t12(offset):
+    """Level name ``offset`` vertebrae above T12 (negative = below)."""
+    index = LEVEL_NAMES.index("T12") + (-offset)
+    if 0 <= index < len(LEVEL_NAMES) - 1:  # L6 is never produced by counting from T12
+        return LEVEL_NAMES[index]
+    return None
+
+
+def label_segments(segments):
+    """Assign levels to segments ordered from inferior (index 0) to superior.
+
+    Parameters
+    ----------
+    segments : list of Segment
+
+    Returns
+    -------
+    levels : dict
+        Segment index -> (level name, confidence 0..1). Sacral segments are left out.
+    flags : list of str
+    notes : list of str
+        Which anchors were used and why.
+    """
+    flags, notes = [], []
+    n = len(segments)
+    # --- sacrum: the lowest run of segments attached to the ilium on both sides; S1 is its top. A
+    # segment above it attached on one side only is a transitional vertebra (hemisacralisation).
+    s1 = None
+    for i, seg in enumerate(segments):
+        if seg.pelvic == 2:
+            s1 = i
+        elif s1 is not None:
+            break
+    sacral_anchor = None
+    if s1 is not None and s1 + 1 < n:
+        l5 = segments[s1 + 1]
+        if l5.complete:
+            sacral_anchor = s1 + 1
+            notes.append(f"sacrum found (segment {s1} joined to both iliac bones); L5 = the vertebra above it")
+            if l5.pelvic:
+                flags.append("transitional_lumbosacral")
+                notes.append("the vertebra above the sacrum touches the ilium/ala on one side: transitional")
+        else:
+            notes.append("sacrum found but the vertebra above it is cut or unclear: not used as anchor")
+    # --- last rib: the most inferior rib-bearing segment with a rib-free, complete segment below it.
+    rib_anchor = None
+    rib_idx = [i for i, seg in enumerate(segments) if seg.ribs > 0]
+    if rib_idx:
+        last = min(rib_idx)
+        below_ok = last - 1 >= 0 and segments[last - 1].complete and segments[last - 1].ribs == 0
+        if below_ok and not segments[last].cut:
+            rib_anchor = last
+            notes.append(f"last rib-bearing vertebra (segment {last}, {segments[last].ribs} side(s)) = T12")
+            if segments[last].ribs == 1:
+                notes.append("the last rib is seen on one side only")
+        else:
+            notes.append("ribs seen, but no rib-free vertebra below the last one (or it is cut): no rib anchor")
+    levels = {}
+    if sacral_anchor is not None and rib_anchor is not None:
+        # Rib-free segments from L5 up to the one below T12.
+        lumbar = rib_anchor - sacral_anchor
+        if lumbar == 5:
+            notes.append("sacrum and last rib agree (5 lumbar vertebrae)")
+            for i in range(n):
+                if i > s1:
+                    name = _name_from_t12(i - rib_anchor)
+                    if name:
+                        levels[i] = (name, 0.95)
+        else:
+            flags.append("level_disagreement")
+            flags.append("unusual_rib_count" if lumbar in (4, 6) else "low_confidence")
+            if lumbar in (4, 6):
+                flags.append("transitional_lumbosacral")
+            notes.append(f"{lumbar} rib-free vertebrae between the last rib and the sacrum (expected 5)")
+            # Lumbar levels from the sacrum (the usual convention for QCT of L1-L3), low confidence.
+            for i in range(sacral_anchor, min(n, sacral_anchor + 5)):
+                levels[i] = (f"L{5 - (i - sacral_anchor)}", 0.4)
+    elif sacral_anchor is not None:
+        for i in range(sacral_anchor, n):
+            k = i - sacral_anchor
+            name = LEVEL_NAMES[LEVEL_NAMES.index("L5") - k] if LEVEL_NAMES.index("L5") - k >= 0 else None
+            if name:
+                # Counting away from the anchor adds uncertainty (a missed or split disc shifts all above).
+                levels[i] = (name, max(0.5, 0.9 - 0.03 * k))
+    elif rib_anchor is not None:
+        for i in range(n):
+            if s1 is not None and i <= s1:
+                continue
+            name = _name_from_t12(i - rib_anchor)
+            if name:
+                levels[i] = (name, max(0.5, 0.85 - 0.03 * abs(i - rib_anchor)))
+    else:
+        flags.append("no_anchor")
+        flags.append("low_confidence")
+        notes.append("no sacrum and no complete last rib in view: levels cannot be anchored")
+        if rib_idx:
+            # Tentative reading: the lowest rib-bearing vertebra in view taken as T12. Marked low
+            # confidence so that measurements built on it carry the flag.
+            last = min(rib_idx)
+            notes.append("tentative: lowest rib-bearing vertebra in view taken as T12 (confidence 0.3)")
+            for i in range(n):
+                name = _name_from_t12(i - last)
+                if name:
+                    levels[i] = (name, 0.3)
+    return levels, sorted(set(flags)), notes
