@@ -26,8 +26,12 @@ def exam_rows(project, *, search="", category="", split="", excluded="", region=
         rows = rows.filter(Q(patient__pseudonym__istartswith=search) | Q(study_uid=search))
     if category:
         rows = rows.filter(qct__category=category)
-    if split:
-        rows = rows.filter(split=split) if split != "none" else rows.filter(split__isnull=True)
+    if split == "none":
+        rows = rows.filter(split__isnull=True)
+    elif split:
+        # A join on the membership filters 100,000 rows far faster than comparing the annotated subquery.
+        rows = rows.filter(cohort_memberships__cohort__project=project,
+                           cohort_memberships__cohort__name=Cohort.DEFAULT_NAME, cohort_memberships__split=split)
     if excluded in ("yes", "no"):
         rows = rows.filter(excluded=(excluded == "yes"))
     if region:
