@@ -235,13 +235,17 @@ def measure_levels(
         if not np.array_equal(labels, np.round(labels)):
             raise ValueError("label map must hold integer labels")
         labels = labels.astype(np.int32)
-    present = np.unique(labels)
-    present = present[present != 0]
-    unknown = [int(v) for v in present if int(v) not in LEVEL_OF_LABEL]
+    if labels.size and int(labels.min()) < 0:
+        raise ValueError("label map holds negative values; VerSe body labels are 1-25")
+    if labels.size and int(labels.max()) > 255:
+        raise ValueError(f"label value {int(labels.max())} is not a vertebral body label (VerSe 1-25)")
+    if labels.dtype != np.uint8:
+        labels = labels.astype(np.uint8)
+    # One pass over the volume finds every label's bounding box (np.unique would sort all voxels).
+    boxes = ndimage.find_objects(labels)
+    unknown = [value for value, box in enumerate(boxes, start=1) if box is not None and value not in LEVEL_OF_LABEL]
     if unknown:
         raise ValueError(f"label values {unknown} are not vertebral body labels (VerSe 1-25)")
-    if labels.dtype.itemsize > 1 or labels.dtype.kind != "u":
-        labels = labels.astype(np.uint8)
 
     if erosion_mm < 0:
         raise ValueError(f"erosion_mm must be >= 0, got {erosion_mm}")
@@ -250,7 +254,6 @@ def measure_levels(
     hu = volume.array
     level_confidence = level_confidence or {}
     element = ellipsoid_structure(spacing, erosion_mm) if erosion_mm > 0 else None
-    boxes = ndimage.find_objects(labels)
     results = {}
     for value, box in enumerate(boxes, start=1):
         if box is None:
