@@ -25,8 +25,8 @@ Per level:
 ``contrast_exam``
     The exam is contrast-enhanced (caller says so): trabecular HU reads higher than on plain CT.
 ``hu_outlier``
-    Mean ROI HU differs by more than ``HU_OUTLIER_HU`` (50 HU) from the median of the measured levels
-    within two levels above and below (at least two such neighbours needed). Between adjacent levels
+    Mean ROI HU differs by more than ``HU_OUTLIER_HU`` (50 HU) from the running median of the measured
+    levels from two above to two below, the level itself included (at least two neighbours needed). Between adjacent levels
     trabecular HU changes by a few HU; 50 HU suggests a fracture, a focal lesion or a segmentation error.
 ``duplicated_level``
     The label has two or more separate connected parts of vertebral-body size (the second largest at
@@ -305,12 +305,15 @@ def _flag_hu_outliers(results: dict) -> None:
     for m in results.values():
         if m.label not in usable:
             continue
-        neighbours = [
+        window = [
             usable[v]
             for v in range(m.label - HU_OUTLIER_NEIGHBOURS, m.label + HU_OUTLIER_NEIGHBOURS + 1)
-            if v != m.label and v in usable
+            if v in usable
         ]
-        if len(neighbours) >= 2 and abs(m.mean_hu - float(np.median(neighbours))) > HU_OUTLIER_HU:
+        # A running median that includes the level itself: one outlier cannot drag the reference of
+        # its neighbours (at the end of the sequence a level has only two neighbours, one of them maybe
+        # the outlier).
+        if len(window) >= 3 and abs(m.mean_hu - float(np.median(window))) > HU_OUTLIER_HU:
             m.flags.append(HU_OUTLIER)
 
 

@@ -150,3 +150,69 @@ def test_written_as_nifti_and_dicom_reads_back_identically(tmp_path):
     series = load_volume(tmp_path / "dicom")
     np.testing.assert_array_equal(series.array, phantom.volume.array)
     np.testing.assert_allclose(series.affine, phantom.volume.affine, atol=1e-4)
+
+
+# -- QA flags of the per-level measurement, on phantoms whose truth is known ---------------------------
+@pytest.fixture(scope="module")
+def lumbar():
+    # L3 made 100 HU denser than its neighbours (a sclerotic vertebra): an outlier by construction.
+    return make_spine_phantom(spacing=(2.0, 1.0, 1.0), levels=("T11", "T12", "L1", "L2", "L3", "L4", "L5"),
+                              trabecular_hu={"L3": 260.0}, noise_sd=20.0, random_state=2)
+
+
+def test_hu_outlier_flags_only_the_level_far_from_its_neighbours(lumbar):
+    measurements = measure_levels(lumbar.volume, lumbar.body_labels)
+    assert [name for name, m in measurements.items() if "hu_outlier" in m.flags] == ["L3"]
+
+
+def test_missing_and_duplicated_levels(lumbar):
+    from analysis.measurement import case_flags, measurement_json
+
+    labels = lumbar.body_labels.copy()
+    labels[labels == VERSE_LABEL["L1"]] = 0  # L1 not segmented
+    labels[labels == VERSE_LABEL["L4"]] = VERSE_LABEL["L5"]  # two vertebrae called L5
+    measurements = measure_levels(lumbar.volume, labels)
+    assert "duplicated_level" in measurements["L5"].flags
+    assert "duplicated_level" not in measurements["L2"].flags
+    assert case_flags(measurements) == ["duplicated_level", "missing_level"]
+    doc = measurement_json(measurements, {"total": 1.0})
+    assert doc["missing_levels"] == ["L1", "L4"] and doc["flags"] == ["duplicated_level", "missing_level"]
+
+
+def test_contrast_and_low_confidence_flags(lumbar):
+    from analysis.measurement import case_flags
+
+    measurements = measure_levels(lumbar.volume, lumbar.body_labels, contrast=True,
+                                  level_confidence={"T11": 0.4, "T12": 0.95})
+    assert all("contrast_exam" in m.flags for m in measurements.values())
+    assert "low_level_confidence" in measurements["T11"].flags
+    assert "low_level_confidence" not in measurements["T12"].flags
+    assert case_flags(measurements, ["level_disagreement"]) == ["contrast_exam", "level_disagreement",
+                                                                "low_level_confidence"]
+
+
+def test_body_cut_by_the_volume_edge_is_flagged_and_its_roi_keeps_away_from_the_cut(lumbar):
+    from analysis.imaging.volume import Volume
+
+    labels = lumbar.body_labels
+    # Keep the slices from L5's mid-height upwards: L5 is cut by the first slice of the cropped volume
+    # (array slice index increases towards the head in this LPS phantom).
+    rows = np.nonzero((labels == VERSE_LABEL["L5"]).any(axis=(1, 2)))[0]
+    start = int(rows[len(rows) // 2])
+    affine = lumbar.volume.affine.copy()
+    affine[:3, 3] = lumbar.volume.index_to_lps([start, 0, 0])
+    cropped = Volume(lumbar.volume.array[start:], affine)
+    measurements = measure_levels(cropped, labels[start:])
+    assert measurements["L5"].flags == ["touches_volume_edge"]
+    assert measurements["L4"].flags == []
+    # Erosion from the cut: with 2 mm slices the element reaches one slice (2 mm <= 3 mm < 4 mm), so the
+    # first imaged slice (next to the unimaged, background slice -1) leaves the ROI and the second stays.
+    from analysis.measurement import trabecular_roi
+
+    roi = trabecular_roi(labels[start:] == VERSE_LABEL["L5"], cropped.spacing, 3.0)
+    assert not roi[0].any() and roi[1].any()
+    # A sliver of a body (only its top 2 slices) is too small to measure.
+    top = int(rows[-1]) - 1
+    affine[:3, 3] = lumbar.volume.index_to_lps([top, 0, 0])
+    sliver = measure_levels(Volume(lumbar.volume.array[top:], affine), labels[top:])
+    assert sliver["L5"].flags == ["roi_too_small", "touches_volume_edge"] and sliver["L5"].mean_hu is None
