@@ -365,20 +365,16 @@ def weighted_auc(y_true, score, weights):
     order = np.argsort(s, kind="stable")
     s_sorted = s[order]
     pos_sorted = labels[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(s_sorted) != 0) + 1]  # first case of each tie group
     w_sorted = w[:, order]
-    w_pos = w_sorted * pos_sorted
-    w_neg = w_sorted * ~pos_sorted
-    # cum_neg[:, j] = weight of negatives among the first j sorted cases (j = 0..N).
-    cum_neg = np.concatenate([np.zeros((w.shape[0], 1)), np.cumsum(w_neg, axis=1)], axis=1)
-    change = np.flatnonzero(np.diff(s_sorted) != 0)
-    starts = np.r_[0, change + 1]
-    ends = np.r_[change + 1, s_sorted.size]  # exclusive
-    group = np.repeat(np.arange(starts.size), ends - starts)
-    below = cum_neg[:, starts[group]]
-    tied = cum_neg[:, ends[group]] - below
+    # Weight of positives and of negatives per tie group (B, G); a positive in group g beats the negatives
+    # of the groups below g and ties with the negatives of g.
+    w_pos = np.add.reduceat(w_sorted * pos_sorted, starts, axis=1)
+    w_neg = np.add.reduceat(w_sorted * ~pos_sorted, starts, axis=1)
+    below = np.cumsum(w_neg, axis=1) - w_neg
     n_pos = w_pos.sum(axis=1)
     n_neg = w_neg.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (w_pos * (below + 0.5 * tied)).sum(axis=1) / (n_pos * n_neg)
+        auc = (w_pos * (below + 0.5 * w_neg)).sum(axis=1) / (n_pos * n_neg)
     auc[(n_pos == 0) | (n_neg == 0)] = np.nan
     return auc
