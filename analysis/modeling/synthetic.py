@@ -176,7 +176,8 @@ def generate_cohort(n_patients=702, random_state=0):
         date_lo, date_hi = _DATE_RANGES[split]
         days = rng.integers(0, (date_hi - date_lo).days + 1, n)
         for i in range(n):
-            records.append((split, int(ages[i]), "F" if female[i] else "M", float(bmd[i]), date_lo, int(days[i])))
+            sex = "F" if female[i] else "M"
+            records.append((split, int(ages[i]), sex, float(bmd[i]), date_lo, int(days[i])))
 
     exams = []
     for split, age, sex, bmd, date_lo, day in records:

@@ -119,7 +119,8 @@ def _check_pair(y_true, *preds, names=("y_pred",)):
     for name, arr in zip(("y_true",) + tuple(names), [y] + out):
         bad = ~np.isfinite(arr)
         if bad.any():
-            raise ValueError(f"{name} has a missing or non-finite value at index {int(np.flatnonzero(bad)[0])}")
+            first = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{name} has a missing or non-finite value at index {first}")
     if y.size < 3:
         raise ValueError(f"need at least 3 cases, got {y.size}")
     return y, out

@@ -120,7 +120,9 @@ class Command(BaseCommand):
         parser.add_argument("file", help="CSV file, header on line 1")
         parser.add_argument("--label-col", required=True, help="column of the true label / reference value")
         parser.add_argument("--score-col", required=True, help="score column (multiclass: column prefix)")
-        parser.add_argument("--positive", help="positive label value (binary) or class of the binary sub-task")
+        parser.add_argument(
+            "--positive", help="positive label value (binary) or class of the binary sub-task (multiclass)"
+        )
         parser.add_argument("--compare-col", help="second score/prediction column for a paired comparison")
         parser.add_argument("--task", choices=("binary", "multiclass", "regression"), default="binary")
         parser.add_argument(
