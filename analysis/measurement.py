@@ -33,7 +33,8 @@ Per level:
     least ``DUPLICATE_FRACTION`` (30 %) of the largest and at least 1 ml): two vertebrae probably carry the
     same level name.
 ``low_level_confidence``
-    The segmenter's confidence in the level name is below ``min_level_confidence`` (default 0.8).
+    The segmenter's confidence in the level name is below ``min_level_confidence`` (default 0.5, the
+    threshold at which the default segmenter flags the case "low_confidence").
 
 Case level (:func:`case_flags`): ``missing_level`` (a gap in the sequence of measured levels, e.g. T12
 and L2 without L1), ``duplicated_level``, ``low_level_confidence``, ``contrast_exam`` (each when any level
@@ -62,7 +63,7 @@ HU_OUTLIER_HU = 50.0
 HU_OUTLIER_NEIGHBOURS = 2  # levels above and below compared with
 DUPLICATE_FRACTION = 0.3
 DUPLICATE_MIN_ML = 1.0
-DEFAULT_MIN_LEVEL_CONFIDENCE = 0.8
+DEFAULT_MIN_LEVEL_CONFIDENCE = 0.5  # the default segmenter raises "low_confidence" below 0.5 too
 
 
 def ellipsoid_structure(spacing, erosion_mm) -> np.ndarray:
@@ -218,7 +219,7 @@ def measure_levels(
         The exam is contrast-enhanced; every level gets ``contrast_exam``.
     level_confidence : dict of str to float, optional
         Segmenter confidence (0-1) in each level name.
-    min_level_confidence : float, default 0.8
+    min_level_confidence : float, default 0.5
         Below this, a level is flagged ``low_level_confidence``.
 
     Returns
