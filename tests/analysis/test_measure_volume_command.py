@@ -140,3 +140,18 @@ def test_dicom_input_reports_lps_and_nifti_input_ras(tmp_path):
         assert "touches_volume_edge" in dicom_doc["levels"][level]["flags"]
         assert "contrast_exam" in dicom_doc["levels"][level]["flags"]
     assert "contrast_exam" in dicom_doc["flags"]
+
+
+def test_default_segmenter_path_writes_labels_that_reproduce_the_json(tmp_path):
+    # Without --labels-in the default segmenter runs; measuring the label map it wrote must give the
+    # same numbers (the JSON and LABELS.nii.gz describe the same bodies on the input grid).
+    measure(EXAMPLE_CT, "--out", tmp_path / "seg.json", "--labels-out", tmp_path / "seg.nii.gz")
+    measure(EXAMPLE_CT, "--out", tmp_path / "again.json", "--labels-in", tmp_path / "seg.nii.gz")
+    segmented = json.loads((tmp_path / "seg.json").read_text())
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert segmented["segmenter"]["name"] == "default" and again["segmenter"]["name"] == "labels-in"
+    assert {"load", "segmentation", "measure", "total"} <= set(segmented["timings_s"])
+    assert segmented["levels"]
+    for level, entry in segmented["levels"].items():
+        for key in ("mean_hu", "median_hu", "roi_voxels", "body_volume_ml", "centroid_mm"):
+            assert again["levels"][level][key] == entry[key], (level, key)
