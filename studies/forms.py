@@ -141,6 +141,7 @@ class ProjectThresholdsForm(forms.ModelForm):
         model = Project
         fields = ["description", "osteoporosis_below", "normal_above"]
         labels = {"osteoporosis_below": "Osteoporosis below (mg/cm3)", "normal_above": "Normal above (mg/cm3)"}
+        widgets = {"description": forms.Textarea(attrs={"rows": 3, "cols": 40})}
 
     def clean(self):
         data = super().clean()
@@ -184,7 +185,8 @@ class CSVUploadForm(forms.Form):
 
 
 class PatientFilterForm(forms.Form):
-    q = forms.CharField(required=False, label="Patient id or StudyInstanceUID")
+    q = forms.CharField(required=False, label="Patient id or StudyInstanceUID",
+                        widget=forms.TextInput(attrs={"placeholder": "patient id prefix or study UID"}))
     category = forms.ChoiceField(required=False, choices=[("", "any category"), ("osteoporosis", "osteoporosis"),
                                                           ("osteopenia", "osteopenia"), ("normal", "normal")])
     split = forms.ChoiceField(required=False, choices=[("", "any split")] + list(Split.choices)
