@@ -81,19 +81,6 @@ def _decode(data, source):
     return data  # pragma: no cover
 
 
-def _optional_float(text, name, low, high):
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{name} {text!r} is not a number") from None
-    if not low <= value <= high:
-        raise ValueError(f"{name} {value:g} is outside {low:g}-{high:g}")
-    return value
-
-
 def _parse_row(line, cells):
     for column, text in cells.items():
         if validation.looks_like_formula(text):
@@ -127,7 +114,7 @@ def _parse_row(line, cells):
     contrast_text = cells.get("contrast", "").strip().lower()
     if contrast_text not in ("", "yes", "no", "true", "false", "1", "0"):
         raise ValueError(f"contrast {cells['contrast']!r} is not yes or no")
-    birth_year = _optional_float(cells.get("birth_year", ""), "birth_year", 1880, 2100)
+    birth_year = validation.parse_number(cells.get("birth_year", ""), "birth_year", 1880, 2100)
     return QCTRow(
         line=line,
         patient_id=patient_id,
@@ -140,8 +127,8 @@ def _parse_row(line, cells):
         study_uid=study_uid,
         series_uid=series_uid,
         scanner_model=cells.get("scanner_model", "").strip()[:100],
-        kvp=_optional_float(cells.get("kvp", ""), "kvp", 40, 160),
-        slice_thickness_mm=_optional_float(cells.get("slice_thickness_mm", ""), "slice_thickness_mm", 0.1, 20),
+        kvp=validation.parse_number(cells.get("kvp", ""), "kvp", 40, 160),
+        slice_thickness_mm=validation.parse_number(cells.get("slice_thickness_mm", ""), "slice_thickness_mm", 0.1, 20),
         contrast=contrast_text in ("yes", "true", "1"),
         birth_year=int(birth_year) if birth_year is not None else None,
         levels_note=cells.get("levels_note", "").strip()[:200],

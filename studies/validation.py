@@ -11,16 +11,25 @@ UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
-def parse_bmd(text):
-    """A QCT BMD in mg/cm3 from text; None when empty. Raises ValueError with a message naming the unit."""
+def parse_number(text, name, low=None, high=None):
+    """A float from a text cell; None when empty. ``low``/``high`` bound it (inclusive) when given."""
     text = text.strip()
     if not text:
         return None
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"BMD {text!r} is not a number") from None
-    check_bmd(value)
+        raise ValueError(f"{name} {text!r} is not a number") from None
+    if low is not None and not low <= value <= high:
+        raise ValueError(f"{name} {value:g} is outside {low:g}-{high:g}")
+    return value
+
+
+def parse_bmd(text):
+    """A QCT BMD in mg/cm3 from text; None when empty. Raises ValueError with a message naming the unit."""
+    value = parse_number(text, "BMD")
+    if value is not None:
+        check_bmd(value)
     return value
 
 
@@ -36,15 +45,11 @@ def check_bmd(value):
 
 
 def parse_age(text):
-    text = text.strip()
-    if not text:
+    value = parse_number(text, "age")
+    if value is None:
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"age {text!r} is not a number") from None
     if value != int(value):
-        raise ValueError(f"age {text!r} must be whole years")
+        raise ValueError(f"age {text.strip()!r} must be whole years")
     if not 0 <= value <= 120:
         raise ValueError(f"age {value:g} is outside 0-120 years")
     return int(value)
