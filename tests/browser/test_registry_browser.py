@@ -2,10 +2,18 @@
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.factories import MembershipFactory
 
 pytestmark = pytest.mark.browser
+
+
+def wait_for_text(browser, locator, text, timeout=10):
+    """Wait until the page that a click loads shows ``text`` (a click returns before navigation ends)."""
+    WebDriverWait(browser, timeout).until(EC.text_to_be_present_in_element(locator, text))
+    return browser.find_element(*locator)
 
 
 def test_coordinator_adds_patient_and_qct(browser, live_server, transactional_db, password):
@@ -16,15 +24,20 @@ def test_coordinator_adds_patient_and_qct(browser, live_server, transactional_db
     browser.find_element(By.NAME, "username").send_keys(user.username)
     browser.find_element(By.NAME, "password").send_keys(password)
     browser.find_element(By.ID, "login-button").click()
+    wait_for_text(browser, (By.TAG_NAME, "h1"), "Projects")
     browser.find_element(By.LINK_TEXT, "Browser study").click()
+    wait_for_text(browser, (By.TAG_NAME, "h1"), "Browser study")
     browser.find_element(By.LINK_TEXT, "Patients").click()
+    wait_for_text(browser, (By.TAG_NAME, "h1"), "Patients and exams")
     browser.find_element(By.LINK_TEXT, "Add patient").click()
+    wait_for_text(browser, (By.TAG_NAME, "h1"), "Add patient")
     browser.find_element(By.NAME, "pseudonym").send_keys("BR-001")
     browser.find_element(By.CSS_SELECTOR, "select[name=sex] option[value=F]").click()
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
-    assert "Patient BR-001" in browser.find_element(By.TAG_NAME, "h1").text
+    wait_for_text(browser, (By.TAG_NAME, "h1"), "Patient BR-001")
     browser.find_element(By.ID, "add-exam").click()
+    wait_for_text(browser, (By.TAG_NAME, "h1"), "New exam")
     browser.execute_script("document.querySelector('[name=\"exam-exam_date\"]').value = '2022-05-03'")
     browser.find_element(By.NAME, "exam-age_at_exam").send_keys("67")
     browser.find_element(By.CSS_SELECTOR, "select[name='exam-region'] option[value=chest]").click()
@@ -33,12 +46,12 @@ def test_coordinator_adds_patient_and_qct(browser, live_server, transactional_db
     browser.find_element(By.ID, "save-exam").click()
 
     # (72.5 + 75.5) / 2 = 74.0 mg/cm3 < 80: osteoporosis.
-    category = browser.find_element(By.CSS_SELECTOR, "#exams [data-testid=category]")
+    category = wait_for_text(browser, (By.CSS_SELECTOR, "#exams [data-testid=category]"), "osteoporosis")
     assert category.text == "osteoporosis"
     assert "74.0" in browser.find_element(By.ID, "exams").text
 
     browser.find_element(By.LINK_TEXT, "History").click()
-    history = browser.find_element(By.ID, "history").text
+    history = wait_for_text(browser, (By.ID, "history"), "BR-001").text
     assert "BR-001" in history and user.username in history
     assert "bmd_l1" in history and "72.5" in history
     assert project.patients.filter(pseudonym="BR-001").exists()
