@@ -1,0 +1,183 @@
+"""Analysis records: measurement runs with their per-level HU, model versions with their evaluations and
+predictions.
+
+Measurement runs and model versions are immutable once saved: a re-measurement or a retraining is a new row,
+so a paper can always name the exact numbers it used. Which run feeds a model is chosen per exam by
+:func:`analysis.modeling.records.chosen_runs` (the latest run of a named source) and recorded in the model
+version's data snapshot.
+"""
+
+from auditlog.registry import auditlog
+from django.conf import settings
+from django.db import models
+
+from studies.models import Cohort, Exam, Project, Split
+
+
+class ImmutableRecordError(Exception):
+    """An attempt to change a saved measurement run, level measurement or model version."""
+
+
+class ImmutableModel(models.Model):
+    """Rows that are written once: ``save`` on a stored row raises instead of updating it."""
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not self._state.adding:
+            raise ImmutableRecordError(
+                f"{type(self).__name__} {self.pk} is immutable; record a new one instead of changing it"
+            )
+        super().save(*args, **kwargs)
+
+
+class MeasurementRun(ImmutableModel):
+    """One measurement of an exam's vertebrae: by the product's pipeline or imported from another tool."""
+
+    PIPELINE = "bmdsite"
+
+    exam = models.ForeignKey(Exam, on_delete=models.CASCADE, related_name="measurement_runs")
+    # "bmdsite" for the image pipeline; the tool's name for imported values ("TotalSegmentator", "synthetic").
+    source = models.CharField(max_length=60, default=PIPELINE)
+    segmenter_version = models.CharField(max_length=100, blank=True)
+    parameters = models.JSONField(default=dict, blank=True, help_text="e.g. {\"erosion_mm\": 3.0}")
+    timings = models.JSONField(default=dict, blank=True, help_text="seconds per step")
+    flags = models.JSONField(default=list, blank=True, help_text="case-level QA flags")
+    code_version = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+
+    class Meta:
+        ordering = ["exam", "-created_at", "-pk"]
+        indexes = [models.Index(fields=["exam", "source", "-created_at"])]
+
+    def __str__(self):
+        return f"{self.source} run {self.pk} of exam {self.exam_id}"
+
+    def get_additional_data(self):
+        return {"project_id": self.exam.patient.project_id, "patient_id": self.exam.patient_id}
+
+
+class LevelMeasurement(ImmutableModel):
+    """Trabecular HU of one vertebra in one run (``analysis.measurement.LevelMeasurement`` stored)."""
+
+    run = models.ForeignKey(MeasurementRun, on_delete=models.CASCADE, related_name="levels")
+    level = models.CharField(max_length=4, help_text="vertebra name, e.g. T12")
+    mean_hu = models.FloatField(null=True, blank=True, help_text="HU; empty when the ROI is empty")
+    median_hu = models.FloatField(null=True, blank=True)
+    sd_hu = models.FloatField(null=True, blank=True)
+    roi_voxels = models.PositiveIntegerField(null=True, blank=True)
+    body_volume_ml = models.FloatField(null=True, blank=True)
+    centroid_mm = models.JSONField(null=True, blank=True, help_text="[x, y, z] in the input's world frame")
+    flags = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "level"], name="one_value_per_level_and_run")]
+
+    def __str__(self):
+        return f"{self.level}: {self.mean_hu} HU (run {self.run_id})"
+
+
+class Task(models.TextChoices):
+    CLASSIFICATION = "classification", "Classification (3 categories)"
+    REGRESSION = "regression", "Regression (BMD, mg/cm3)"
+
+
+class Algorithm(models.TextChoices):
+    BDT = "BDT", "Bagging decision trees"
+    LR = "LR", "Logistic regression"
+    RF = "RF", "Random forest"
+    SGD = "SGD", "SGD regression"
+    EXTERNAL = "external", "External model (imported predictions)"
+
+
+class FeatureSet(models.TextChoices):
+    CHEST = "chest", "Chest T5-T10"
+    ABDOMEN = "abdomen", "Abdomen T12-L2"
+    CHEST_CAL = "chest_cal", "Chest T5-T10-Cal"
+    EXTERNAL = "external", "External"
+
+
+class ModelVersion(ImmutableModel):
+    """One fitted model (or one external model's predictions) with everything needed to reproduce it."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="model_versions")
+    cohort = models.ForeignKey(Cohort, on_delete=models.PROTECT, null=True, blank=True, related_name="model_versions")
+    name = models.CharField(max_length=150)
+    task = models.CharField(max_length=20, choices=Task.choices)
+    algorithm = models.CharField(max_length=10, choices=Algorithm.choices)
+    hyperparameters = models.JSONField(default=dict, blank=True)
+    feature_set = models.CharField(max_length=10, choices=FeatureSet.choices)
+    feature_names = models.JSONField(default=list, blank=True)
+    region = models.CharField(max_length=10, blank=True, help_text="chest or abdomen")
+    # "" for feature sets without calibration; otherwise the ThoracolumbarCalibration variant.
+    calibration_variant = models.CharField(max_length=20, blank=True)
+    calibration = models.JSONField(null=True, blank=True, help_text="k, intercept, R^2 fitted on the training split")
+    measurement_source = models.CharField(max_length=60, blank=True)
+    random_seed = models.IntegerField(null=True, blank=True)
+    # Which exams, which label values, which measurement runs, which split, which exams were left out and why.
+    data_snapshot = models.JSONField(default=dict, blank=True)
+    code_version = models.CharField(max_length=100, blank=True)
+    artefact = models.FileField(upload_to="models/%Y/%m/", blank=True)
+    artefact_sha256 = models.CharField(max_length=64, blank=True)
+    external = models.BooleanField(default=False)
+    fit_seconds = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self):
+        return self.name
+
+    def get_additional_data(self):
+        return {"project_id": self.project_id}
+
+    @property
+    def classes(self):
+        return self.data_snapshot.get("classes", [])
+
+
+class Evaluation(models.Model):
+    """Metrics of a model version on one split (``to_dict()`` of the ``analysis.stats`` results)."""
+
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="evaluations")
+    split = models.CharField(max_length=10, choices=Split.choices)
+    n = models.PositiveIntegerField()
+    metrics = models.JSONField()
+    n_resamples = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["model_version", "split"], name="one_evaluation_per_split")]
+
+    def __str__(self):
+        return f"{self.model_version} on {self.split}"
+
+
+class Prediction(models.Model):
+    """A model version's output for one exam; ``split`` is empty for screening predictions."""
+
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="predictions")
+    exam = models.ForeignKey(Exam, on_delete=models.CASCADE, related_name="predictions")
+    measurement_run = models.ForeignKey(MeasurementRun, on_delete=models.SET_NULL, null=True, blank=True)
+    split = models.CharField(max_length=10, choices=Split.choices, blank=True)
+    predicted_bmd = models.FloatField("predicted BMD (mg/cm3)", null=True, blank=True)
+    probabilities = models.JSONField(null=True, blank=True, help_text="{category: probability}")
+    predicted_category = models.CharField(max_length=12, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["model_version", "exam"], name="one_prediction_per_exam")]
+        indexes = [models.Index(fields=["model_version", "split"])]
+
+    def __str__(self):
+        return f"{self.model_version} -> {self.exam_id}: {self.predicted_category}"
+
+
+# Measurement runs and model versions are the inputs of labels and papers: who created or deleted them is
+# audited (their contents never change, see ImmutableModel).
+auditlog.register(MeasurementRun)
+auditlog.register(ModelVersion, exclude_fields=["data_snapshot"])
