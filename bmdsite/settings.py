@@ -101,7 +101,7 @@ RQ_QUEUES = {
     "gpu": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 4 * 3600},
 }
 # Modules whose import registers job kinds (``studies.jobs.task``).
-JOB_TASK_MODULES = ["studies.tasks", "analysis.tasks"] + env.list("EXTRA_JOB_TASK_MODULES", default=[])
+JOB_TASK_MODULES = ["studies.tasks", "studies.pacs.tasks", "analysis.tasks"] + env.list("EXTRA_JOB_TASK_MODULES", default=[])
 RQ = {"WORKER_CLASS": "studies.workers.HeartbeatWorker"}
 # Workers heartbeat every JOB_HEARTBEAT_S seconds while running a job; a running job whose worker has been
 # silent for JOB_LOST_AFTER_S is declared lost (failed, with the reason) and can be retried.

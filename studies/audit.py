@@ -16,3 +16,11 @@ auditlog.register(Exam)
 auditlog.register(QCTResult)
 auditlog.register(ExclusionFlag)
 auditlog.register(CohortMember)
+
+# PACS (studies.pacs): the connection's secret never enters the audit log; the pseudonym map is PHI and every
+# change to it is recorded.
+from .pacs.models import PacsConnection, PseudonymMap, StoredSeries  # noqa: E402
+
+auditlog.register(PacsConnection, exclude_fields=["secret"])
+auditlog.register(StoredSeries, exclude_fields=["meta", "geometry"])
+auditlog.register(PseudonymMap)

@@ -296,3 +296,4 @@ class AccessLog(models.Model):
 
     def __str__(self):
         return f"{self.at:%Y-%m-%d %H:%M} {self.user} {self.action} {self.detail}"
+from .pacs.models import *  # noqa

@@ -1,0 +1,181 @@
+"""A real Orthanc with its DICOMweb plugin, started by the tests on free loopback ports with a temporary
+storage folder, loaded through STOW-RS; plus a private storage root for stored volumes.
+
+``orthanc`` is one server per test module (started once, data loaded by the tests that need it);
+``orthanc_factory`` starts more (with basic auth, or to be killed and restarted on the same storage).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import missing_service, which_or_missing
+
+ORTHANC = "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OrthancServer:
+    """One Orthanc process; ``url`` is its DICOMweb root. ``kill()`` then ``start()`` keeps the storage."""
+
+    def __init__(self, workdir: Path, users=None):
+        self.workdir = workdir
+        self.storage = workdir / "storage"
+        self.storage.mkdir(parents=True, exist_ok=True)
+        self.users = users or {}
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.proc = None
+        self.log_path = workdir / "orthanc.log"
+        self.config_path = workdir / "orthanc.json"
+        self.config_path.write_text(json.dumps({
+            "Name": "bmdsite-test",
+            "StorageDirectory": str(self.storage),
+            "IndexDirectory": str(self.storage),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": "BMDTEST",
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": self.users,
+            "HttpCompressionEnabled": False,
+            "StorageCompression": False,
+            "SaveJobs": False,
+            "Plugins": [DICOMWEB_PLUGIN],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "StudiesMetadata": "Full",
+                         "SeriesMetadata": "Full"},
+        }))
+
+    @property
+    def root(self):
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def url(self):
+        return f"{self.root}/dicom-web"
+
+    @property
+    def auth(self):
+        return next(iter(self.users.items()), None)
+
+    def start(self, timeout=30.0):
+        import requests
+
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([ORTHANC, str(self.config_path)], stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}: "
+                                   f"{self.log_path.read_text()[-2000:]}")
+            try:
+                if requests.get(f"{self.root}/system", auth=self.auth, timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"Orthanc did not answer within {timeout} s: {self.log_path.read_text()[-2000:]}")
+
+    def kill(self):
+        """SIGKILL: the PACS stops dead, mid-answer."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def stow(self, paths):
+        """STOW-RS the files as they are (bytes unchanged). Returns (stored SOP UIDs, failed SOP UIDs)."""
+        import requests
+
+        boundary = uuid.uuid4().hex
+        body = bytearray()
+        for path in paths:
+            body += (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").encode()
+            body += Path(path).read_bytes()
+            body += b"\r\n"
+        body += f"--{boundary}--\r\n".encode()
+        response = requests.post(f"{self.url}/studies", data=bytes(body), auth=self.auth, timeout=120, headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json"})
+        answer = response.json() if response.content else {}
+
+        def uids(tag):
+            return [item.get("00081155", {}).get("Value", [""])[0] for item in answer.get(tag, {}).get("Value", [])]
+
+        if response.status_code not in (200, 202, 409):
+            raise RuntimeError(f"STOW-RS failed: HTTP {response.status_code} {response.text[:300]}")
+        return uids("00081199"), uids("00081198")
+
+    def count_instances(self):
+        import requests
+
+        return requests.get(f"{self.root}/statistics", auth=self.auth, timeout=5).json()["CountInstances"]
+
+
+@pytest.fixture(scope="module")
+def orthanc_binary():
+    which_or_missing(ORTHANC, "orthanc")
+    if not os.path.exists(DICOMWEB_PLUGIN):
+        missing_service(f"{DICOMWEB_PLUGIN} not installed (Debian package orthanc-dicomweb)")
+    return ORTHANC
+
+
+@pytest.fixture
+def orthanc_factory(orthanc_binary, tmp_path_factory):
+    """Factory: orthanc_factory(users={"name": "password"}) -> a started :class:`OrthancServer`."""
+    servers = []
+
+    def make(users=None):
+        server = OrthancServer(tmp_path_factory.mktemp("orthanc"), users=users)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def orthanc(orthanc_binary, tmp_path_factory):
+    """One Orthanc for the module; yields the server (``.url`` is the DICOMweb root)."""
+    server = OrthancServer(tmp_path_factory.mktemp("orthanc")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pacs_storage(settings, tmp_path):
+    """A private STORAGE_ROOT for the volumes of one test."""
+    root = tmp_path / "storage"
+    root.mkdir()
+    settings.STORAGE_ROOT = root
+    settings.STORAGES = {**settings.STORAGES, "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(root)}}}
+    return root
+
+
+def stored_files(root: Path):
+    """Every file under a storage root (volumes and leftovers of any temporary folder)."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
