@@ -8,7 +8,8 @@ server started by ``manage.py runembedded``. Production sets ``DATABASE_URL`` (P
 from pathlib import Path
 
 import environ
-from django.core.exceptions import ImproperlyConfigured
+
+from bmdsite.checks import generated_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -16,17 +17,18 @@ env = environ.Env()
 # django-environ raises on malformed values (``DEBUG=maybe``), which is what we want: fail loudly.
 DEBUG = env.bool("DEBUG", default=False)
 
+VAR_DIR = Path(env.str("BMDSITE_VAR_DIR", default=str(BASE_DIR / "var")))
+
 SECRET_KEY = env.str("SECRET_KEY", default="")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
-    # Development only: a fixed, obviously insecure key so sessions survive restarts.
-    SECRET_KEY = "insecure-development-key-do-not-use-in-production-0123456789abcdef"
+# Without SECRET_KEY, a random key generated once and kept in var/ (owner-only) lets the commands and the
+# embedded site work out of the box; `check --deploy` reports it (bmdsite.W001), so production must set one.
+SECRET_KEY_GENERATED = not SECRET_KEY
+if SECRET_KEY_GENERATED:
+    SECRET_KEY = generated_secret_key(VAR_DIR / "secret_key")
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
-VAR_DIR = Path(env.str("BMDSITE_VAR_DIR", default=str(BASE_DIR / "var")))
 STORAGE_ROOT = Path(env.str("STORAGE_ROOT", default=str(VAR_DIR / "storage")))
 
 INSTALLED_APPS = [
@@ -123,6 +125,7 @@ AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = 0.25  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False  # no banner on every management command
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 
 LANGUAGE_CODE = "en-us"
