@@ -165,7 +165,6 @@ def make_session(endpoint: Endpoint):
 
     session = FencedSession()
     session.trust_env = False  # no proxies from the environment, no .netrc credentials
-    session.max_redirects = 0
     if endpoint.auth not in ("none", "", None):
         if endpoint.auth not in ("basic", "bearer"):
             raise PacsError(f"unknown authentication {endpoint.auth!r}")

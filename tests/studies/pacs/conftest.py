@@ -119,12 +119,16 @@ class OrthancServer:
         response = requests.post(f"{self.url}/studies", data=bytes(body), auth=self.auth, timeout=120, headers={
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
             "Accept": "application/dicom+json"})
-        answer = response.json() if response.content else {}
+        # Orthanc answers 400 when some instances were refused, with the usual STOW-RS sequences.
+        try:
+            answer = response.json() if response.content else {}
+        except ValueError:
+            answer = {}
 
         def uids(tag):
             return [item.get("00081155", {}).get("Value", [""])[0] for item in answer.get(tag, {}).get("Value", [])]
 
-        if response.status_code not in (200, 202, 409):
+        if response.status_code not in (200, 202, 409) and "00081198" not in answer:
             raise RuntimeError(f"STOW-RS failed: HTTP {response.status_code} {response.text[:300]}")
         return uids("00081199"), uids("00081198")
 
