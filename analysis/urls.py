@@ -1,0 +1,11 @@
+from django.urls import path
+
+from . import views
+
+app_name = "analysis"
+
+urlpatterns = [
+    path("p/<int:project_id>/models/", views.model_list, name="model_list"),
+    path("p/<int:project_id>/models/train/", views.train, name="train"),
+    path("p/<int:project_id>/models/<int:version_id>/", views.model_detail, name="model_detail"),
+]

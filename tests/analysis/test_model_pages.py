@@ -1,0 +1,60 @@
+"""Model version pages: the metrics table with CIs, project access, and who may launch training."""
+
+import pytest
+from django.urls import reverse
+
+from analysis.modeling.demo import seed_demo_measurements
+from analysis.modeling.versions import train_cohort
+from studies.demo import seed_demo_project
+from studies.models import Job, Membership
+from tests.factories import UserFactory
+
+
+@pytest.fixture
+def trained(db, settings, tmp_path):
+    settings.STORAGES = {**settings.STORAGES, "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path)}}}
+    project, _ = seed_demo_project(n_patients=90, random_state=1, name="pages-demo")
+    seed_demo_measurements(project, random_state=1)
+    versions, _ = train_cohort(project, feature_sets=("abdomen",), algorithms={"classification": ["LR"],
+                               "regression": ["SGD"]}, n_resamples=20)
+    return project, versions
+
+
+def login(client, project, role):
+    user = UserFactory()
+    Membership.objects.create(project=project, user=user, role=role)
+    client.force_login(user)
+    return user
+
+
+def test_detail_shows_metrics_with_cis_and_says_one_vs_rest_macro(client, trained):
+    project, (lr, sgd) = trained
+    login(client, project, "annotator")
+    page = client.get(reverse("analysis:model_detail", args=[project.pk, lr.pk])).content.decode()
+    m = lr.evaluations.get(split="validation").metrics
+    low, high = m["ci"]["macro_auc"]
+    # The stored macro AUC and its bootstrap interval, as the page formats them.
+    assert f"{m['macro_auc']:.3f} ({low:.3f}–{high:.3f})" in page
+    assert "one-vs-rest macro" in page and "DeLong" in page
+    page = client.get(reverse("analysis:model_detail", args=[project.pk, sgd.pk])).content.decode()
+    assert f"{sgd.evaluations.get(split='test').metrics['mae']:.2f}" in page
+    listing = client.get(reverse("analysis:model_list", args=[project.pk])).content.decode()
+    assert lr.name in listing and sgd.name in listing
+
+
+def test_other_projects_versions_are_not_found(client, trained):
+    project, (lr, _) = trained
+    client.force_login(UserFactory())
+    assert client.get(reverse("analysis:model_detail", args=[project.pk, lr.pk])).status_code == 404
+
+
+def test_only_pi_and_admin_launch_training(client, trained):
+    project, _ = trained
+    login(client, project, "annotator")
+    assert client.post(reverse("analysis:train", args=[project.pk]), {"seed": "1"}).status_code == 403
+    login(client, project, "pi")
+    response = client.post(reverse("analysis:train", args=[project.pk]), {"seed": "1", "cohort": "main"})
+    job = Job.objects.get(kind="analysis.train_grid")
+    assert response.status_code == 302 and response["Location"] == job.get_absolute_url()
+    assert job.params == {"project_id": project.pk, "cohort_name": "main", "seed": 1, "user_id": job.created_by_id}
