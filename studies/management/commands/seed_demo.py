@@ -22,6 +22,10 @@ class Command(BaseCommand):
             credentials.chmod(0o600)
         project, created = seed_demo_project(n_patients=patients, random_state=seed)
         add_member(project, user)
+        # Per-vertebra HU of the same synthetic patients, so models can be trained before any image exists.
+        from analysis.modeling.demo import seed_demo_measurements
+
+        seed_demo_measurements(project, random_state=seed, n_patients=patients)
         state = "created" if created else "already present"
         self.stdout.write(f"demo project '{project.name}' {state} ({project.patients.count()} patients)")
         if password:
