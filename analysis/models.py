@@ -45,6 +45,9 @@ class MeasurementRun(ImmutableModel):
     timings = models.JSONField(default=dict, blank=True, help_text="seconds per step")
     flags = models.JSONField(default=list, blank=True, help_text="case-level QA flags")
     code_version = models.CharField(max_length=100, blank=True)
+    # The image pipeline's inputs and outputs: which stored series, and the VerSe body label map it measured.
+    series_uid = models.CharField(max_length=64, blank=True)
+    labels = models.FileField(upload_to="labels/%Y/%m/", blank=True, max_length=300)
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
 

@@ -58,3 +58,18 @@ def predict(*, model_version_id, progress, exam_ids=None, measurement_source=Non
     progress(0.1, f"predicting with {version.name}")
     screening = predict_exams(version, exams, source=measurement_source)
     return {"model_version": version.pk, "predicted": len(screening.rows), "not_predicted": len(screening.dropped)}
+
+
+@task("analysis.measure_exam")
+def measure_exam(*, exam_id, progress, erosion_mm=3.0, device="cpu", user_id=None):
+    """Segment and measure an exam's stored CT series; the result is a new, immutable measurement run."""
+    from django.contrib.auth import get_user_model
+
+    from analysis import pipeline
+    from studies.models import Exam
+
+    exam = Exam.objects.select_related("patient").get(pk=exam_id)
+    user = get_user_model().objects.filter(pk=user_id).first() if user_id else None
+    run = pipeline.measure_exam(exam, erosion_mm=erosion_mm, device=device, user=user, progress=progress)
+    return {"measurement_run": run.pk, "levels": list(run.levels.values_list("level", flat=True)),
+            "flags": run.flags}

@@ -1,0 +1,55 @@
+"""The image pipeline on a registry exam: stored series -> segmentation -> ROI -> an immutable run.
+
+Real CT: example_ct.nii.gz (abdomen, T12-L5 visible; see ../shared/data/README.md)."""
+
+import dataclasses
+
+import pytest
+
+from analysis import pipeline
+from analysis.imaging.volume import load_nifti
+from analysis.models import ImmutableRecordError, MeasurementRun
+from studies import jobs
+from studies.pacs.ingest import store_volume
+from tests.factories import ExamFactory
+
+
+@pytest.fixture
+def exam_with_series(db, shared_data):
+    volume = load_nifti(shared_data / "totalseg" / "example_ct.nii.gz")
+    volume = dataclasses.replace(volume, series_uid="1.2.826.0.1.3680043.8.498.1")
+    exam = ExamFactory(region="abdomen")
+    store_volume(exam.patient.project, volume, exam=exam, source="test")
+    return exam
+
+
+def test_exam_without_series_is_a_clear_error(db):
+    exam = ExamFactory()
+    with pytest.raises(pipeline.PipelineError, match="has no stored CT series"):
+        pipeline.measure_exam(exam)
+
+
+def test_measure_exam_records_an_immutable_run(exam_with_series):
+    run = pipeline.measure_exam(exam_with_series)
+    levels = {m.level: m for m in run.levels.all()}
+    # The segmenter's own real-CT target (issue 5): every vertebra T12-L5 found with its level.
+    assert {"T12", "L1", "L2", "L3", "L4", "L5"} <= set(levels)
+    assert run.source == MeasurementRun.PIPELINE and run.segmenter_version
+    assert run.parameters["erosion_mm"] == 3.0 and run.timings["total"] > 0
+    assert run.series_uid == "1.2.826.0.1.3680043.8.498.1" and run.labels.name.endswith(".nii.gz")
+    assert all(m.mean_hu is not None and m.roi_voxels > 0 for m in levels.values())
+    run.flags = ["edited"]
+    with pytest.raises(ImmutableRecordError):
+        run.save()
+    # Re-running gives a new run, never an overwrite.
+    again = pipeline.measure_exam(exam_with_series)
+    assert again.pk != run.pk and MeasurementRun.objects.filter(exam=exam_with_series).count() == 2
+
+
+def test_measure_exam_job_in_a_real_worker(rq_worker, exam_with_series):
+    job = jobs.submit("analysis.measure_exam", project=exam_with_series.patient.project, exam_id=exam_with_series.pk)
+    rq_worker(burst=True).wait(timeout=180)
+    job.refresh_from_db()
+    assert job.state == "succeeded", job.error
+    run = MeasurementRun.objects.get(pk=job.result["measurement_run"])
+    assert set(job.result["levels"]) == set(run.levels.values_list("level", flat=True))
