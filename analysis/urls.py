@@ -8,4 +8,6 @@ urlpatterns = [
     path("p/<int:project_id>/models/", views.model_list, name="model_list"),
     path("p/<int:project_id>/models/train/", views.train, name="train"),
     path("p/<int:project_id>/models/<int:version_id>/", views.model_detail, name="model_detail"),
+    path("p/<int:project_id>/exams/<int:exam_id>/measurements/", views.exam_measurements,
+         name="exam_measurements"),
 ]

@@ -2,6 +2,7 @@
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
@@ -93,3 +94,30 @@ def train(request, project_id):
                       cohort_name=cohort.name, seed=seed, user_id=request.user.pk)
     messages.info(request, f"Training the model grid on cohort {cohort.name!r} (seed {seed}).")
     return redirect(job)
+
+
+@login_required
+def exam_measurements(request, project_id, exam_id):
+    """An exam's measurement runs with their per-level trabecular HU; editors can start a new run."""
+    from studies.models import REGISTRY_EDITORS, Exam
+
+    from .models import MeasurementRun
+
+    project = get_project_for_user(request, project_id)
+    exam = get_object_or_404(Exam.objects.select_related("patient"), patient__project=project, pk=exam_id)
+    can_measure = request.project_role in REGISTRY_EDITORS
+    has_series = exam.stored_series.exists()
+    if request.method == "POST":
+        if not can_measure:
+            raise PermissionDenied("Only coordinators and admins start measurements.")
+        if not has_series:
+            messages.error(request, "This exam has no stored CT series to measure; pull or import one first.")
+            return redirect("analysis:exam_measurements", project.pk, exam.pk)
+        job = jobs.submit("analysis.measure_exam", project=project, user=request.user, exam_id=exam.pk,
+                          user_id=request.user.pk)
+        return redirect(job)
+    runs = MeasurementRun.objects.filter(exam=exam).prefetch_related("levels").order_by("-created_at", "-pk")
+    return render(request, "analysis/exam_measurements.html", {
+        "project": project, "exam": exam, "runs": runs, "can_measure": can_measure and has_series,
+        "has_series": has_series,
+    })

@@ -53,3 +53,18 @@ def test_measure_exam_job_in_a_real_worker(rq_worker, exam_with_series):
     assert job.state == "succeeded", job.error
     run = MeasurementRun.objects.get(pk=job.result["measurement_run"])
     assert set(job.result["levels"]) == set(run.levels.values_list("level", flat=True))
+
+
+def test_measurement_page_lists_runs_and_starts_jobs(client, member, exam_with_series):
+    from django.urls import reverse
+
+    project = exam_with_series.patient.project
+    run = pipeline.measure_exam(exam_with_series)
+    url = reverse("analysis:exam_measurements", args=[project.pk, exam_with_series.pk])
+    client.force_login(member("annotator", project=project))
+    page = client.get(url).content.decode()
+    assert f"Run {run.pk}" in page and "L1" in page and 'id="measure"' not in page
+    assert client.post(url).status_code == 403
+    client.force_login(member("coordinator", project=project))
+    response = client.post(url)
+    assert response.status_code == 302 and "/jobs/" in response["Location"]
