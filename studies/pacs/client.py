@@ -249,7 +249,7 @@ class PacsClient:
         """Run ``func`` with bounded retries on transient failures; PacsError with the reason otherwise."""
         requests = _import_requests()
         attempts = self.endpoint.max_retries + 1
-        last = "no attempt made"
+        last, first = "no attempt made", ""
         for attempt in range(attempts):
             wait = self.endpoint.backoff_s * (2 ** attempt)
             try:
@@ -275,7 +275,9 @@ class PacsClient:
                 log.warning("%s: %s failed (%s); retry %d of %d in %.1f s", what, self.endpoint.label, last,
                             attempt + 1, attempts - 1, wait)
                 self._sleep(wait)
-        raise PacsError(f"{what}: {self.endpoint.label} failed after {attempts} attempt(s): {last}")
+            first = first or last
+        also = f" (first attempt: {first})" if first and first != last else ""
+        raise PacsError(f"{what}: {self.endpoint.label} failed after {attempts} attempt(s): {last}{also}")
 
     # -- QIDO-RS ----------------------------------------------------------------------------------------
     def test(self) -> str:

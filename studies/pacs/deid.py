@@ -20,6 +20,7 @@ operators, physicians, station, device serial number    X
 descriptions and free-text comments                      X       may hold names (Clean Descriptors not used)
 every other PN (person name) element, at any depth       X       safety net for names the table misses
 private elements                                        X       Retain Safe Private Option not used
+curves (50xx), overlay data and comments (60xx)         X       may burn in text
 dates and times                                         K       Retain Longitudinal ... Full Dates Option
 PatientSex, PatientAge, PatientSize, PatientWeight      K       Retain Patient Characteristics Option
 UIDs                                                    K       Retain UIDs Option
@@ -76,9 +77,9 @@ REMOVE = (
     "PerformedProcedureStepDescription", "PerformedProcedureStepID", "ScheduledProcedureStepDescription",
     "RequestAttributesSequence", "ProtocolName", "DerivationDescription", "AcquisitionComments",
     "StudyComments", "InterpretationText", "TextString", "TextValue",
-    # curves and overlays may burn in text (PS3.15 removes them too)
-    "OverlayData", "OverlayComments", "CurveData",
 )
+# Repeating groups (no pydicom keyword): curves (50xx,xxxx) whole, overlay data and comments (60xx,3000/4000),
+# which can burn in text.
 KEEP_CHARACTERISTICS = ("PatientSex", "PatientAge", "PatientSize", "PatientWeight")
 
 
@@ -148,6 +149,12 @@ def deidentify(ds, *, pseudonym: str) -> DeidRecord:
         if keyword in ds:
             del ds[keyword]
             record.removed.append(keyword)
+
+    for elem in list(ds):
+        group, element = elem.tag.group, elem.tag.element
+        if 0x5000 <= group <= 0x50FF or (0x6000 <= group <= 0x60FF and element in (0x3000, 0x4000)):
+            del ds[elem.tag]
+            record.removed.append(f"({group:04X},{element:04X})")
 
     # Private elements anywhere (also inside sequences), then any person name the table did not name.
     before = _count_private(ds)

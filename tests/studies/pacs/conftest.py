@@ -183,3 +183,71 @@ def pacs_storage(settings, tmp_path):
 def stored_files(root: Path):
     """Every file under a storage root (volumes and leftovers of any temporary folder)."""
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+class ThrottledProxy:
+    """TCP proxy on loopback that passes answers on at ``rate`` bytes/s, so a test can stop the PACS behind
+    it in the middle of a transfer. When the upstream connection fails or ends, the client's is closed."""
+
+    def __init__(self, upstream_port, rate=8e6, chunk=64 * 1024):
+        import threading
+
+        self.upstream_port = upstream_port
+        self.rate = rate
+        self.chunk = chunk
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client):
+        import threading
+
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+        except OSError:
+            client.close()
+            return
+        # The answer may be long: no timeout on reads, the PACS decides when it ends.
+        upstream.settimeout(None)
+        upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+
+        def forward_requests():
+            try:
+                while data := client.recv(65536):
+                    upstream.sendall(data)
+            except OSError:
+                pass
+
+        threading.Thread(target=forward_requests, daemon=True).start()
+        try:
+            while data := upstream.recv(self.chunk):
+                client.sendall(data)
+                time.sleep(len(data) / self.rate)
+        except OSError:
+            pass
+        finally:
+            for s in (client, upstream):
+                # shutdown first: close() alone does not send FIN while another thread blocks in recv().
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def close(self):
+        self.closed = True
+        self.listener.close()
