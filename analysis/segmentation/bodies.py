@@ -238,8 +238,12 @@ def track_canal(hu, spacing):
     return SpineTrack(0, n_slices - 1, canal_yx, canal_front, n_observed=len(zs))
 
 
-def body_mask(hu, spacing, track, filled_all=None):
+def body_mask(hu, spacing, track, filled_all=None, trim_corners=False):
     """Vertebral body mask, slice by slice, in front of the tracked canal.
+
+    ``trim_corners`` also cuts the pedicle roots and rib heads off the body's posterolateral corners
+    (for the final body labels; the disc search uses the untrimmed mask, whose cross-section profile
+    along the spine is steadier).
 
     Returns
     -------
@@ -255,6 +259,7 @@ def body_mask(hu, spacing, track, filled_all=None):
     depth = int(round(75.0 / sy))
     neck_mm = 7.0
     open_el = _disk(neck_mm, (sy, sx))[0]
+    restore_el = _disk(3.0, (sy, sx))[0]
     for z in range(track.z_first, track.z_last + 1):
         if np.isnan(track.canal_front_y[z]):
             continue
@@ -281,8 +286,23 @@ def body_mask(hu, spacing, track, filled_all=None):
         if d[k] > 25.0:
             continue
         blob = lab == k + 1
-        # Undo the opening inside the filled region only (restores the rim, not the neck).
-        grown = ndimage.binary_dilation(blob, structure=open_el) & filled
+        # A second, larger opening scaled to this body: the pedicle roots and rib heads form a bony
+        # mass at the body's posterolateral corners about as wide as a pedicle plus a rib head (under
+        # 20 mm), while the body itself holds a disk of its own inscribed radius R (about 9-17 mm from T1
+        # to L5). An opening with 0.75 R keeps the body (its rounded ends have curvature radii near R)
+        # and cuts the corner masses off.
+        radius = 0.75 * float(ndimage.distance_transform_edt(blob, sampling=(sy, sx)).max()) if trim_corners else 0.0
+        if radius > neck_mm:
+            big = ndimage.binary_opening(blob, structure=_disk(radius, (sy, sx))[0])
+            if big.any():
+                blab, nb = ndimage.label(big)
+                sizes = ndimage.sum_labels(big, blab, np.arange(1, nb + 1))
+                blob = blab == int(np.argmax(sizes)) + 1
+        # Undo the opening inside the filled region near the blob only: the rim lost to the opening is at
+        # most a few mm deep on a convex body, while a full dilation by the opening radius would bring back
+        # the pedicle roots and rib heads the opening cut off. The surface itself is placed later at
+        # native resolution (analysis.segmentation.boundary).
+        grown = ndimage.binary_dilation(blob, structure=restore_el) & filled
         mask[z, y0:y1, x0:x1] = grown
     return mask
 

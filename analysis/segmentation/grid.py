@@ -61,7 +61,22 @@ class CanonicalGrid:
         -------
         np.ndarray, shape = input array shape, same dtype.
         """
-        native = labels[np.ix_(self._work_index(0), self._work_index(1), self._work_index(2))]
+        return self.native_to_input(self.work_to_native(labels))
+
+    def work_to_native(self, labels: np.ndarray) -> np.ndarray:
+        """Labels on the working grid to the canonical orientation at native spacing (nearest neighbour)."""
+        return labels[np.ix_(self._work_index(0), self._work_index(1), self._work_index(2))]
+
+    def input_to_native(self, array: np.ndarray) -> np.ndarray:
+        """An input-grid array permuted/flipped to the canonical orientation, native spacing (a view)."""
+        native = np.asarray(array).transpose(self.order)
+        for axis, flip in enumerate(self.flips):
+            if flip:
+                native = np.flip(native, axis=axis)
+        return native
+
+    def native_to_input(self, native: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`input_to_native` (a contiguous copy on the input grid)."""
         for axis, flip in enumerate(self.flips):
             if flip:
                 native = np.flip(native, axis=axis)

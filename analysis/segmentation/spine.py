@@ -50,9 +50,14 @@ class SegmentationResult:
 RIB_REACH_MM = 65.0
 # Medial end of a rib or of the sacral ala: within this lateral distance of the canal midline.
 MEDIAL_MM = 40.0
-# Bone attached to the spine laterally with more than this volume in the paraspinal box is the ilium /
-# sacral ala, not a rib (a rib segment there holds a few ml).
+# Thickness separates the sacral ala / ilium from a rib: an adult rib is at most about 15 mm in its
+# largest cross-section diameter (head and neck), so a ball of radius 9 mm never fits inside it, whereas
+# the sacral ala is a block of bone some 25-40 mm thick in every direction.
+PELVIC_INSCRIBED_MM = 9.0
+# A rib segment in the paraspinal box holds a few ml; the ilium with the ala holds far more than this.
 PELVIC_ML = 40.0
+# The ala reaches well beyond the side of the S1 body (half-width about 25 mm); lumbar osteophytes do not.
+PELVIC_REACH_MM = 40.0
 
 
 def _segment_index(points_mm, line, disc_s):
@@ -101,6 +106,9 @@ def _lateral_attachments(hu, spacing, track, line, disc_s, n_segments, body):
     lab, n = ndimage.label(bone, structure=np.ones((3, 3, 3), dtype=bool))
     if n == 0:
         return ribs, pelvic
+    # Radius of the largest ball inside each component (mm): its thickness.
+    edt = ndimage.distance_transform_edt(bone, sampling=spacing)
+    inscribed = ndimage.maximum(edt, lab, np.arange(1, n + 1))
     voxel_ml = sz * sy * sx / 1000.0
     objects = ndimage.find_objects(lab)
     for i, sl in enumerate(objects):
@@ -124,11 +132,11 @@ def _lateral_attachments(hu, spacing, track, line, disc_s, n_segments, body):
             seg = seg[dist < 60.0]
             if len(seg) == 0:
                 continue
-            if volume_ml >= PELVIC_ML:
+            if inscribed[i] >= PELVIC_INSCRIBED_MM or volume_ml >= PELVIC_ML:
                 # The ala meets the ilium beside the body, not behind the canal (that is the posterior
                 # iliac spine next to L5/S1).
                 front = ala & (dy[zz, yy] <= 5.0)
-                if front.sum() < 3 or reach < RIB_REACH_MM:
+                if front.sum() < 3 or reach < PELVIC_REACH_MM:
                     continue
                 pts_front = np.stack([zz[front] * sz, yy[front] * sy, xx[front] * sx], axis=1)
                 seg_front, dist_front = _segment_index(pts_front, line, disc_s)
@@ -145,6 +153,50 @@ def _lateral_attachments(hu, spacing, track, line, disc_s, n_segments, body):
                 if 0 <= k < n_segments:
                     ribs[k, side] = True
     return ribs, pelvic
+
+
+# A segment between two discs this much longer than its neighbours holds two vertebrae (a missed disc):
+# vertebral height changes by a few per cent per level (L1 against T11-T12 about 1.15x), whereas two
+# bodies and a disc make about 2x, or less when a misplaced disc takes part of one; sqrt(2), midway
+# between 1x and 2x on a ratio scale, separates the two.
+MERGED_RATIO = 1.4
+
+
+def _withhold_beyond_missed_disc(levels, disc_s):
+    """Drop the levels counted across a segment that holds two vertebrae.
+
+    Levels are counted segment by segment from an anchor; a missed disc shifts every name beyond it by
+    one. The anchor is the segment with the highest confidence; from there outwards the first segment
+    longer than :data:`MERGED_RATIO` times the median length of its neighbours (two on each side) and
+    every level beyond it are withheld. A missing level is better than a wrong one.
+
+    Returns
+    -------
+    levels : dict
+        Segment index -> (name, confidence), without the withheld segments.
+    note : str or None
+    """
+    if len(levels) < 2 or len(disc_s) < 3:
+        return levels, None
+    lengths = np.full(len(disc_s) + 1, np.nan)
+    lengths[1:-1] = np.diff(np.asarray(disc_s))  # the end segments are open
+    anchor = max(levels, key=lambda k: levels[k][1])
+    dropped = []
+    for step in (1, -1):
+        k = anchor + step
+        while k in levels:
+            near = [lengths[j] for j in (k - 2, k - 1, k + 1, k + 2) if 0 <= j < len(lengths)]
+            near = [x for x in near if np.isfinite(x)]
+            if np.isfinite(lengths[k]) and near and lengths[k] > MERGED_RATIO * np.median(near):
+                while k in levels:
+                    dropped.append(levels.pop(k)[0])
+                    k += step
+                break
+            k += step
+    if not dropped:
+        return levels, None
+    return levels, (f"a segment about twice as long as its neighbours (a missed disc): levels from there "
+                    f"on withheld ({', '.join(dropped)})")
 
 
 def segment_vertebrae(volume, device="cpu", target_mm=1.5):
@@ -194,6 +246,8 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
     discs = bodies.find_discs(fraction, hu_prof, line.s_mm)
     disc_s = [d[0] for d in discs]
     n_seg = len(disc_s) + 1
+    body = mask
+    mask = bodies.body_mask(hu, spacing, track, filled_all=filled, trim_corners=True)
     zz, yy, xx = np.nonzero(mask)
     pts = np.stack([zz * spacing[0], yy * spacing[1], xx * spacing[2]], axis=1)
     seg_of_voxel, dist = _segment_index(pts, line, disc_s)
@@ -202,7 +256,7 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
     timings["segmentation"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    ribs, pelvic = _lateral_attachments(hu, spacing, track, line, disc_s, n_seg, mask)
+    ribs, pelvic = _lateral_attachments(hu, spacing, track, line, disc_s, n_seg, body)
     shape = hu.shape
     segments = []
     for k in range(n_seg):
@@ -216,6 +270,9 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
                                 rib_left=bool(ribs[k, 1]), pelvic_right=bool(pelvic[k, 0]),
                                 pelvic_left=bool(pelvic[k, 1])))
     levels, flags, notes = label_segments(segments)
+    levels, withheld = _withhold_beyond_missed_disc(levels, disc_s)
+    if withheld:
+        notes.append(withheld)
     work_labels = np.zeros(shape, dtype=np.uint8)
     confidence = {}
     for k, (name, conf) in levels.items():
@@ -228,7 +285,13 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
         flags.append("low_confidence")
     notes.insert(0, f"{n_seg} body segments between {len(disc_s)} discs; ribs per segment (inferior first): "
                     f"{[s.ribs for s in segments]}; iliac attachment: {[s.pelvic for s in segments]}")
-    labels = grid.to_input(work_labels)
+    # The body surface is placed at native resolution (half-maximum of the cortical shell), then the
+    # labels go back to the input grid.
+    from analysis.segmentation.boundary import refine_bodies
+
+    native = grid.work_to_native(work_labels)
+    native = refine_bodies(grid.input_to_native(volume.array), grid.native_spacing, native)
+    labels = grid.native_to_input(native)
     timings["labelling"] = time.perf_counter() - t0
     return SegmentationResult(labels=labels, level_confidence=confidence, flags=sorted(set(flags)),
                               timings_s=timings, notes=notes)
