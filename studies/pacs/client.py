@@ -379,97 +379,213 @@ def _boundary(content_type: str) -> bytes:
     raise PacsError("multipart answer without a boundary parameter")
 
 
+class _Chunks:
+    """The response body as a sequence of immutable chunks read at a position: parts are cut out as
+    zero-copy memoryviews, only part headers (small) are copied."""
+
+    def __init__(self, iterator):
+        self._iterator = iterator
+        self.chunk = b""
+        self.pos = 0
+
+    def fill(self) -> bool:
+        """Make sure unread bytes are available; False at the end of the body."""
+        while self.pos >= len(self.chunk):
+            chunk = next(self._iterator, None)
+            if chunk is None:
+                return False
+            self.chunk, self.pos = chunk, 0
+        return True
+
+    def take(self, n: int):
+        """Up to ``n`` bytes as a memoryview (possibly fewer: never crosses a chunk), None at the end."""
+        if not self.fill():
+            return None
+        view = memoryview(self.chunk)[self.pos:self.pos + n]
+        self.pos += len(view)
+        return view
+
+    def exact(self, n: int):
+        """Exactly ``n`` bytes (a copy; for short delimiters), or None if the body ends first."""
+        out = bytearray()
+        while len(out) < n:
+            view = self.take(n - len(out))
+            if view is None:
+                return None
+            out += view
+        return bytes(out)
+
+    def until(self, marker: bytes, limit: int):
+        """The bytes before ``marker`` (consumed too), None if the body ends first; ValueError past ``limit``."""
+        if not self.fill():
+            return None
+        index = self.chunk.find(marker, self.pos, self.pos + limit + len(marker))
+        if index >= 0:
+            out = self.chunk[self.pos:index]
+            self.pos = index + len(marker)
+            return out
+        pending = bytearray(self.chunk[self.pos:])
+        self.pos = len(self.chunk)
+        while True:
+            if len(pending) > limit + len(marker):
+                raise ValueError(f"no {marker[:20]!r} within {limit} bytes")
+            if not self.fill():
+                return None
+            # Search the pending tail plus the head of the new chunk only: no copy of the whole chunk.
+            head = self.chunk[self.pos:self.pos + limit + len(marker)]
+            combined = bytes(pending) + head
+            index = combined.find(marker)
+            if index >= 0:
+                self.pos += index + len(marker) - len(pending)
+                return combined[:index]
+            pending += head
+            self.pos += len(head)
+
+
+class _FileWriter:
+    """Writes on a background thread, so that receiving (socket reads) and writing (page cache copies) overlap
+    on two cores. The queue is bounded: at most ``depth`` chunks wait in memory."""
+
+    def __init__(self, depth=32):
+        import queue
+        import threading
+
+        self._queue = queue.Queue(maxsize=depth)
+        self.error = None
+        self._thread = threading.Thread(target=self._run, name="wado-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        fh = None
+        while True:
+            op, value = self._queue.get()
+            if op == "stop":
+                break
+            if self.error is not None:
+                continue  # drain the queue after a failure
+            try:
+                if op == "open":
+                    fh = open(value, "wb")
+                elif op == "write":
+                    fh.write(value)
+                elif op == "close":
+                    fh.close()
+                    fh = None
+            except Exception as exc:  # noqa: BLE001 (reported to the reading thread, which raises)
+                self.error = exc
+        if fh is not None:
+            fh.close()
+
+    def put(self, op, value=None):
+        if self.error is not None:
+            raise PacsError(f"cannot write the retrieved instances: {self.error}")
+        self._queue.put((op, value))
+
+    def finish(self, check=True):
+        self._queue.put(("stop", None))
+        self._thread.join()
+        if check and self.error is not None:
+            raise PacsError(f"cannot write the retrieved instances: {self.error}")
+
+
 def write_multipart(response, folder: Path, *, progress=None, what="answer") -> list[Path]:
     """Stream the parts of a ``multipart/related`` response into ``folder/00000.dcm``, ``00001.dcm``, ...
 
-    Parts with a Content-Length are copied by length (no scanning of pixel data for the boundary); others
+    Parts with a Content-Length are cut by length (the pixel data is never scanned for the boundary, nor
+    copied in Python: the chunks read from the socket go to the writer thread as they are); parts without one
     are cut at the next delimiter. The closing delimiter must arrive: anything less is
     :class:`IncompleteResponse` (the PACS stopped or the connection dropped mid-series).
     """
     delimiter = b"--" + _boundary(response.headers.get("Content-Type", ""))
-    chunks = response.iter_content(chunk_size=CHUNK_BYTES)
-    buffer = bytearray()
+    marker = b"\r\n" + delimiter
+    body = _Chunks(response.iter_content(chunk_size=CHUNK_BYTES))
     paths: list[Path] = []
     total = 0
-
-    def more() -> bool:
-        try:
-            chunk = next(chunks)
-        except StopIteration:
-            return False
-        buffer.extend(chunk)
-        return True
-
-    def need(n: int) -> bool:
-        while len(buffer) < n:
-            if not more():
-                return False
-        return True
+    writer = _FileWriter()
 
     def incomplete(detail: str):
         return IncompleteResponse(f"the multipart answer for {what} ended {detail} ({len(paths)} complete "
                                   "instance(s) received; connection dropped or PACS stopped)")
 
-    # Preamble up to the first delimiter.
-    while True:
-        index = buffer.find(delimiter)
-        if index >= 0:
-            del buffer[:index + len(delimiter)]
-            break
-        if len(buffer) > len(delimiter):  # keep a tail: the delimiter may straddle two chunks
-            del buffer[:len(buffer) - len(delimiter)]
-        if not more():
-            raise incomplete("before the first part")
-    marker = b"\r\n" + delimiter
-    while True:
-        # After a delimiter: "--" closes the message; otherwise (optional padding and) CRLF, the part
-        # headers and an empty line. Without headers the buffer starts with CRLF CRLF, found at 0.
-        if not need(2):
-            raise incomplete("without its closing boundary")
-        if buffer[:2] == b"--":
-            return paths
-        while (end := buffer.find(b"\r\n\r\n")) < 0:
-            if not more():
+    try:
+        try:
+            if body.until(delimiter, limit=1 << 20) is None:
+                raise incomplete("before the first part")
+        except ValueError:
+            raise PacsError(f"{what}: no multipart boundary at the start of the answer") from None
+        while True:
+            # After a delimiter: "--" closes the message; otherwise (padding and) CRLF, the part headers and
+            # an empty line. Without headers the CRLF CRLF follows the delimiter directly.
+            lead = body.exact(2)
+            if lead is None:
+                raise incomplete("without its closing boundary")
+            if lead == b"--":
+                break
+            try:
+                block = body.until(b"\r\n\r\n", limit=64 * 1024)
+            except ValueError:
+                raise PacsError(f"{what}: malformed multipart answer (part headers too long)") from None
+            if block is None:
                 raise incomplete("inside part headers")
-        headers = _part_headers(bytes(buffer[:end]))
-        del buffer[:end + 4]
-        number = len(paths) + 1
-        path = folder / f"{len(paths):05d}.dcm"
-        size = 0
-        with open(path, "wb") as fh:
+            headers = _part_headers(lead + block)
+            number = len(paths) + 1
+            path = folder / f"{len(paths):05d}.dcm"
+            writer.put("open", path)
             length = headers.get("content-length", "")
+            size = 0
             if length.isdigit():
                 remaining = int(length)
                 while remaining:
-                    if not buffer and not more():
+                    view = body.take(remaining)
+                    if view is None:
                         raise incomplete(f"inside instance {number}")
-                    take = min(remaining, len(buffer))
-                    fh.write(memoryview(buffer)[:take])
-                    del buffer[:take]
-                    remaining -= take
-                    size += take
-                if not need(len(marker)):
+                    writer.put("write", view)
+                    remaining -= len(view)
+                    size += len(view)
+                tail = body.exact(len(marker))
+                if tail is None:
                     raise incomplete(f"after instance {number}")
-                if buffer[:len(marker)] != marker:
+                if tail != marker:
                     raise PacsError(f"{what}: malformed multipart answer (part {number} does not end where its "
                                     "Content-Length says)")
-                del buffer[:len(marker)]
             else:
-                while (index := buffer.find(marker)) < 0:
-                    keep = len(marker) - 1  # a delimiter may straddle two chunks
-                    if len(buffer) > keep:
-                        fh.write(memoryview(buffer)[:len(buffer) - keep])
-                        size += len(buffer) - keep
-                        del buffer[:len(buffer) - keep]
-                    if not more():
-                        raise incomplete(f"inside instance {number}")
-                fh.write(memoryview(buffer)[:index])
-                size += index
-                del buffer[:index + len(marker)]
-        paths.append(path)
-        total += size
-        if progress is not None:
-            progress(len(paths), total)
+                size = _copy_until(body, marker, writer)
+                if size is None:
+                    raise incomplete(f"inside instance {number}")
+            writer.put("close")
+            paths.append(path)
+            total += size
+            if progress is not None:
+                progress(len(paths), total)
+    except BaseException:
+        writer.finish(check=False)  # the reading error is the one to report
+        raise
+    writer.finish()
+    return paths
+
+
+def _copy_until(body: _Chunks, marker: bytes, writer: _FileWriter):
+    """Pass everything before ``marker`` to the writer (the slow path, for parts without Content-Length)."""
+    size = 0
+    keep = len(marker) - 1  # a delimiter may straddle two chunks
+    while True:
+        if not body.fill():
+            return None
+        index = body.chunk.find(marker, body.pos)
+        if index >= 0:
+            writer.put("write", bytes(body.chunk[body.pos:index]))
+            size += index - body.pos
+            body.pos = index + len(marker)
+            return size
+        safe = len(body.chunk) - keep
+        if safe > body.pos:
+            writer.put("write", bytes(body.chunk[body.pos:safe]))
+            size += safe - body.pos
+        tail = body.chunk[max(body.pos, safe):]
+        chunk = next(body._iterator, None)
+        if chunk is None:
+            return None
+        body.chunk, body.pos = tail + chunk, 0
 
 
 def _part_headers(block: bytes) -> dict:

@@ -9,6 +9,8 @@ from .models import PacsAuth, PacsConnection
 
 
 class PacsConnectionForm(forms.ModelForm):
+    base_url = forms.URLField(label="DICOMweb root URL", max_length=500, assume_scheme="https",
+                              help_text="e.g. https://pacs.example.org/dicom-web (QIDO, WADO and STOW below it)")
     secret = forms.CharField(
         label="Password or token", required=False, strip=False,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),

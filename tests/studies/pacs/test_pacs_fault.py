@@ -12,7 +12,8 @@ from studies import jobs
 from studies.models import Job, JobState
 from studies.pacs.models import PacsConnection, StoredSeries
 from tests.conftest import wait_for
-from tests.studies.pacs.conftest import ThrottledProxy, stored_files
+from tests.studies.pacs.conftest import stored_files
+from tests.studies.pacs.orthanc import ThrottledProxy
 
 N_SLICES = 80  # 80 x 512 x 512 x 2 bytes = 42 MB: far more than the socket buffers between Orthanc and us
 
