@@ -8,6 +8,8 @@ urlpatterns = [
     path("p/<int:project_id>/models/", views.model_list, name="model_list"),
     path("p/<int:project_id>/models/train/", views.train, name="train"),
     path("p/<int:project_id>/models/<int:version_id>/", views.model_detail, name="model_detail"),
+    path("p/<int:project_id>/models/compare/", views.model_compare, name="model_compare"),
+    path("p/<int:project_id>/cohort-table/", views.cohort_table, name="cohort_table"),
     path("p/<int:project_id>/exams/<int:exam_id>/measurements/", views.exam_measurements,
          name="exam_measurements"),
 ]

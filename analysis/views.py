@@ -1,4 +1,5 @@
-"""Model version pages: the list of a project's versions and one version's metrics with CIs."""
+"""Model version pages: the list of a project's versions, one version's metrics and charts, the comparison of
+versions, and the cohort table."""
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -10,51 +11,9 @@ from studies import jobs
 from studies.access import get_project_for_user
 from studies.models import TRAINING_LAUNCHERS, Cohort
 
+from . import dashboards
+from .forms import CohortTableForm, CompareForm
 from .models import ModelVersion
-
-SPLIT_ORDER = ("train", "validation", "test")
-
-
-def _with_ci(metrics, key, ci_key=None, digits=3):
-    value = metrics.get(key)
-    if value is None:
-        return "–"
-    low, high = (metrics.get("ci") or {}).get(ci_key or key) or (None, None)
-    text = f"{value:.{digits}f}"
-    return f"{text} ({low:.{digits}f}–{high:.{digits}f})" if low is not None and high is not None else text
-
-
-def _rows(version):
-    """One table row per evaluated split, values formatted with their 95% CIs."""
-    rows = []
-    for evaluation in sorted(version.evaluations.all(), key=lambda e: SPLIT_ORDER.index(e.split)):
-        m = evaluation.metrics
-        row = {"split": evaluation.split, "n": evaluation.n, "error": m.get("error", "")}
-        if not row["error"] and version.task == "classification":
-            binary = m.get("binary") or {}
-            auc_ci = (binary.get("auc_ci_low"), binary.get("auc_ci_high"))
-            row["cells"] = [
-                _with_ci(m, "macro_auc"), _with_ci(m, "macro_sensitivity"), _with_ci(m, "macro_specificity"),
-                _with_ci(m, "accuracy"), _with_ci(m, "macro_precision"), _with_ci(m, "macro_f1"),
-                f"{binary['auc']:.3f} ({auc_ci[0]:.3f}–{auc_ci[1]:.3f})" if binary and None not in auc_ci else "–",
-            ]
-            row["confusion"] = m.get("confusion_matrix")
-        elif not row["error"]:
-            ba = m["bland_altman"]
-            row["cells"] = [
-                _with_ci(m, "mae", digits=2), _with_ci(m, "rmse", digits=2), _with_ci(m, "explained_variance"),
-                _with_ci(m, "r2"), f"{m['pearson_r']:.3f} (p {m['pearson_p']:.2g})",
-                f"{ba['bias']:.2f} [{ba['loa_low']:.2f}, {ba['loa_high']:.2f}]",
-            ]
-        rows.append(row)
-    return rows
-
-
-CLASSIFICATION_HEADERS = ["AUC", "Sensitivity", "Specificity", "Accuracy", "Precision", "F1",
-                          "Osteoporosis vs not: AUC (DeLong CI)"]
-REGRESSION_HEADERS = ["MAE (mg/cm3)", "RMSE (mg/cm3)", "Explained variance", "R²", "Pearson r",
-                      "Bland-Altman bias [limits of agreement]"]
-
 
 @login_required
 def model_list(request, project_id):
@@ -70,14 +29,43 @@ def model_list(request, project_id):
 def model_detail(request, project_id, version_id):
     project = get_project_for_user(request, project_id)
     version = get_object_or_404(ModelVersion, project=project, pk=version_id)
-    headers = CLASSIFICATION_HEADERS if version.task == "classification" else REGRESSION_HEADERS
+    headers = dashboards.CLASSIFICATION_HEADERS if version.task == "classification" else dashboards.REGRESSION_HEADERS
     evaluation = version.evaluations.first()
     snapshot = version.data_snapshot
     return render(request, "analysis/model_detail.html", {
-        "project": project, "version": version, "headers": headers, "rows": _rows(version),
+        "project": project, "version": version, "headers": headers, "rows": dashboards.metric_rows(version),
+        "panels": dashboards.version_panels(version), "calibration": dashboards.calibration_panel(version),
         "n_resamples": evaluation.n_resamples if evaluation else 0,
         "n_used": len(snapshot.get("exam_ids", [])), "left_out": snapshot.get("excluded", []),
     })
+
+
+@login_required
+def model_compare(request, project_id):
+    """Two or more versions side by side on one split, with the paired test of every pair."""
+    project = get_project_for_user(request, project_id)
+    form = CompareForm(request.GET or None, project=project)
+    result = None
+    if form.is_valid():
+        try:
+            result = dashboards.comparison(form.cleaned_data["v"], form.cleaned_data["split"])
+        except ValueError as exc:
+            form.add_error(None, str(exc))
+    status = 400 if request.GET and not form.is_valid() else 200
+    return render(request, "analysis/model_compare.html", {"project": project, "form": form, "result": result},
+                  status=status)
+
+
+@login_required
+def cohort_table(request, project_id):
+    """Table 1 of the seed study (age, sex, BMD category by split, with the tests across splits)."""
+    project = get_project_for_user(request, project_id)
+    form = CohortTableForm(request.GET or {"cohort": Cohort.DEFAULT_NAME}, project=project)
+    panel = None
+    if form.is_valid():
+        panel = dashboards.cohort_panel(project, form.cleaned_data["cohort"],
+                                        include_excluded=form.cleaned_data["include_excluded"])
+    return render(request, "analysis/cohort_table.html", {"project": project, "form": form, "panel": panel})
 
 
 @login_required

@@ -5,6 +5,7 @@ server started by ``manage.py runembedded``. Production sets ``DATABASE_URL`` (P
 ``REDIS_URL`` (RQ), ``SECRET_KEY`` and ``ALLOWED_HOSTS`` and turns ``DEBUG`` off.
 """
 
+import importlib.util
 from pathlib import Path
 
 import environ
@@ -134,7 +135,12 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    # plotly.js for the dashboards, served from the installed plotly Python package (its package_data ships
+    # plotly.min.js; plotly.py 7.1 bundles plotly.js 4.1.1, MIT licence) so the bundle is never committed.
+    ("vendor/plotly", Path(importlib.util.find_spec("plotly").origin).parent / "package_data"),
+]
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(VAR_DIR / "static")))
 STORAGES = {
     "default": {

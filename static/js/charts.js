@@ -1,0 +1,16 @@
+// Draws the dashboard charts: every element with data-figure="ID" gets the plotly figure stored as JSON in
+// <script type="application/json" id="ID"> (Django's json_script). Progressive enhancement: the numbers are
+// in the page's tables, so without JavaScript (or without plotly.js) the page still says everything.
+const config = { responsive: true, displaylogo: false, modeBarButtonsToRemove: ["select2d", "lasso2d"] };
+
+function draw(element) {
+  const source = document.getElementById(element.dataset.figure);
+  if (!source) return;
+  const figure = JSON.parse(source.textContent);
+  element.textContent = "";  // the no-script hint inside the box
+  window.Plotly.newPlot(element, figure.data, figure.layout, config);
+}
+
+if (window.Plotly) {
+  document.querySelectorAll("[data-figure]").forEach(draw);
+}

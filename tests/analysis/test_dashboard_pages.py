@@ -1,0 +1,188 @@
+"""Dashboard pages of a small trained cohort: the charts and tables carry the stored numbers, the comparison
+runs the paired tests on the common cases, the cohort table is table 1, and other projects stay hidden."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+from django.urls import reverse
+
+from analysis.categories import CATEGORIES
+from analysis.modeling.demo import seed_demo_measurements
+from analysis.modeling.versions import train_cohort
+from analysis.stats.regression import paired_mae_comparison
+from analysis.stats.roc import delong_paired
+from studies.cohorts import cohort_table_for
+from studies.demo import seed_demo_project
+from tests.analysis.test_model_pages import login
+from tests.factories import MembershipFactory, ProjectFactory, UserFactory
+
+
+@pytest.fixture
+def trained(db, settings, tmp_path):
+    settings.STORAGES = {**settings.STORAGES, "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path)}}}
+    project, _ = seed_demo_project(n_patients=90, random_state=1, name="dashboard-demo")
+    seed_demo_measurements(project, random_state=1)
+    versions, _ = train_cohort(project, feature_sets=("abdomen", "chest_cal"),
+                               algorithms={"classification": ["LR"], "regression": ["SGD"]}, n_resamples=20)
+    by_key = {(v.feature_set, v.task): v for v in versions}
+    return project, by_key
+
+
+def figure(page, figure_id):
+    """The plotly figure a page hands to charts.js (the json_script element with that id)."""
+    match = re.search(rf'<script id="{figure_id}" type="application/json">(.*?)</script>', page, re.S)
+    assert match, f"no figure {figure_id} on the page"
+    return json.loads(match.group(1))
+
+
+def common_predictions(a, b, split):
+    pa = {p.exam_id: p for p in a.predictions.filter(split=split).select_related("exam__qct")}
+    pb = {p.exam_id: p for p in b.predictions.filter(split=split)}
+    common = sorted(set(pa) & set(pb))
+    return common, pa, pb
+
+
+def test_classification_version_page_draws_the_stored_roc_points_and_confusion(client, trained):
+    project, v = trained
+    lr = v[("abdomen", "classification")]
+    login(client, project, "annotator")
+    page = client.get(reverse("analysis:model_detail", args=[project.pk, lr.pk])).content.decode()
+    for split in ("train", "validation", "test"):
+        m = lr.evaluations.get(split=split).metrics
+        roc = figure(page, f"fig-{split}-roc")
+        # The curves are the stored ROC points, class by class, then the binary task.
+        for trace, name in zip(roc["data"], CATEGORIES):
+            assert trace["x"] == m["roc"][name]["fpr"] and trace["y"] == m["roc"][name]["tpr"]
+        assert roc["data"][3]["x"] == m["binary"]["roc_fpr"]
+        assert figure(page, f"fig-{split}-confusion")["data"][0]["z"] == m["confusion_matrix"]
+        # The same numbers as tables, for readers without JavaScript.
+        c = m["per_class"]["normal"]
+        assert f"{c['auc']:.3f} ({c['auc_ci_low']:.3f}–{c['auc_ci_high']:.3f})" in page
+    assert 'src="/static/vendor/plotly/plotly.min.js"' in page and "js/charts.js" in page
+
+
+def test_regression_version_page_plots_each_case_and_the_bland_altman_limits(client, trained):
+    project, v = trained
+    sgd = v[("abdomen", "regression")]
+    login(client, project, "annotator")
+    page = client.get(reverse("analysis:model_detail", args=[project.pk, sgd.pk])).content.decode()
+    m = sgd.evaluations.get(split="validation").metrics
+    predictions = sgd.predictions.filter(split="validation").select_related("exam__qct").order_by("exam_id")
+    scatter = figure(page, "fig-validation-scatter")
+    assert scatter["data"][0]["x"] == [p.exam.qct.qct_bmd for p in predictions]
+    assert scatter["data"][0]["y"] == [p.predicted_bmd for p in predictions]
+    assert len(scatter["data"][0]["x"]) == m["n"]
+    assert f"Pearson r = {m['pearson_r']:.3f}" in scatter["data"][0]["name"]
+    ba = m["bland_altman"]
+    lines = [t for t in figure(page, "fig-validation-bland-altman")["data"][1:] if "fill" not in t]
+    assert [t["y"][0] for t in lines] == [ba["bias"], ba["loa_low"], ba["loa_high"]]
+    assert f"{ba['loa_high']:.2f} ({ba['loa_high_ci_low']:.2f}–{ba['loa_high_ci_high']:.2f})" in page
+
+
+def test_calibrated_version_page_shows_the_stored_fit_and_the_training_patients(client, trained):
+    project, v = trained
+    version = v[("chest_cal", "classification")]
+    cal = version.calibration
+    login(client, project, "annotator")
+    page = client.get(reverse("analysis:model_detail", args=[project.pk, version.pk])).content.decode()
+    traces = figure(page, "fig-calibration")["data"]
+    fit = traces[-1]
+    np.testing.assert_allclose(fit["y"], [cal["k"] * n + cal["intercept"] for n in range(1, 11)], rtol=1e-12)
+    assert f"{cal['k']:.3f}" in page and f"{cal['r2']:.3f}" in page
+    # The demo's training exams all enter the table, so the rebuilt points reproduce the stored fit.
+    assert "the refit reproduces k" in page
+    # 34 patients of the 90-patient demo's training split have both regions (fewer than the 40 drawn at most).
+    assert traces[0]["name"] == f"measured HU, {cal['n_patients']} patients" and cal["n_patients"] <= 40
+    abdomen = v[("abdomen", "classification")]
+    page = client.get(reverse("analysis:model_detail", args=[project.pk, abdomen.pk])).content.decode()
+    assert "fig-calibration" not in page
+
+
+def test_comparison_p_values_are_paired_delong_on_the_common_cases(client, trained):
+    project, v = trained
+    a, b = v[("abdomen", "classification")], v[("chest_cal", "classification")]
+    login(client, project, "pi")
+    url = reverse("analysis:model_compare", args=[project.pk])
+    page = client.get(url, {"v": [a.pk, b.pk], "split": "validation"}).content.decode()
+    common, pa, pb = common_predictions(a, b, "validation")
+    # Expected: DeLong's paired test on the probability of osteoporosis of the cases both versions predicted.
+    expected = delong_paired([pa[e].exam.qct.category == "osteoporosis" for e in common],
+                             [pa[e].probabilities["osteoporosis"] for e in common],
+                             [pb[e].probabilities["osteoporosis"] for e in common])
+    pairs = re.search(r'<table class="grid" id="compare-pairs">(.*?)</table>', page, re.S).group(1)
+    assert f"<td>{expected.z:.3f}</td><td>{expected.p:.3g}</td>" in pairs
+    assert f'<td class="num">{len(common)}</td>' in pairs
+    assert f"{expected.auc_a:.3f}" in pairs and f"{expected.auc_b:.3f}" in pairs
+    # The overlay uses exactly those cases, with each version's DeLong AUC in the legend.
+    overlay = figure(page, "fig-compare-roc")
+    assert f"AUC {expected.auc_a:.3f}" in overlay["data"][0]["name"]
+    assert f"{len(common)} case" in page
+    # Side by side: each version's stored validation metrics.
+    for version in (a, b):
+        m = version.evaluations.get(split="validation").metrics
+        low, high = m["ci"]["macro_auc"]
+        assert f"{m['macro_auc']:.3f} ({low:.3f}–{high:.3f})" in page
+
+
+def test_regression_comparison_is_the_paired_bootstrap_of_mae(client, trained):
+    project, v = trained
+    a, b = v[("abdomen", "regression")], v[("chest_cal", "regression")]
+    login(client, project, "annotator")
+    page = client.get(reverse("analysis:model_compare", args=[project.pk]),
+                      {"v": [a.pk, b.pk], "split": "test"}).content.decode()
+    common, pa, pb = common_predictions(a, b, "test")
+    expected = paired_mae_comparison([pa[e].exam.qct.qct_bmd for e in common], [pa[e].predicted_bmd for e in common],
+                                     [pb[e].predicted_bmd for e in common], n_resamples=2000, random_state=0)
+    pairs = re.search(r'id="compare-pairs">(.*?)</table>', page, re.S).group(1)
+    assert f"<td>{expected.mae_a:.2f}</td><td>{expected.mae_b:.2f}</td>" in pairs
+    assert f"<td>{expected.p_value:.3g}</td>" in pairs
+    scatter = figure(page, "fig-compare-scatter")
+    assert len(scatter["data"]) == 3 and scatter["data"][0]["x"] == [pa[e].exam.qct.qct_bmd for e in common]
+
+
+def test_comparison_refuses_mixed_tasks_a_single_version_and_other_projects_versions(client, trained):
+    project, v = trained
+    login(client, project, "annotator")
+    url = reverse("analysis:model_compare", args=[project.pk])
+    mixed = client.get(url, {"v": [v[("abdomen", "classification")].pk, v[("abdomen", "regression")].pk]})
+    assert mixed.status_code == 400 and "one task" in mixed.content.decode()
+    single = client.get(url, {"v": [v[("abdomen", "classification")].pk], "split": "test"})
+    assert single.status_code == 400 and "two or more" in single.content.decode()
+    other = ProjectFactory()
+    foreign = other.model_versions.create(name="foreign", task="classification", algorithm="LR", feature_set="chest")
+    response = client.get(url, {"v": [v[("abdomen", "classification")].pk, foreign.pk]})
+    assert response.status_code == 400 and "foreign" not in response.content.decode()
+    assert client.get(url).status_code == 200  # the empty form
+
+
+def test_cohort_table_page_is_table_1_of_the_cohort(client, trained):
+    project, _ = trained
+    login(client, project, "annotator")
+    page = client.get(reverse("analysis:cohort_table", args=[project.pk])).content.decode()
+    table = cohort_table_for(project, "main")
+    assert f"Training (n = {table['n']['train']})" in page
+    assert f"χ² = {table['sex']['chi2']:.3f}" in page and f"χ² = {table['category']['chi2']:.3f}" in page
+    assert f"H = {table['age']['h']:.3f}" in page
+    female = table["sex"]["validation"]["F"]
+    assert f"{female['n']} ({female['percent']:.1f})" in page
+    unknown = client.get(reverse("analysis:cohort_table", args=[project.pk]), {"cohort": "nope"}).content.decode()
+    assert "not one of the available choices" in unknown and 'id="cohort-table"' not in unknown
+    link = reverse("analysis:cohort_table", args=[project.pk])
+    assert link in client.get(project.get_absolute_url()).content.decode()
+    assert link in client.get(reverse("analysis:model_list", args=[project.pk])).content.decode()
+
+
+def test_other_projects_dashboards_are_not_found(client, trained):
+    project, v = trained
+    outsider = MembershipFactory(role="pi").user  # a PI, but of another project
+    client.force_login(outsider)
+    version = v[("abdomen", "classification")]
+    assert client.get(reverse("analysis:model_detail", args=[project.pk, version.pk])).status_code == 404
+    assert client.get(reverse("analysis:model_compare", args=[project.pk]),
+                      {"v": [version.pk, v[("chest_cal", "classification")].pk]}).status_code == 404
+    assert client.get(reverse("analysis:cohort_table", args=[project.pk])).status_code == 404
+    client.force_login(UserFactory())
+    assert client.get(reverse("analysis:cohort_table", args=[project.pk])).status_code == 404
