@@ -100,19 +100,23 @@ def label_segments(segments):
     if rib_idx:
         last = min(rib_idx)
         below_ok = last - 1 >= 0 and segments[last - 1].complete and segments[last - 1].ribs == 0
-        if below_ok and not segments[last].cut:
+        # The anchor is the rib itself and the complete rib-free vertebra below it: the rib-bearing body
+        # may be cut by the edge of the volume (its rib root is in view, which is what names it).
+        if below_ok:
             rib_anchor = last
-            notes.append(f"last rib-bearing vertebra (segment {last}, {segments[last].ribs} side(s)) = T12")
+            notes.append(f"last rib-bearing vertebra (segment {last}, {segments[last].ribs} side(s)) = T12, "
+                         "with a complete rib-free vertebra below it; this assumes 12 rib pairs (the ribs "
+                         "are not counted from the first one)")
             if segments[last].ribs == 1:
                 notes.append("the last rib is seen on one side only")
         else:
-            notes.append("ribs seen, but no rib-free vertebra below the last one (or it is cut): no rib anchor")
+            notes.append("ribs seen, but no complete rib-free vertebra below the last one: no rib anchor")
     levels = {}
     if sacral_anchor is not None and rib_anchor is not None:
         # Rib-free segments from L5 up to the one below T12.
         lumbar = rib_anchor - sacral_anchor
         if lumbar == 5:
-            notes.append("sacrum and last rib agree (5 lumbar vertebrae)")
+            notes.append("both anchors agree: sacrum (L5 above it) and last rib (T12), 5 lumbar vertebrae")
             for i in range(n):
                 if i > s1:
                     name = _name_from_t12(i - rib_anchor)
@@ -140,7 +144,9 @@ def label_segments(segments):
                 continue
             name = _name_from_t12(i - rib_anchor)
             if name:
-                levels[i] = (name, max(0.5, 0.85 - 0.03 * abs(i - rib_anchor)))
+                # Rib anchor alone: 11 or 13 rib pairs occur in a few per cent of people and cannot be
+                # excluded without the first rib or the sacrum in view, hence less than the two anchors.
+                levels[i] = (name, max(0.5, 0.8 - 0.03 * abs(i - rib_anchor)))
     else:
         flags.append("no_anchor")
         flags.append("low_confidence")
@@ -149,7 +155,9 @@ def label_segments(segments):
             # Tentative reading: the lowest rib-bearing vertebra in view taken as T12. Marked low
             # confidence so that measurements built on it carry the flag.
             last = min(rib_idx)
-            notes.append("tentative: lowest rib-bearing vertebra in view taken as T12 (confidence 0.3)")
+            notes.append("tentative: lowest rib-bearing vertebra in view taken as T12 (confidence 0.3); "
+                         "no rib-free vertebra below it is in view, so it may be a higher thoracic vertebra, "
+                         "and 12 rib pairs are assumed")
             for i in range(n):
                 name = _name_from_t12(i - last)
                 if name:

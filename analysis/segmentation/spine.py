@@ -45,10 +45,7 @@ class SegmentationResult:
     notes: list = field(default_factory=list)
 
 
-# A rib leaves the spine laterally: bone reaching this far from the canal midline at the level of a
-# vertebra is a rib (lumbar transverse processes end within about 55 mm of the midline).
-RIB_REACH_MM = 65.0
-# Medial end of a rib or of the sacral ala: within this lateral distance of the canal midline.
+# Medial end of the sacral ala: within this lateral distance of the canal midline.
 MEDIAL_MM = 40.0
 # Thickness separates the sacral ala / ilium from a rib: an adult rib is at most about 15 mm in its
 # largest cross-section diameter (head and neck), so a ball of radius 9 mm never fits inside it, whereas
@@ -68,6 +65,142 @@ def _segment_index(points_mm, line, disc_s):
     dist, nearest = tree.query(points_mm)
     s = line.s_mm[nearest]
     return np.searchsorted(np.asarray(disc_s), s), dist
+
+
+# --- ribs -------------------------------------------------------------------------------------------
+# Rib bone: cortical ribs read well above this even in 3 mm voxels (a 10 mm rib with its cortex averages
+# 250-400 HU), soft tissue and unenhanced vessels stay below.
+RIB_BONE_HU = 180.0
+# Structures thicker than this radius are not ribs: an adult rib (head and neck included) is at most about
+# 12-15 mm across, so no ball of radius 7 mm fits inside it, whereas a contrast-filled aorta (20-35 mm), a
+# vertebral body or the ilium hold one. They are removed (with a 2 mm margin) before ribs are traced.
+RIB_THICK_MM = 7.0
+# Where a rib meets its vertebra, seen from behind: the tubercle articulates with the front of the tip of
+# the transverse process and the neck runs in front of the process to the head at the body/pedicle
+# junction. The root zone is therefore lateral to the articular processes (whose facet joints link
+# neighbouring vertebrae within about 25 mm of the midline, so the zone starts beyond them) and within the
+# reach of thoracic transverse processes (tips 30-40 mm from the midline), from 10 mm in front of the
+# canal centre (rib necks) to 20 mm behind it (tubercles on the process tips).
+RIB_ROOT_DX_MM = (28.0, 40.0)
+RIB_ROOT_DY_MM = (-10.0, 20.0)
+# A rib leaves the spine laterally and runs to the rib angle and round the chest; lumbar transverse
+# processes end within about 55 mm of the midline (L3, the longest). Bone traced from a root beyond
+# this distance is a rib.
+RIB_REACH_MM = 60.0
+# A rib only descends from its head towards the front (the posterior part drops some 10-40 mm), so it is
+# traced from 10 mm above its root to 45 mm below, in a slab from 60 mm in front of the canal centre to
+# 40 mm behind it (the rib angle lies at the back of the chest).
+RIB_TRACE_Z_MM = (-45.0, 10.0)
+RIB_TRACE_DY_MM = (-60.0, 40.0)
+# A rib traced that far holds a few ml (about 1 cm^2 in cross-section); the ilium or a scapula merged with
+# ribs holds far more. Such a structure is not counted as a rib (a missed rib rather than a false one).
+RIB_MAX_ML = 25.0
+# A root longer than this along the spine is two or more ribs (or a rib and something else) merged:
+# a rib is about 10-15 mm high, two neighbouring roots are 20-30 mm apart.
+RIB_ROOT_MAX_Z_MM = 22.0
+# A rib that leaves the stack through its top or bottom slice: it must already be this far lateral where
+# it leaves, having descended from its root (a horizontal transverse process cut by the edge does not).
+RIB_EXIT_MM = 40.0
+
+
+@dataclass
+class RibRoot:
+    """One rib seen at its junction with the spine (canonical working grid).
+
+    Attributes
+    ----------
+    side : int
+        0 = patient's right, 1 = left.
+    z_mm : float
+        Height of the root (rib tubercle / neck) along axis 0, mm.
+    reach_mm : float
+        Largest distance from the canal midline reached by the traced rib, mm.
+    evidence : str
+        "reach" (traced beyond :data:`RIB_REACH_MM`), "edge" (leaves the field of view laterally or behind)
+        or "exit" (descends out of the stack through its top/bottom slice).
+    """
+
+    side: int
+    z_mm: float
+    reach_mm: float
+    evidence: str
+
+
+def find_rib_roots(hu, spacing, track):
+    """Ribs at their junction with the spine, traced laterally from the costotransverse region.
+
+    A rib is recognised as a radiologist does on axial slices: a bone bar that starts beside the
+    vertebra (neck and tubercle at the tip of the transverse process) and runs laterally, backwards and
+    downwards away from it, far beyond the tip of any transverse process. Thick bone and contrast-filled
+    vessels (aorta, stent graft) are excluded by thickness, not by HU (see :data:`RIB_THICK_MM`).
+
+    Parameters
+    ----------
+    hu : np.ndarray, shape (s, p, l)
+        HU on the canonical working grid.
+    spacing : np.ndarray, shape (3,)
+    track : analysis.segmentation.bodies.SpineTrack
+
+    Returns
+    -------
+    list of RibRoot
+    """
+    from scipy import ndimage
+
+    sz, sy, sx = spacing
+    shape = hu.shape
+    cy = track.canal_yx[:, 0]
+    cx = track.canal_yx[:, 1]
+    valid = ~np.isnan(cx)
+    if not valid.any():
+        return []
+    cy = np.where(valid, cy, 0.0)
+    cx = np.where(valid, cx, 0.0)
+    dy = ((np.arange(shape[1])[None, :] - cy[:, None]) * sy)[:, :, None]  # (z, y, 1), + = posterior
+    dx = ((np.arange(shape[2])[None, :] - cx[:, None]) * sx)[:, None, :]  # (z, 1, x), + = patient's left
+    bone = (hu > RIB_BONE_HU) & valid[:, None, None]
+    seeds = ndimage.distance_transform_edt(bone, sampling=spacing) >= RIB_THICK_MM
+    thick = ndimage.distance_transform_edt(~seeds, sampling=spacing) <= RIB_THICK_MM + 2.0
+    lateral = bone & ~thick & (np.abs(dx) >= RIB_ROOT_DX_MM[0])
+    lateral &= (dy >= RIB_TRACE_DY_MM[0]) & (dy <= RIB_TRACE_DY_MM[1])
+    root_zone = lateral & (dy >= RIB_ROOT_DY_MM[0]) & (dy <= RIB_ROOT_DY_MM[1]) & (np.abs(dx) <= RIB_ROOT_DX_MM[1])
+    full = np.ones((3, 3, 3), dtype=bool)
+    voxel_ml = sz * sy * sx / 1000.0
+    roots = []
+    for side, sign in ((0, -1.0), (1, 1.0)):
+        on_side = sign * dx > 0
+        lab, n = ndimage.label(root_zone & on_side, structure=full)
+        for i, sl in enumerate(ndimage.find_objects(lab)):
+            comp = lab[sl] == i + 1
+            zz = np.nonzero(comp)[0] + sl[0].start
+            if len(zz) * sy * sx * sz < 20.0 or (zz.max() - zz.min() + 1) * sz > RIB_ROOT_MAX_Z_MM:
+                continue
+            z_root = float(zz.mean())
+            z0 = max(0, int(np.floor(z_root + RIB_TRACE_Z_MM[0] / sz)))
+            z1 = min(shape[0], int(np.ceil(z_root + RIB_TRACE_Z_MM[1] / sz)) + 1)
+            seed = np.zeros((z1 - z0,) + shape[1:], dtype=bool)
+            seed[(slice(sl[0].start - z0, sl[0].stop - z0), sl[1], sl[2])] = comp
+            mask = lateral[z0:z1] & np.broadcast_to(on_side[z0:z1], lateral[z0:z1].shape)
+            grown = ndimage.binary_propagation(seed, mask=mask, structure=full)
+            gz, gy, gx = np.nonzero(grown)
+            if len(gz) * voxel_ml > RIB_MAX_ML:
+                continue
+            gz = gz + z0
+            ad = np.abs(dx[gz, 0, gx])
+            reach = float(ad.max())
+            far = ad >= RIB_EXIT_MM
+            evidence = None
+            if reach >= RIB_REACH_MM:
+                evidence = "reach"
+            elif far.any() and ((gx[far].min() == 0) or (gx[far].max() == shape[2] - 1)
+                                or (gy[far].min() == 0) or (gy[far].max() == shape[1] - 1)):
+                evidence = "edge"
+            elif far.any() and gz[far].min() == 0 and gz[far].min() < z_root - 1.0 / sz:
+                evidence = "exit"
+            if evidence:
+                roots.append(RibRoot(side, z_root * sz, reach, evidence))
+    return roots
+
 
 
 def _lateral_attachments(hu, spacing, track, line, disc_s, n_segments, body):
@@ -122,7 +255,6 @@ def _lateral_attachments(hu, spacing, track, line, disc_s, n_segments, body):
             if not on_side.any():
                 continue
             reach = np.abs(d[on_side]).max()
-            touches_edge = (xx[on_side].min() == 0) or (xx[on_side].max() == hu.shape[2] - 1)
             medial = on_side & (np.abs(d) <= MEDIAL_MM)
             if medial.sum() < 2:
                 continue
@@ -147,12 +279,23 @@ def _lateral_attachments(hu, spacing, track, line, disc_s, n_segments, body):
                 for k, c in zip(ks, counts):
                     if 0 <= k < n_segments and c >= 3 and c >= 0.8 * counts.max():
                         pelvic[k, side] = True
-            elif reach >= RIB_REACH_MM or touches_edge:
-                # Each rib head is one vertebra: take the most frequent segment of the medial end.
-                k = int(np.bincount(seg).argmax())
-                if 0 <= k < n_segments:
-                    ribs[k, side] = True
+    # Ribs: each root belongs to the vertebra at its height (the tubercle meets the transverse process,
+    # which leaves the pedicle of the upper half of its own body; the head of ribs 2-9 straddles the disc
+    # above, so the root, not the head, decides).
+    for root in find_rib_roots(hu, spacing, track):
+        k = _segment_at_height(root.z_mm, line, disc_s)
+        if k is not None and 0 <= k < n_segments:
+            ribs[k, root.side] = True
     return ribs, pelvic
+
+
+def _segment_at_height(z_mm, line, disc_s):
+    """Segment number of the centreline point at height ``z_mm`` (None beyond the centreline's ends)."""
+    z_line = line.points_mm[:, 0]
+    if z_mm < z_line.min() - 5.0 or z_mm > z_line.max() + 5.0:
+        return None
+    s = line.s_mm[int(np.argmin(np.abs(z_line - z_mm)))]
+    return int(np.searchsorted(np.asarray(disc_s), s))
 
 
 # A segment between two discs this much longer than its neighbours holds two vertebrae (a missed disc):
