@@ -58,6 +58,69 @@ _INPLANE = np.zeros((3, 3, 3), dtype=bool)
 _INPLANE[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
 
 
+# The body's back surface lies within this distance of the canal's front wall midpoint (the wall point is
+# interpolated between slices where it was observed, and endplates tilt, so a few mm either way), whereas
+# an aorta beside the body keeps at least the half-depth of the body (about 15 mm) from it.
+WALL_MM = 10.0
+# Vertebral bodies are centred on the canal midline to within a few mm (rotation in scoliosis adds some);
+# the descending aorta's centre lies 20-40 mm to the left of it in the chest.
+CENTRAL_MM = 10.0
+# A detached neighbour is a vessel only if it is at least this large in cross-section: the descending
+# aorta is 20-35 mm across (over 300 mm^2); bony spurs or marrow islands cut off by the opening are a few
+# tens of mm^2 and stay with the body.
+DETACH_MIN_MM2 = 200.0
+# A round structure touching the body (a contrast-filled aorta, 20-35 mm across, or a stent graft) joins
+# it through a neck narrower than either. An opening with this fraction of the body's own inscribed
+# radius (about 9-17 mm from T1 to L5) breaks such a neck while a convex body survives it whole.
+DETACH_FRACTION = 0.6
+
+
+def _detach_round_neighbours(blob, wall_yx, spacing_yx, min_radius_mm):
+    """Cut round neighbours (aorta, stent graft) off a body cross-section; keep the part at the canal.
+
+    The body's inscribed radius R is measured near the canal's front wall (the body's back surface);
+    an opening with ``DETACH_FRACTION * R`` separates blobs joined by a neck, the component nearest the
+    wall is the body, and what the opening shaved off its rim is given back within the original blob.
+
+    Returns
+    -------
+    np.ndarray of bool or None
+        None when nothing of the body survives near the wall.
+    """
+    from scipy import ndimage
+
+    sy, sx = spacing_yx
+    edt = ndimage.distance_transform_edt(blob, sampling=(sy, sx))
+    yy, xx = np.nonzero(blob)
+    dist_wall = np.hypot((yy - wall_yx[0]) * sy, (xx - wall_yx[1]) * sx)
+    # The body's centre lies within about 25 mm of its back surface (bodies are at most ~50 mm deep).
+    near = dist_wall <= 25.0
+    if not near.any():
+        return None
+    radius = DETACH_FRACTION * float(edt[yy[near], xx[near]].max())
+    if radius <= min_radius_mm:
+        return blob
+    opened = ndimage.binary_opening(blob, structure=_disk(radius, (sy, sx))[0])
+    lab, n = ndimage.label(opened)
+    if n <= 1:
+        return blob
+    yy, xx = np.nonzero(opened)
+    dist_wall = np.hypot((yy - wall_yx[0]) * sy, (xx - wall_yx[1]) * sx)
+    best = np.zeros(n + 1)
+    best[:] = np.inf
+    np.minimum.at(best, lab[yy, xx], dist_wall)
+    k = int(np.argmin(best[1:])) + 1
+    core = lab == k
+    areas = ndimage.sum_labels(opened, lab, np.arange(1, n + 1)) * sy * sx
+    if np.delete(areas, k - 1).max() < DETACH_MIN_MM2:
+        return blob
+    # Give back the rim within the opening radius, but only what is nearer to this core than to the
+    # other components (the neck is split halfway).
+    d_core = ndimage.distance_transform_edt(~core, sampling=(sy, sx))
+    d_other = ndimage.distance_transform_edt(~(opened & ~core), sampling=(sy, sx))
+    return blob & (d_core <= radius + 1e-6) & (d_core <= d_other)
+
+
 @dataclass
 class SpineTrack:
     """The spinal canal followed through the slices (canonical working grid).
@@ -155,6 +218,19 @@ def find_canal_candidates(hu, spacing):
         y2 = min(ny, back + 1 + int(round(50.0 / sy)))
         xa2, xb2 = max(0, int(round(cx - 10.0 / sx))), min(nx, int(round(cx + 10.0 / sx)) + 1)
         if arch_hu[z, yb:y2, xa2:xb2].max(initial=-1024) < BONE_HU:
+            continue
+        # The canal is ringed by bone: pedicles on both sides of it (about 7-15 mm from its centre, seen
+        # within +-10 mm of height). A contrast-filled aorta beside the body has the body on one side of
+        # the soft tissue behind it, lung or muscle on the other.
+        yc = back + 1 + int(round(7.0 / sy))
+        ya3, yb3 = max(0, yc - int(round(4.0 / sy))), min(ny, yc + int(round(4.0 / sy)) + 1)
+        sides_ok = True
+        for sign in (-1, 1):
+            xs = sorted((int(round(cx + sign * 5.0 / sx)), int(round(cx + sign * 18.0 / sx))))
+            xs = (max(0, xs[0]), min(nx, xs[1] + 1))
+            if xs[1] <= xs[0] or arch_hu[z, ya3:yb3, xs[0]:xs[1]].max(initial=-1024) < BONE_HU:
+                sides_ok = False
+        if not sides_ok:
             continue
         rows.append((z, back + 8.0 / sy, cx, back, area[i]))
     rows = np.array(rows, dtype=np.float64).reshape(-1, 5)
@@ -278,14 +354,32 @@ def body_mask(hu, spacing, track, filled_all=None, trim_corners=False):
         lab, n = ndimage.label(opened)
         if n == 0:
             continue
-        # The body is the opened blob closest to a point 12 mm in front of the canal's front wall.
+        # The body is the opened blob closest to a point 12 mm in front of the canal's front wall, among
+        # those that form that wall (the body's back surface is the canal's front wall). At a disc the
+        # wall is disc, not bone, and a contrast-filled aorta beside the spine is not taken instead.
         seed = np.array([front - y0 - 12.0 / sy, cx - x0])
+        wall = np.array([front - y0, cx - x0])
         com = np.array(ndimage.center_of_mass(opened, lab, np.arange(1, n + 1))).reshape(-1, 2)
         d = np.linalg.norm((com - seed) * np.array([sy, sx]), axis=1)
-        k = int(np.argmin(d))
+        wy, wx = int(np.clip(wall[0], 0, opened.shape[0] - 1)), int(np.clip(wall[1], 0, opened.shape[1] - 1))
+        yy, xx = np.nonzero(opened)
+        near_wall = np.hypot((yy - wy) * sy, (xx - wx) * sx) <= WALL_MM
+        forming = set(np.unique(lab[yy[near_wall], xx[near_wall]]).tolist())
+        # The wall point is interpolated between observed slices and may miss a tilted endplate: a blob
+        # centred on the canal midline (vertebral bodies are, within a few mm; the aorta lies to the
+        # left or well in front) is accepted too.
+        central = np.flatnonzero(np.abs(com[:, 1] - wall[1]) * sx <= CENTRAL_MM) + 1
+        forming = np.array(sorted(forming | set(central.tolist())), dtype=int)
+        if len(forming) == 0:
+            continue
+        d_forming = d[forming - 1]
+        k = int(forming[np.argmin(d_forming)]) - 1
         if d[k] > 25.0:
             continue
         blob = lab == k + 1
+        blob = _detach_round_neighbours(blob, (wy, wx), (sy, sx), neck_mm)
+        if blob is None:
+            continue
         # A second, larger opening scaled to this body: the pedicle roots and rib heads form a bony
         # mass at the body's posterolateral corners about as wide as a pedicle plus a rib head (under
         # 20 mm), while the body itself holds a disk of its own inscribed radius R (about 9-17 mm from T1
