@@ -14,7 +14,7 @@ import numpy as np
 
 from analysis.segmentation.levels import VERSE_LABEL
 
-SEGMENTER_VERSION = "anatomy-0.2"
+SEGMENTER_VERSION = "anatomy-0.3"
 
 
 @dataclass
