@@ -1,6 +1,19 @@
 from django.contrib import admin
 
-from .models import AccessLog, Cohort, CohortMember, Exam, ExclusionFlag, Job, Membership, Patient, Project, QCTResult
+from .models import (
+    AccessLog,
+    Cohort,
+    CohortMember,
+    Exam,
+    ExclusionFlag,
+    Job,
+    Membership,
+    PacsConnection,
+    Patient,
+    Project,
+    QCTResult,
+    StoredSeries,
+)
 
 
 class MembershipInline(admin.TabularInline):
@@ -45,3 +58,19 @@ class AccessLogAdmin(admin.ModelAdmin):
 
 
 admin.site.register([QCTResult, ExclusionFlag, Cohort, CohortMember])
+
+
+@admin.register(PacsConnection)
+class PacsConnectionAdmin(admin.ModelAdmin):
+    """The secret is write-only: set it on the PACS connection page, never shown or edited here."""
+
+    list_display = ["name", "base_url", "auth"]
+    exclude = ["secret"]
+
+
+@admin.register(StoredSeries)
+class StoredSeriesAdmin(admin.ModelAdmin):
+    list_display = ["series_uid", "project", "exam", "n_slices", "created_at"]
+    list_filter = ["project"]
+    raw_id_fields = ["exam"]
+    readonly_fields = ["volume", "geometry", "meta", "flags"]
