@@ -7,8 +7,10 @@ the same code runs on 0.7 mm and 3 mm data. Arrays are on the canonical ``(S, P,
 The chain of reasoning, as a reader of a CT would do it:
 
 1. The spinal canal is the one tube of water-like HU (CSF, cord) that is ringed by bone and has a block
-   of bone (the body) in front of it; it runs the whole length of the spine. Candidate rings are found
-   slice by slice, and the longest continuous chain of them is the canal.
+   of bone (the body) in front of it; it runs the whole length of the spine. Candidates are found slice
+   by slice by two tests (a compact body blob with CSF behind it; the bony ring seen from inside the
+   canal, which survives a body merged with the aorta or heart), and the heaviest chain of them that
+   moves only a few mm per cm of height is the canal.
 2. In each slice the vertebral body is the bone-filled region just in front of the canal (cortical rim
    closed and filled), cut off at the canal's front wall so pedicles and posterior elements stay out.
 3. Along the body centreline, sampled in planes perpendicular to the spine, the discs are the gaps where
@@ -164,8 +166,53 @@ def filled_bone(hu, spacing):
     return ndimage.binary_fill_holes(bone, structure=_INPLANE)
 
 
-def find_canal_candidates(hu, spacing):
-    """Candidate vertebral bodies with a spinal canal behind them, slice by slice.
+# In-plane ray directions (row step, column step) for the canal's bony ring: anterior, anterior-left,
+# left, posterior-left, posterior, posterior-right, right, anterior-right (rows grow posterior, columns to
+# the patient's left on the canonical grid).
+_RAYS = ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))
+# The canal's bony ring seen from inside (adult canal 12-25 mm across, walls 2-5 mm from its centre to
+# 8-12 mm): the body's back wall lies 3-15 mm in front of a point of the canal, the pedicles (or the
+# articular processes at the disc level) within 18 mm to each side, the laminae within 25 mm behind.
+CANAL_RING_MM = {"front": (3.0, 15.0), "side": 18.0, "diagonal_front": 22.0, "back": 25.0}
+# Pedicles, laminae and endplates are not in every slice (a pedicle is 8-15 mm high, a disc 4-10 mm):
+# bone is looked for within +-8 mm of height, which spans the disc between two endplates.
+CANAL_RING_Z_MM = 16.0
+# In front of the canal's front wall the vertebral body (or the disc between two endplates) continues
+# for its whole depth: at least 12 mm even for a cervical body (about 15 mm deep), whereas a rib, a
+# transverse process or a vessel wall in front of a soft-tissue pocket is a few mm thick.
+BODY_RUN_MM = 12.0
+
+
+def _ray_distances(bone, spacing, reach_mm):
+    """Distance (mm) from every voxel to the first bone voxel along each of :data:`_RAYS`, in-plane.
+
+    Returns
+    -------
+    np.ndarray of float32, shape (8,) + bone.shape
+        ``inf`` where no bone lies within ``reach_mm`` (or the ray leaves the grid first).
+    """
+    sz, sy, sx = spacing
+    ny, nx = bone.shape[1:]
+    out = np.empty((len(_RAYS),) + bone.shape, dtype=np.float32)
+    for r, (dy, dx) in enumerate(_RAYS):
+        step = float(np.hypot(dy * sy, dx * sx))
+        dist = np.full(bone.shape, np.inf, dtype=np.float32)
+        for k in range(1, int(reach_mm // step) + 1):
+            oy, ox = dy * k, dx * k
+            if abs(oy) >= ny or abs(ox) >= nx:
+                break
+            # hit[p] = bone[p + k * (dy, dx)]
+            hit = np.zeros_like(bone)
+            hit[:, max(0, -oy) : ny - max(0, oy), max(0, -ox) : nx - max(0, ox)] = bone[
+                :, max(0, oy) : ny - max(0, -oy), max(0, ox) : nx - max(0, -ox)
+            ]
+            dist[hit & np.isinf(dist)] = k * step
+        out[r] = dist
+    return out
+
+
+def _blob_candidates(hu, spacing, filled):
+    """Canal candidates behind compact body blobs, slice by slice (the strict test of anatomy-0.3).
 
     A candidate is a compact filled-bone blob (the body cross-section) whose back edge is followed by
     water-like HU (the canal: CSF and cord) and, further back, by bone (laminae, spinous process). The
@@ -180,7 +227,6 @@ def find_canal_candidates(hu, spacing):
     from scipy import ndimage
 
     sz, sy, sx = spacing
-    filled = filled_bone(hu, spacing)
     # Opening breaks thin bridges (rib heads, osteophytes touching the aorta) before blobs are measured.
     blobs = ndimage.binary_opening(filled, structure=_disk(4.0, (sy, sx)))
     lab, n = ndimage.label(blobs, structure=_INPLANE)
@@ -247,6 +293,94 @@ def find_canal_candidates(hu, spacing):
     return rows[keep]
 
 
+def _ring_candidates(hu, spacing, filled):
+    """Candidate spinal canal cross-sections with a vertebral body in front, slice by slice.
+
+    The canal is recognised from the inside, as a reader does on an axial slice: a pocket of water-like HU
+    (CSF, cord, epidural fat in partial volume) ringed by bone - the body's back wall in front, pedicles
+    or articular processes on both sides, laminae behind - with a block of bone (the body, or the disc
+    between two endplates) continuing at least :data:`BODY_RUN_MM` in front of its front wall. The test
+    looks at the ring, not at the body's outline, so a body merged with a contrast-filled aorta, the heart
+    or a stent graft into one large bright blob (mid-thorax) still yields its canal, and a field of view
+    that cuts the back of the spine leaves the canal visible as long as the laminae are in view. Several
+    candidates per slice are kept; :func:`track_canal` picks the smooth chain through them.
+
+    Returns
+    -------
+    np.ndarray, shape (n, 5)
+        Columns: slice, row, column of the canal centre, row of the canal's front wall (the body's back
+        surface), canal cross-section area mm^2.
+    """
+    from scipy import ndimage
+
+    sz, sy, sx = spacing
+    zsize = max(1, int(round(CANAL_RING_Z_MM / sz))) | 1
+    bone = ndimage.maximum_filter1d(hu > BONE_HU, size=zsize, axis=0)
+    smooth = ndimage.gaussian_filter(hu, sigma=(0.0, 1.0 / sy, 1.0 / sx))
+    soft = (smooth >= CANAL_HU[0]) & (smooth <= CANAL_HU[1])
+    ring = CANAL_RING_MM
+    d = _ray_distances(bone, spacing, max(ring["back"], ring["diagonal_front"]))
+    front, front_l, left, back_l, back, back_r, right, front_r = d
+    inside = soft & (front >= ring["front"][0]) & (front <= ring["front"][1])
+    inside &= (left <= ring["side"]) & (right <= ring["side"])
+    inside &= (front_l <= ring["diagonal_front"]) & (front_r <= ring["diagonal_front"])
+    inside &= np.minimum(back, np.minimum(back_l, back_r)) <= ring["back"]
+    filled = ndimage.maximum_filter1d(filled, size=zsize, axis=0)
+    run_px = int(np.ceil(BODY_RUN_MM / sy))
+    rows = []
+    for z in np.flatnonzero(inside.any(axis=(1, 2))):
+        lab, n = ndimage.label(inside[z])
+        for i, sl in enumerate(ndimage.find_objects(lab)):
+            yy, xx = np.nonzero(lab[sl] == i + 1)
+            area = len(yy) * sy * sx
+            if not (CANAL_AREA_MM2[0] <= area <= CANAL_AREA_MM2[1]):
+                continue
+            yy, xx = yy + sl[0].start, xx + sl[1].start
+            cy, cx = float(yy.mean()), float(xx.mean())
+            ix = int(round(cx))
+            col = yy[xx == ix]
+            if len(col) == 0:
+                continue
+            y_top = int(col.min())
+            wall = y_top - float(front[z, y_top, ix]) / sy
+            w = int(round(wall))
+            if w - run_px + 1 < 0 or not filled[z, w - run_px + 1 : w + 1, ix].all():
+                continue
+            rows.append((z, cy, cx, wall, area))
+    return np.array(rows, dtype=np.float64).reshape(-1, 5)
+
+
+# Weight of a candidate from the strict blob test in the chain search: it outweighs ring-only candidates
+# in the slices around it, so the chain follows the strict candidates where they exist (the sacrum, the
+# lumbar spine) and the ring candidates bridge the stretches where they fail (mid-thorax).
+BLOB_WEIGHT = 3.0
+
+
+def find_canal_candidates(hu, spacing):
+    """Candidate spinal canals, slice by slice, from two tests.
+
+    The strict test (:func:`_blob_candidates`) finds a compact body blob with CSF right behind it and the
+    posterior arch further back; it fails where the body merges with a contrast-filled aorta, the heart
+    or a stent graft into one large blob, and where the field of view cuts the back of the spine. The
+    ring test (:func:`_ring_candidates`) looks at the canal from inside and survives both, but also fires
+    on soft-tissue pockets between pelvic bones or vessels. Both are returned, with their weights, for
+    :func:`track_canal` to choose the smooth chain through them.
+
+    Returns
+    -------
+    np.ndarray, shape (n, 6)
+        Columns: slice, row, column of the canal centre, row of the canal's front wall (the body's back
+        surface), area mm^2 (of the body blob or of the canal), weight.
+    """
+    filled = filled_bone(hu, spacing)
+    blob = _blob_candidates(hu, spacing, filled)
+    ring = _ring_candidates(hu, spacing, filled)
+    return np.concatenate([
+        np.column_stack([blob, np.full(len(blob), BLOB_WEIGHT)]),
+        np.column_stack([ring, np.ones(len(ring))]),
+    ])
+
+
 def track_canal(hu, spacing):
     """Longest chain of canal candidates that is continuous along the body axis.
 
@@ -264,9 +398,10 @@ def track_canal(hu, spacing):
     pos = cand[:, 1:3] * np.array([sy, sx])
     zmm = cand[:, 0] * sz
     n = len(cand)
-    best = np.ones(n)
+    best = cand[:, 5].copy()
     prev = np.full(n, -1)
-    max_gap_mm = 45.0
+    # Gaps in the observed canal (a cut-off arch, a crowded slice) are bridged up to about a vertebra.
+    max_gap_mm = 30.0
     for i in range(n):
         lo = np.searchsorted(zmm, zmm[i] - max_gap_mm, side="left")
         j = np.arange(lo, i)
@@ -275,13 +410,18 @@ def track_canal(hu, spacing):
             continue
         dz = zmm[i] - zmm[j]
         dist = np.linalg.norm(pos[j] - pos[i], axis=1)
-        # The canal drifts at most about 0.7 mm per mm of height (sacral and cervical curves).
-        ok = dist <= 6.0 + 0.7 * dz
+        # The canal moves a few mm per cm of height (0.3 mm per mm covers the cervical and lumbar
+        # lordoses; the sacral curve is steeper but observed densely, where the 4 mm allowance per step
+        # covers it). The ring test of find_canal_candidates also fires on soft tissue pockets between
+        # pelvic bones or vessels; a chain through them has to jump sideways, which this forbids.
+        ok = dist <= 4.0 + 0.3 * dz
         if not ok.any():
             continue
         j, dz = j[ok], dz[ok]
-        # Prefer long chains; a gap costs a little so that a dense chain wins over a sparse one.
-        score = best[j] + 1.0 - 0.01 * dz
+        # Prefer long chains; a gap costs a little so that a dense chain wins over a sparse one, and a
+        # sideways step costs more (the canal moves a few mm per cm of height), so that among candidates
+        # in the same slice the one in line with the chain is taken.
+        score = best[j] + cand[i, 5] - 0.01 * dz - 0.05 * dist[ok]
         k = int(np.argmax(score))
         if score[k] > best[i]:
             best[i] = score[k]
@@ -457,6 +597,45 @@ def centreline(mask, spacing, min_area_mm2=150.0, step_mm=1.0):
     return Centreline(
         points=pts_new / np.asarray(spacing), points_mm=pts_new, tangents=tang, s_mm=s_new
     )
+
+
+# The disc search runs along a line this far in front of the canal's front wall: inside the posterior
+# half of every vertebral body (bodies are about 15 mm deep at C7 and 30-35 mm in the lumbar spine), so
+# that a disk of :data:`BODY_LINE_RADIUS_MM` around it holds body and disc only. The centre of the whole
+# body mask is not used there: where the body merges with a contrast-filled aorta or the heart (mid
+# thorax), that centre drifts towards the vessel and its profile mixes vessel contrast with the discs.
+BODY_LINE_OFFSET_MM = 8.0
+BODY_LINE_RADIUS_MM = 5.0
+
+
+def body_line(track, spacing, step_mm=1.0):
+    """Line along the posterior part of the vertebral bodies, :data:`BODY_LINE_OFFSET_MM` in front of the
+    tracked canal's front wall (smoothed over about 15 mm like :func:`centreline`).
+
+    Returns
+    -------
+    Centreline or None
+    """
+    from scipy import ndimage
+
+    sz, sy, sx = spacing
+    z = np.flatnonzero(~np.isnan(track.canal_front_y))
+    if len(z) < 2:
+        return None
+    cy = track.canal_front_y[z] - BODY_LINE_OFFSET_MM / sy
+    cx = track.canal_yx[z, 1]
+    sigma = max(1.0, 7.5 / sz)
+    cy = ndimage.gaussian_filter1d(cy, sigma, mode="nearest")
+    cx = ndimage.gaussian_filter1d(cx, sigma, mode="nearest")
+    pts_mm = np.stack([z * sz, cy * sy, cx * sx], axis=1)
+    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts_mm, axis=0), axis=1))])
+    if s[-1] <= step_mm:
+        return None
+    s_new = np.arange(0.0, s[-1] + 1e-9, step_mm)
+    pts_new = np.stack([np.interp(s_new, s, pts_mm[:, d]) for d in range(3)], axis=1)
+    tang = np.gradient(pts_new, axis=0)
+    tang /= np.linalg.norm(tang, axis=1, keepdims=True)
+    return Centreline(points=pts_new / np.asarray(spacing), points_mm=pts_new, tangents=tang, s_mm=s_new)
 
 
 def perpendicular_profile(volume, spacing, line, radius_mm, order=1):

@@ -14,7 +14,7 @@ import numpy as np
 
 from analysis.segmentation.levels import VERSE_LABEL
 
-SEGMENTER_VERSION = "anatomy-0.3"
+SEGMENTER_VERSION = "anatomy-0.4"
 
 
 @dataclass
@@ -178,6 +178,9 @@ def find_rib_roots(hu, spacing, track):
             z_root = float(zz.mean())
             z0 = max(0, int(np.floor(z_root + RIB_TRACE_Z_MM[0] / sz)))
             z1 = min(shape[0], int(np.ceil(z_root + RIB_TRACE_Z_MM[1] / sz)) + 1)
+            # The trace window always holds the whole root (a root up to RIB_ROOT_MAX_Z_MM high can reach
+            # beyond 10 mm above its mean height).
+            z0, z1 = min(z0, sl[0].start), max(z1, sl[0].stop)
             seed = np.zeros((z1 - z0,) + shape[1:], dtype=bool)
             seed[(slice(sl[0].start - z0, sl[0].stop - z0), sl[1], sl[2])] = comp
             mask = lateral[z0:z1] & np.broadcast_to(on_side[z0:z1], lateral[z0:z1].shape)
