@@ -4,13 +4,12 @@
 header is line 1); ``import_qct_rows`` stores all rows in one transaction or none.
 """
 
-import csv
-import io
 from dataclasses import dataclass, field
 
 from django.db import transaction
 
 from . import validation
+from .csvfiles import CSVFileError, line_order, read_rows
 from .models import Exam, Patient, Project, QCTResult, Region, Sex, Split
 from .registry import set_split
 
@@ -26,15 +25,10 @@ OPTIONAL_COLUMNS = (
     "birth_year",
     "levels_note",
 )
-MAX_ROWS = 200_000
 
 
-class CSVImportError(ValueError):
-    """The file as a whole is unusable (encoding, header); ``errors`` lists ``line N: reason`` strings."""
-
-    def __init__(self, errors):
-        self.errors = list(errors)
-        super().__init__("; ".join(self.errors))
+class CSVImportError(CSVFileError):
+    """The file is unusable or has bad rows; ``errors`` lists ``line N: reason`` strings."""
 
 
 @dataclass
@@ -68,17 +62,6 @@ class ImportPlan:
     @property
     def ok(self):
         return not self.errors
-
-
-def _decode(data, source):
-    if isinstance(data, str):
-        return data
-    for encoding in ("utf-8-sig",):
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError as exc:
-            raise CSVImportError([f"{source}: not UTF-8 text (byte {exc.start}); save the file as UTF-8 CSV"]) from None
-    return data  # pragma: no cover
 
 
 def _parse_row(line, cells):
@@ -137,53 +120,14 @@ def _parse_row(line, cells):
 
 def parse_qct_csv(data, source="upload", project=None):
     """Check a QCT CSV (bytes or text). Returns an ImportPlan; ``plan.errors`` lists ``line N: reason``."""
-    text = _decode(data, source)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise CSVImportError([f"{source}: the file is empty"]) from None
-    except csv.Error as exc:
-        raise CSVImportError([f"line 1: {exc}"]) from None
-    header = [name.strip().lower() for name in header]
-    problems = []
-    missing = [name for name in REQUIRED_COLUMNS if name not in header]
-    if missing:
-        problems.append(f"line 1: missing column(s) {', '.join(missing)}")
-    unknown = [name for name in header if name not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
-    if unknown:
-        problems.append(
-            f"line 1: unknown column(s) {', '.join(repr(n) for n in unknown)}; "
-            f"allowed: {', '.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)}"
-        )
-    duplicated = sorted({name for name in header if header.count(name) > 1})
-    if duplicated:
-        problems.append(f"line 1: duplicated column(s) {', '.join(duplicated)}")
-    if problems:
-        raise CSVImportError(problems)
-
-    plan = ImportPlan()
+    table = read_rows(data, source=source, required=REQUIRED_COLUMNS, optional=OPTIONAL_COLUMNS,
+                      error=CSVImportError)
+    plan = ImportPlan(errors=table.errors)
     seen = {}
     sex_of = {}
-    while True:
+    for line, cells in table.rows:
         try:
-            cells = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            plan.errors.append(f"line {reader.line_num}: {exc}")
-            break
-        line = reader.line_num
-        if not any(cell.strip() for cell in cells):
-            continue
-        if len(plan.rows) + len(plan.errors) >= MAX_ROWS:
-            plan.errors.append(f"line {line}: more than {MAX_ROWS} rows; split the file")
-            break
-        if len(cells) != len(header):
-            plan.errors.append(f"line {line}: {len(cells)} cells, the header has {len(header)}")
-            continue
-        try:
-            row = _parse_row(line, dict(zip(header, cells)))
+            row = _parse_row(line, cells)
         except ValueError as exc:
             plan.errors.append(f"line {line}: {exc}")
             continue
@@ -199,8 +143,7 @@ def parse_qct_csv(data, source="upload", project=None):
             continue
         seen[key] = line
         plan.rows.append(row)
-    if not plan.rows and not plan.errors:
-        plan.errors.append(f"{source}: no data rows")
+    plan.errors.sort(key=line_order)
     if project is not None:
         _compare_with_registry(plan, project)
     return plan

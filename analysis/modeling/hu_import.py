@@ -11,8 +11,6 @@ the whole file is valid (one transaction).
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass, field
 
@@ -21,6 +19,7 @@ from django.db import transaction
 from analysis.models import LevelMeasurement, MeasurementRun
 from analysis.segmentation.levels import LEVEL_NAMES
 from studies.models import Exam, Project
+from studies.csvfiles import CSVFileError, line_order, read_rows
 from studies.validation import looks_like_formula, parse_date
 
 __all__ = ["HU_MAX", "HU_MIN", "HUImportError", "import_hu_csv", "parse_hu_csv"]
@@ -32,12 +31,8 @@ HU_MIN, HU_MAX = -1024.0, 3071.0
 MAX_ROWS = 500_000
 
 
-class HUImportError(ValueError):
+class HUImportError(CSVFileError):
     """The file cannot be imported; ``errors`` lists ``line N: reason`` strings."""
-
-    def __init__(self, errors):
-        self.errors = list(errors)
-        super().__init__("; ".join(self.errors[:20]) + (f"; ... {len(self.errors) - 20} more" if len(self.errors) > 20 else ""))
 
 
 @dataclass
@@ -110,53 +105,13 @@ def parse_hu_csv(data, project, source="upload"):
     HUPlan
         ``plan.errors`` lists ``line N: reason``; ``plan.exams`` maps (patient id, exam date) to the exam.
     """
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise HUImportError([f"{source}: not UTF-8 text (byte {exc.start}); save the file as UTF-8 CSV"]) from None
-    reader = csv.reader(io.StringIO(data, newline=""))
-    try:
-        header = [name.strip().lower() for name in next(reader)]
-    except StopIteration:
-        raise HUImportError([f"{source}: the file is empty"]) from None
-    except csv.Error as exc:
-        raise HUImportError([f"line 1: {exc}"]) from None
-    problems = []
-    missing = [c for c in REQUIRED if c not in header]
-    if missing:
-        problems.append(f"line 1: missing column(s) {', '.join(missing)}")
-    unknown = [c for c in header if c not in REQUIRED + OPTIONAL]
-    if unknown:
-        problems.append(f"line 1: unknown column(s) {', '.join(map(repr, unknown))}; allowed: "
-                        f"{', '.join(REQUIRED + OPTIONAL)}")
-    duplicated = sorted({c for c in header if header.count(c) > 1})
-    if duplicated:
-        problems.append(f"line 1: duplicated column(s) {', '.join(duplicated)}")
-    if problems:
-        raise HUImportError(problems)
-
-    plan = HUPlan()
+    table = read_rows(data, source=source, required=REQUIRED, optional=OPTIONAL, error=HUImportError,
+                      max_rows=MAX_ROWS)
+    plan = HUPlan(errors=table.errors)
     seen = {}
-    while True:
+    for line, cells in table.rows:
         try:
-            cells = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            plan.errors.append(f"line {reader.line_num}: {exc}")
-            break
-        line = reader.line_num
-        if not any(cell.strip() for cell in cells):
-            continue
-        if len(plan.rows) + len(plan.errors) >= MAX_ROWS:
-            plan.errors.append(f"line {line}: more than {MAX_ROWS} rows; split the file")
-            break
-        if len(cells) != len(header):
-            plan.errors.append(f"line {line}: {len(cells)} cells, the header has {len(header)}")
-            continue
-        try:
-            row = _parse_row(line, dict(zip(header, cells)))
+            row = _parse_row(line, cells)
         except ValueError as exc:
             plan.errors.append(f"line {line}: {exc}")
             continue
@@ -167,8 +122,6 @@ def parse_hu_csv(data, project, source="upload"):
             continue
         seen[key] = line
         plan.rows.append(row)
-    if not plan.rows and not plan.errors:
-        plan.errors.append(f"{source}: no data rows")
 
     pseudonyms = {row.patient_id for row in plan.rows}
     exams = {
@@ -185,13 +138,8 @@ def parse_hu_csv(data, project, source="upload"):
                 plan.errors.append(f"line {row.line}: patient {row.patient_id} has no exam on {row.exam_date}")
             continue
         plan.exams[(row.patient_id, row.exam_date)] = exam
-    plan.errors.sort(key=_line_of)
+    plan.errors.sort(key=line_order)
     return plan
-
-
-def _line_of(message):
-    head = message.split(":", 1)[0]
-    return int(head[5:]) if head.startswith("line ") and head[5:].isdigit() else 0
 
 
 def import_hu_csv(data, project, *, source, user=None, segmenter_version="", parameters=None, file_name="upload"):

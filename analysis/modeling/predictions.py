@@ -10,8 +10,6 @@ valid.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass, field
 
@@ -23,6 +21,7 @@ from analysis.modeling.records import records_for_exams
 from analysis.modeling.training import predict
 from analysis.models import ModelVersion, Prediction
 from studies.models import Cohort, CohortMember, Exam
+from studies.csvfiles import CSVFileError, line_order, read_rows
 from studies.validation import looks_like_formula, parse_date
 
 __all__ = [
@@ -119,12 +118,8 @@ def predict_exams(version, exams=None, *, source=None, store=True):
     return ScreeningList(version=version, rows=rows, dropped=[d.to_dict() for d in table.dropped])
 
 
-class PredictionImportError(ValueError):
+class PredictionImportError(CSVFileError):
     """The predictions file cannot be imported; ``errors`` lists ``line N: reason`` strings."""
-
-    def __init__(self, errors):
-        self.errors = list(errors)
-        super().__init__("; ".join(self.errors[:20]))
 
 
 def _number(text, name, low, high):
@@ -162,40 +157,14 @@ def _parse_prediction(cells, task):
 
 
 def _read(data, task, source):
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise PredictionImportError([f"{source}: not UTF-8 text (byte {exc.start})"]) from None
-    reader = csv.reader(io.StringIO(data, newline=""))
-    try:
-        header = [h.strip().lower() for h in next(reader)]
-    except StopIteration:
-        raise PredictionImportError([f"{source}: the file is empty"]) from None
     required = ("patient_id", "exam_date") + (("predicted_bmd",) if task == "regression" else PROBABILITY_COLUMNS)
     optional = () if task == "regression" else ("predicted_category",)
-    problems = []
-    missing = [c for c in required if c not in header]
-    if missing:
-        problems.append(f"line 1: missing column(s) {', '.join(missing)} for a {task} model")
-    unknown = [c for c in header if c not in required + optional]
-    if unknown:
-        problems.append(f"line 1: unknown column(s) {', '.join(map(repr, unknown))}; allowed: "
-                        f"{', '.join(required + optional)}")
-    if len(set(header)) != len(header):
-        problems.append("line 1: duplicated column names")
-    if problems:
-        raise PredictionImportError(problems)
-    rows, errors, seen = [], [], {}
-    for cells in reader:
-        line = reader.line_num
-        if not any(c.strip() for c in cells):
-            continue
-        if len(cells) != len(header):
-            errors.append(f"line {line}: {len(cells)} cells, the header has {len(header)}")
-            continue
+    table = read_rows(data, source=source, required=required, optional=optional, error=PredictionImportError,
+                      what=f"for a {task} model")
+    rows, errors, seen = [], table.errors, {}
+    for line, cells in table.rows:
         try:
-            patient_id, exam_date, values = _parse_prediction(dict(zip(header, cells)), task)
+            patient_id, exam_date, values = _parse_prediction(cells, task)
         except ValueError as exc:
             errors.append(f"line {line}: {exc}")
             continue
@@ -257,7 +226,7 @@ def import_external_predictions(
             errors.append(f"line {line}: unknown patient {patient_id!r}" if patient_id not in known
                           else f"line {line}: patient {patient_id} has no exam on {exam_date}")
     if errors:
-        errors.sort(key=lambda m: int(m.split(":", 1)[0][5:]) if m.startswith("line ") else 0)
+        errors.sort(key=line_order)
         raise PredictionImportError(errors)
     cohort = Cohort.objects.filter(project=project, name=cohort_name).first()
     splits = dict(CohortMember.objects.filter(cohort=cohort).values_list("exam_id", "split")) if cohort else {}

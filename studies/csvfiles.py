@@ -1,0 +1,111 @@
+"""Reading the CSV files users upload: one reader for every importer (QCT values, HU values, predictions).
+
+It checks what is the same for all of them: UTF-8, a header with the required columns, no unknown or
+duplicated column, the cell count of each row, blank lines, the row limit. Each problem reads
+``line N: reason`` with N the physical line (the header is line 1; a quoted cell spanning lines counts
+every line). The importer parses the cells of each row and adds its own ``line N: reason`` errors.
+"""
+
+import csv
+import io
+from dataclasses import dataclass, field
+
+MAX_ROWS = 200_000
+
+
+class CSVFileError(ValueError):
+    """The file as a whole is unusable; ``errors`` lists every ``line N: reason`` (or ``FILE: reason``)."""
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+        super().__init__("; ".join(self.errors))
+
+
+@dataclass
+class CSVRows:
+    header: list
+    rows: list = field(default_factory=list)  # (line, {column: cell text})
+    errors: list = field(default_factory=list)
+
+
+def line_order(error):
+    """Sort key putting ``line N: ...`` messages in file order (file-level messages first)."""
+    head = error.split(":", 1)[0]
+    return int(head[5:]) if head.startswith("line ") and head[5:].isdigit() else 0
+
+
+def decode(data, source, error=CSVFileError):
+    """Text of an uploaded file (bytes or str); a BOM is dropped."""
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error([f"{source}: not UTF-8 text (byte {exc.start}); save the file as UTF-8 CSV"]) from None
+
+
+def read_rows(data, *, source, required, optional=(), error=CSVFileError, what="", max_rows=MAX_ROWS):
+    """Check the header and split the file into rows of cells.
+
+    Parameters
+    ----------
+    data : bytes or str
+    source : str
+        The file's name, for messages.
+    required, optional : sequence of str
+        Column names (lower case); any other column is refused.
+    error : type
+        The ``CSVFileError`` subclass to raise for file-level problems.
+    what : str
+        Words appended to the missing-columns message (e.g. "for a regression model").
+    max_rows : int
+        More data rows than this is an error (split the file).
+
+    Returns
+    -------
+    CSVRows
+        Rows with their physical line numbers, and row-level problems already found.
+    """
+    reader = csv.reader(io.StringIO(decode(data, source, error), newline=""))
+    try:
+        header = [name.strip().lower() for name in next(reader)]
+    except StopIteration:
+        raise error([f"{source}: the file is empty"]) from None
+    except csv.Error as exc:
+        raise error([f"line 1: {exc}"]) from None
+    allowed = tuple(required) + tuple(optional)
+    problems = []
+    missing = [name for name in required if name not in header]
+    if missing:
+        problems.append(f"line 1: missing column(s) {', '.join(missing)}{' ' + what if what else ''}")
+    unknown = [name for name in header if name not in allowed]
+    if unknown:
+        problems.append(f"line 1: unknown column(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}")
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        problems.append(f"line 1: duplicated column(s) {', '.join(duplicated)}")
+    if problems:
+        raise error(problems)
+
+    table = CSVRows(header=header)
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            table.errors.append(f"line {reader.line_num}: {exc}")
+            break
+        line = reader.line_num
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(table.rows) + len(table.errors) >= max_rows:
+            table.errors.append(f"line {line}: more than {max_rows} rows; split the file")
+            break
+        if len(cells) != len(header):
+            table.errors.append(f"line {line}: {len(cells)} cells, the header has {len(header)}")
+            continue
+        table.rows.append((line, dict(zip(header, cells))))
+    if not table.rows and not table.errors:
+        table.errors.append(f"{source}: no data rows")
+    return table
