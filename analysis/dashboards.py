@@ -416,3 +416,12 @@ def cohort_panel(project, cohort_name, *, include_excluded=False):
     rendered = charts.cohort_table_rows(table, split_labels=SPLIT_LABELS)
     return {"table": table, **rendered, "total": sum(table["n"].values())}
 
+
+
+def left_out_rows(version):
+    """The exams a version left out, each with its exam (patient pseudonym and date) and the reason."""
+    from studies.models import Exam
+
+    left_out = version.data_snapshot.get("excluded", [])
+    exams = Exam.objects.filter(pk__in=[d["exam_id"] for d in left_out]).select_related("patient").in_bulk()
+    return [{**d, "exam": exams.get(d["exam_id"])} for d in left_out]

@@ -36,7 +36,7 @@ def model_detail(request, project_id, version_id):
         "project": project, "version": version, "headers": headers, "rows": dashboards.metric_rows(version),
         "panels": dashboards.version_panels(version), "calibration": dashboards.calibration_panel(version),
         "n_resamples": evaluation.n_resamples if evaluation else 0,
-        "n_used": len(snapshot.get("exam_ids", [])), "left_out": snapshot.get("excluded", []),
+        "n_used": len(snapshot.get("exam_ids", [])), "left_out": dashboards.left_out_rows(version),
     })
 
 

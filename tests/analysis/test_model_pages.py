@@ -58,3 +58,16 @@ def test_only_pi_and_admin_launch_training(client, trained):
     job = Job.objects.get(kind="analysis.train_grid")
     assert response.status_code == 302 and response["Location"] == job.get_absolute_url()
     assert job.params == {"project_id": project.pk, "cohort_name": "main", "seed": 1, "user_id": job.created_by_id}
+
+
+def test_left_out_exams_are_named_by_patient_and_date(client, trained):
+    project, (lr, _) = trained
+    login(client, project, "annotator")
+    page = client.get(reverse("analysis:model_detail", args=[project.pk, lr.pk])).content.decode()
+    left_out = lr.data_snapshot["excluded"]
+    assert left_out, "the demo's chest-only exams have no abdomen levels and are left out"
+    from studies.models import Exam
+
+    exam = Exam.objects.select_related("patient").get(pk=left_out[0]["exam_id"])
+    assert f"{exam.patient.pseudonym}</a> {exam.exam_date:%Y-%m-%d}" in page
+    assert left_out[0]["reason"] in page
