@@ -612,6 +612,10 @@ def body_line(track, spacing, step_mm=1.0):
     """Line along the posterior part of the vertebral bodies, :data:`BODY_LINE_OFFSET_MM` in front of the
     tracked canal's front wall (smoothed over about 15 mm like :func:`centreline`).
 
+    Not yet used by :func:`analysis.segmentation.spine.segment_vertebrae`: along it the endplate pairs of
+    the contrast chest CT stand out clearly, but :func:`find_discs` expects discs darker than marrow and
+    misses them there, so the disc search still runs along the body-mask centreline.
+
     Returns
     -------
     Centreline or None
