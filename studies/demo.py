@@ -56,3 +56,34 @@ def ensure_demo_admin(username="admin"):
 
 def add_member(project, user, role=Role.ADMIN):
     Membership.objects.get_or_create(project=project, user=user, defaults={"role": role})
+
+
+def seed_demo_images(project, n_series=2, random_state=0, n_patients=702):
+    """Store synthetic CT volumes (spine phantoms) for the first ``n_series`` chest-and-abdomen demo exams,
+    so the image pipeline (segment, label, measure) can be tried without any real CT. Each phantom's
+    trabecular HU per level is that synthetic patient's own ``hu_by_level``. Idempotent; returns the patient
+    ids whose series were created."""
+    import dataclasses
+
+    from analysis.imaging.dicom import content_uid
+    from analysis.imaging.phantom import make_spine_phantom
+    from analysis.modeling.synthetic import generate_cohort
+
+    from .pacs.ingest import store_volume
+
+    cohort = [c for c in generate_cohort(n_patients=n_patients, random_state=random_state) if c.region == "both"]
+    exams = {e.patient.pseudonym: e for e in Exam.objects.filter(patient__project=project).select_related("patient")}
+    created = []
+    for index, synthetic in enumerate(cohort[:n_series]):
+        exam = exams.get(synthetic.patient_id)
+        if exam is None or exam.stored_series.exists():
+            continue
+        phantom = make_spine_phantom(spacing=(2.5, 1.0, 1.0), trabecular_hu=dict(synthetic.hu_by_level),
+                                     noise_sd=20.0, random_state=random_state + index)
+        volume = dataclasses.replace(phantom.volume, series_uid=content_uid("bmdsite-demo", synthetic.patient_id))
+        _, was_created = store_volume(project, volume, exam=exam, source="synthetic phantom (demo)",
+                                      selection_reason="synthetic demo series",
+                                      meta={"synthetic": True, "contrast": False})
+        if was_created:
+            created.append(synthetic.patient_id)
+    return created

@@ -3,7 +3,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from studies.demo import add_member, ensure_demo_admin, seed_demo_project
+from studies.demo import add_member, ensure_demo_admin, seed_demo_images, seed_demo_project
 
 
 class Command(BaseCommand):
@@ -12,8 +12,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--patients", type=int, default=702)
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--phantom-series", type=int, default=2,
+                            help="synthetic CT volumes to store for demo exams (default 2)")
 
-    def handle(self, *args, patients, seed, **options):
+    def handle(self, *args, patients, seed, phantom_series, **options):
         user, password = ensure_demo_admin()
         credentials = settings.VAR_DIR / "demo-admin.txt"
         if password:
@@ -26,8 +28,12 @@ class Command(BaseCommand):
         from analysis.modeling.demo import seed_demo_measurements
 
         seed_demo_measurements(project, random_state=seed, n_patients=patients)
+        with_images = seed_demo_images(project, n_series=phantom_series, random_state=seed, n_patients=patients)
         state = "created" if created else "already present"
         self.stdout.write(f"demo project '{project.name}' {state} ({project.patients.count()} patients)")
+        if with_images:
+            self.stdout.write(f"synthetic CT series stored for {', '.join(with_images)}: open the patient's exam, "
+                              "'HU', then 'Segment and measure'")
         if password:
             self.stdout.write(self.style.SUCCESS(f"demo admin: user '{user.username}', password '{password}' "
                                                  f"(also in {credentials})"))
