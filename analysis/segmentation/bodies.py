@@ -13,8 +13,9 @@ The chain of reasoning, as a reader of a CT would do it:
    moves only a few mm per cm of height is the canal.
 2. In each slice the vertebral body is the bone-filled region just in front of the canal (cortical rim
    closed and filled), cut off at the canal's front wall so pedicles and posterior elements stay out.
-3. Along the body centreline, sampled in planes perpendicular to the spine, the discs are the gaps where
-   no filled bone is found; they split the bodies into vertebrae.
+3. Along a line through the posterior part of the bodies, sampled in planes perpendicular to it, the
+   discs are the gaps where no filled bone is found or the dips between two bright endplates, chosen as a
+   set with a steady spacing; they split the bodies into vertebrae.
 """
 
 from __future__ import annotations
@@ -612,9 +613,8 @@ def body_line(track, spacing, step_mm=1.0):
     """Line along the posterior part of the vertebral bodies, :data:`BODY_LINE_OFFSET_MM` in front of the
     tracked canal's front wall (smoothed over about 15 mm like :func:`centreline`).
 
-    Not yet used by :func:`analysis.segmentation.spine.segment_vertebrae`: along it the endplate pairs of
-    the contrast chest CT stand out clearly, but :func:`find_discs` expects discs darker than marrow and
-    misses them there, so the disc search still runs along the body-mask centreline.
+    :func:`analysis.segmentation.spine.segment_vertebrae` searches the discs along it (a disk of
+    :data:`BODY_LINE_RADIUS_MM`) and assigns body voxels to segments by their nearest point on it.
 
     Returns
     -------
@@ -668,79 +668,155 @@ def perpendicular_profile(volume, spacing, line, radius_mm, order=1):
     return vals.reshape(len(line.s_mm), -1).mean(axis=1)
 
 
+# A thoracic disc is 3-7 mm thick: along the body line its two endplates (cortical plates, 1-2 mm of dense
+# bone) show as two narrow HU peaks within this distance on each side of the disc's centre, even where
+# the disc itself reads as high as marrow (contrast CT). A dip inside a body (basivertebral veins, fatty
+# marrow) has marrow, not an endplate, on at least one side.
+ENDPLATE_PAIR_MM = 5.0
+# Candidates closer than this are the same disc seen twice (a gap of the filled-bone fraction and the dip
+# between its endplates): half the thinnest disc plus its endplates.
+DISC_MERGE_MM = 5.0
+# Weight of spacing irregularity against candidate strength (0..1) in the choice of discs. Vertebral
+# pitch changes by a few per cent per level (about 17 mm at T3 to 35 mm at L3, i.e. ratios 0.85-1.2
+# between neighbours, penalty below 0.05); halving one interval (a false disc in the middle of a body)
+# costs two steps of ratio 2, 2 * 1.25 * log(2)^2 = 1.2, more than any single candidate can bring (1).
+SPACING_WEIGHT = 1.25
+
+
+def _disc_candidates(f, hu_raw, h, s_mm, step):
+    """Disc candidates along the line: (s_mm, strength 0..1) sorted by position."""
+    from scipy import ndimage
+
+    cands = []
+    lab, n = ndimage.label(f < 0.5)
+    for i in range(1, n + 1):
+        idx = np.flatnonzero(lab == i)
+        # Gaps touching the ends of the line are the end of the imaged spine, not discs.
+        if idx[0] == 0 or idx[-1] == len(f) - 1:
+            continue
+        if (idx[-1] - idx[0] + 1) * step > 25.0:
+            continue  # a missing stretch of body (e.g. segmentation failure), not a disc
+        cands.append((float(s_mm[idx].mean()), float(1.0 - f[idx].min())))
+    w = max(1, int(round(8.0 / step)))
+    near = max(1, int(round(ENDPLATE_PAIR_MM / step)))
+    local = max(1, int(round(2.0 / step)))
+    for i in range(1, len(h) - 1):
+        # Endplate pair: a local minimum of the unsmoothed profile (a disc of 3-7 mm is 2-4 samples; the
+        # profile is already a mean over a 5 mm disk, noise a few HU) with a peak at least DISC_DIP_HU
+        # higher within ENDPLATE_PAIR_MM on both sides. At the end of the line one side may be short
+        # but must still hold the peak (a disc next to the volume edge, with its upper endplate in view).
+        lo_n, hi_n = hu_raw[max(0, i - near) : i], hu_raw[i + 1 : i + near + 1]
+        window = hu_raw[max(0, i - local) : i + local + 1]
+        if hu_raw[i] == window.min() and (i == 0 or hu_raw[i - 1] > hu_raw[i]):
+            rise = min(lo_n.max(), hi_n.max()) - hu_raw[i]
+            if rise >= DISC_DIP_HU:
+                # A flat bottom (the disc over several samples): its centre.
+                run = i
+                while run + 1 < len(hu_raw) and hu_raw[run + 1] == hu_raw[i]:
+                    run += 1
+                cands.append((float(s_mm[(i + run) // 2] if (i + run) % 2 == 0 else
+                                    0.5 * (s_mm[(i + run) // 2] + s_mm[(i + run) // 2 + 1])),
+                              min(1.0, rise / (2 * DISC_DIP_HU))))
+                continue
+        # A thick (lumbar) disc: a minimum of the smoothed profile flanked on both sides, within 8 mm, by
+        # HU at least DISC_DIP_HU higher, even where a tilted disc keeps the filled-bone fraction high
+        # (L5/S1). Without support from the filled-bone fraction the dip must also be deep in relative
+        # terms (disc about 80 HU against endplates of 160 HU or more).
+        if h[i] != h[max(0, i - w // 2) : i + w // 2 + 1].min():
+            continue
+        left, right = h[max(0, i - w) : i].max(), h[i + 1 : i + w + 1].max()
+        prominence = min(left, right) - h[i]
+        deep = h[i] <= 0.55 * min(left, right)
+        if prominence >= DISC_DIP_HU and (f[i] < 0.9 or deep):
+            cands.append((float(s_mm[i]), min(1.0, prominence / (2 * DISC_DIP_HU))))
+    cands.sort()
+    merged = []
+    for c in cands:
+        if merged and c[0] - merged[-1][0] < DISC_MERGE_MM:
+            if c[1] > merged[-1][1]:
+                merged[-1] = c
+            continue
+        merged.append(c)
+    return merged
+
+
+def _regular_disc_chain(s, strength, min_pitch_mm):
+    """Choose discs among candidates: the chain with the largest total strength minus spacing irregularity.
+
+    Dynamic programming over pairs of consecutive discs (j, i): the penalty of a step is
+    ``SPACING_WEIGHT * min(log(d_i / d_j)^2, log(2)^2)`` for neighbouring intervals d_j, d_i (capped at a
+    ratio of 2 so that one missed disc does not break the chain; the resulting long segment is caught
+    later by the merged-segment check). Neighbouring discs are at least ``min_pitch_mm`` apart.
+
+    Returns
+    -------
+    list of int
+        Indices of the chosen candidates, inferior to superior.
+    """
+    m = len(s)
+    if m == 0:
+        return []
+    cap = np.log(2.0) ** 2
+    score = np.full((m, m), -np.inf)  # score[j, i]: best chain ending with discs j < i
+    back = np.full((m, m), -1, dtype=int)
+    for i in range(m):
+        for j in range(i):
+            d = s[i] - s[j]
+            if d < min_pitch_mm:
+                continue
+            best, arg = strength[j], -1
+            for k in range(j):
+                if np.isfinite(score[k, j]):
+                    value = score[k, j] - SPACING_WEIGHT * min(np.log(d / (s[j] - s[k])) ** 2, cap)
+                    if value > best:
+                        best, arg = value, k
+            score[j, i] = strength[i] + best
+            back[j, i] = arg
+    single = int(np.argmax(strength))
+    finite = np.isfinite(score)
+    if not finite.any() or score[finite].max() <= strength[single]:
+        return [single]
+    j, i = np.unravel_index(int(np.argmax(np.where(finite, score, -np.inf))), score.shape)
+    chain = [i, j]
+    while back[j, i] >= 0:
+        j, i = back[j, i], j
+        chain.append(j)
+    return chain[::-1]
+
+
 def find_discs(body_fraction, hu_profile, s_mm, min_pitch_mm=14.0):
-    """Disc positions along the centreline: gaps of the filled-bone fraction.
+    """Disc positions along a line through the bodies: gaps of filled bone, dark dips, endplate pairs.
+
+    Candidates are (1) gaps of the filled-bone fraction, (2) HU dips between two bright endplates (a pair
+    of narrow peaks within :data:`ENDPLATE_PAIR_MM`: thin thoracic discs, also in contrast CT where the
+    disc reads as high as marrow), (3) broad dips of the smoothed HU (thick lumbar discs). The discs are
+    then chosen as a set, as a reader counts them: neighbours at least ``min_pitch_mm`` apart (the
+    shortest vertebra with its disc, cervical) and with a steady spacing (vertebral height changes slowly
+    along the spine), see :func:`_regular_disc_chain`.
 
     Parameters
     ----------
     body_fraction : np.ndarray, shape (n,)
         Fraction of each perpendicular disk inside the body mask (1 in a body, near 0 in a disc).
     hu_profile : np.ndarray, shape (n,)
-        Mean HU in the same disks (used to rank gaps).
+        Mean HU in the same disks.
     s_mm : np.ndarray, shape (n,)
+        Arc length of the samples, mm, evenly spaced.
+    min_pitch_mm : float
 
     Returns
     -------
-    list of (s_mm, depth) tuples
-        Disc centres from inferior to superior with the depth of the gap (0..1).
+    list of (s_mm, strength) tuples
+        Disc centres from inferior to superior with the strength of their evidence (0..1).
     """
     from scipy import ndimage
 
     step = s_mm[1] - s_mm[0] if len(s_mm) > 1 else 1.0
     f = ndimage.gaussian_filter1d(body_fraction.astype(float), 1.0 / step, mode="nearest")
-    low = f < 0.5
-    lab, n = ndimage.label(low)
-    discs = []
-    for i in range(1, n + 1):
-        idx = np.flatnonzero(lab == i)
-        # Gaps touching the ends of the centreline are the end of the imaged spine, not discs.
-        if idx[0] == 0 or idx[-1] == len(f) - 1:
-            continue
-        width = (idx[-1] - idx[0] + 1) * step
-        if width > 25.0:
-            continue  # a missing stretch of body (e.g. segmentation failure), not a disc
-        centre = s_mm[idx].mean()
-        depth = 1.0 - f[idx].min()
-        discs.append([centre, depth])
-    # A disc also shows as a dip of HU between the two bright endplates, even where a tilted disc keeps
-    # the filled-bone fraction high (L5/S1): minimum flanked on both sides, within 8 mm, by HU at
-    # least DISC_DIP_HU higher. A dip inside a body (basivertebral veins, fatty marrow) lacks the
-    # endplate on at least one side.
     h = ndimage.gaussian_filter1d(hu_profile.astype(float), 1.0 / step, mode="nearest")
-    w = max(1, int(round(8.0 / step)))
-    for i in range(w, len(h) - w):
-        if h[i] != h[i - w // 2 : i + w // 2 + 1].min():
-            continue
-        left, right = h[i - w : i].max(), h[i + 1 : i + w + 1].max()
-        prominence = min(left, right) - h[i]
-        # Without support from the filled-bone fraction the dip must also be deep in relative terms
-        # (disc about 80 HU against endplates of 160 HU or more).
-        deep = h[i] <= 0.55 * min(left, right)
-        if prominence >= DISC_DIP_HU and (f[i] < 0.9 or deep):
-            discs.append([s_mm[i], min(1.0, prominence / (2 * DISC_DIP_HU))])
-    discs.sort()
-    # Two gaps closer than the shortest vertebra are one disc split by an osteophyte or noise.
-    merged = []
-    for c, d in discs:
-        if merged and c - merged[-1][0] < min_pitch_mm:
-            if d > merged[-1][1]:
-                merged[-1] = [c, d]
-            continue
-        merged.append([c, d])
-    # Vertebral height changes slowly along the spine: a "disc" that leaves short pieces on both sides
-    # (each under 70 % of the typical pitch) splits one body (a dip in its marrow) and is dropped.
-    while len(merged) >= 3:
-        centres = np.array([m[0] for m in merged])
-        pitch = np.median(np.diff(centres))
-        worst = None
-        for k in range(len(merged)):
-            below = centres[k] - centres[k - 1] if k > 0 else np.inf
-            above = centres[k + 1] - centres[k] if k + 1 < len(merged) else np.inf
-            short = [x for x in (below, above) if np.isfinite(x)]
-            if len(short) == 2 and max(short) < 0.7 * pitch and sum(short) < 1.4 * pitch:
-                if worst is None or merged[k][1] < merged[worst][1]:
-                    worst = k
-        if worst is None:
-            break
-        del merged[worst]
-    return [tuple(m) for m in merged]
+    cands = _disc_candidates(f, hu_profile.astype(float), h, s_mm, step)
+    if not cands:
+        return []
+    s = np.array([c[0] for c in cands])
+    strength = np.array([c[1] for c in cands])
+    return [(float(s[k]), float(strength[k])) for k in _regular_disc_chain(s, strength, min_pitch_mm)]

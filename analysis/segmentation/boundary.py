@@ -156,7 +156,9 @@ def refine_bodies(hu, spacing, labels):
         core = ndimage.binary_erosion(mask, structure=core_el, border_value=1)
         band = outer & ~core
         ring = ndimage.binary_dilation(outer, structure=ring_el) & ~outer & (lab == 0)
-        if band.sum() < 10 or ring.sum() < 10:
+        # A body too thin for a core (a thin or fragmented coarse mask) has nothing to anchor the edge
+        # test to: it is kept as it is rather than dropped.
+        if band.sum() < 10 or ring.sum() < 10 or not core.any():
             out[sl][mask] = value
             continue
         surround = float(np.median(h[ring]))

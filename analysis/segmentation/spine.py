@@ -14,7 +14,7 @@ import numpy as np
 
 from analysis.segmentation.levels import VERSE_LABEL
 
-SEGMENTER_VERSION = "anatomy-0.4"
+SEGMENTER_VERSION = "anatomy-0.5"
 
 
 @dataclass
@@ -206,8 +206,19 @@ def find_rib_roots(hu, spacing, track):
 
 
 
-def _lateral_attachments(hu, spacing, track, line, disc_s, n_segments, body):
+# Neighbouring ribs leave the spine one vertebral pitch apart (about 17 mm at T1-T3 to 30 mm at T12), so two
+# roots on one side closer than this along the spine are one rib seen twice: a rib only descends from its
+# root, so the lower piece is its shaft passing the root zone of the vertebra below.
+RIB_SAME_MM = 15.0
+
+
+def _lateral_attachments(hu, spacing, track, line, disc_s, n_segments, body, cut_ends=()):
     """Ribs and iliac attachments per segment and side.
+
+    ``cut_ends`` holds the end segments cut by the volume edge: their extent cannot confirm a rib root of
+    their own, so a root there that lies less than :data:`RIB_SAME_MM` below a root on the same side is
+    taken as the shaft of the rib above, not a rib of the cut vertebra (which would otherwise become the
+    lowest rib-bearing vertebra, i.e. a false T12).
 
     Returns
     -------
@@ -285,10 +296,15 @@ def _lateral_attachments(hu, spacing, track, line, disc_s, n_segments, body):
     # Ribs: each root belongs to the vertebra at its height (the tubercle meets the transverse process,
     # which leaves the pedicle of the upper half of its own body; the head of ribs 2-9 straddles the disc
     # above, so the root, not the head, decides).
-    for root in find_rib_roots(hu, spacing, track):
+    roots = find_rib_roots(hu, spacing, track)
+    for root in roots:
         k = _segment_at_height(root.z_mm, line, disc_s)
-        if k is not None and 0 <= k < n_segments:
-            ribs[k, root.side] = True
+        if k is None or not 0 <= k < n_segments:
+            continue
+        if k in cut_ends and any(other.side == root.side and 0 < other.z_mm - root.z_mm < RIB_SAME_MM
+                                 for other in roots):
+            continue
+        ribs[k, root.side] = True
     return ribs, pelvic
 
 
@@ -387,8 +403,13 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
         timings["segmentation"] = time.perf_counter() - t0
         return SegmentationResult(empty, flags=["no_spine", "no_anchor"], timings_s=timings,
                                   notes=["spinal canal found but no vertebral body in front of it"])
-    fraction = bodies.perpendicular_profile(mask.astype(np.float32), spacing, line, radius_mm=8.0)
-    hu_prof = bodies.perpendicular_profile(hu, spacing, line, radius_mm=8.0)
+    # Discs are searched, and voxels assigned to segments, along the line through the posterior part of
+    # the bodies (a fixed distance in front of the canal): the body-mask centre drifts towards a contrast
+    # aorta or the heart where they merge with the bodies, and its profile then mixes vessel and disc.
+    line = bodies.body_line(track, spacing) or line
+    radius = bodies.BODY_LINE_RADIUS_MM
+    fraction = bodies.perpendicular_profile(mask.astype(np.float32), spacing, line, radius_mm=radius)
+    hu_prof = bodies.perpendicular_profile(hu, spacing, line, radius_mm=radius)
     discs = bodies.find_discs(fraction, hu_prof, line.s_mm)
     disc_s = [d[0] for d in discs]
     n_seg = len(disc_s) + 1
@@ -397,22 +418,28 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
     zz, yy, xx = np.nonzero(mask)
     pts = np.stack([zz * spacing[0], yy * spacing[1], xx * spacing[2]], axis=1)
     seg_of_voxel, dist = _segment_index(pts, line, disc_s)
-    # Body voxels far from the centreline are not body (e.g. a vessel that slipped through).
-    keep = dist <= 35.0
+    # Body voxels far from the line are not body (e.g. a vessel that slipped through): the line runs
+    # 8 mm in front of the canal, the front corners of a lumbar body (35 mm deep, 50 mm wide) lie about
+    # 37 mm from it.
+    keep = dist <= 45.0
     timings["segmentation"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    ribs, pelvic = _lateral_attachments(hu, spacing, track, line, disc_s, n_seg, body)
     shape = hu.shape
+    cut = np.zeros(n_seg, dtype=bool)
+    for k in range(n_seg):
+        sel = keep & (seg_of_voxel == k)
+        if sel.any():
+            cut[k] = (zz[sel].min() == 0 or zz[sel].max() == shape[0] - 1 or yy[sel].min() == 0
+                      or yy[sel].max() == shape[1] - 1 or xx[sel].min() == 0 or xx[sel].max() == shape[2] - 1)
+    cut_ends = {k for k in (0, n_seg - 1) if cut[k]}
+    ribs, pelvic = _lateral_attachments(hu, spacing, track, line, disc_s, n_seg, body, cut_ends=cut_ends)
     segments = []
     for k in range(n_seg):
         sel = keep & (seg_of_voxel == k)
         bounded = 0 < k < n_seg - 1
-        cut = False
-        if sel.any():
-            cut = (zz[sel].min() == 0 or zz[sel].max() == shape[0] - 1 or yy[sel].min() == 0
-                   or yy[sel].max() == shape[1] - 1 or xx[sel].min() == 0 or xx[sel].max() == shape[2] - 1)
-        segments.append(Segment(complete=bounded and not cut and sel.any(), cut=cut, rib_right=bool(ribs[k, 0]),
+        segments.append(Segment(complete=bounded and not cut[k] and sel.any(), cut=bool(cut[k]),
+                                rib_right=bool(ribs[k, 0]),
                                 rib_left=bool(ribs[k, 1]), pelvic_right=bool(pelvic[k, 0]),
                                 pelvic_left=bool(pelvic[k, 1])))
     levels, flags, notes = label_segments(segments)

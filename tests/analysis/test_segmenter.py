@@ -41,46 +41,57 @@ def _reference_bodies():
 
 
 def test_example_ct_body_dice(example_result):
-    # Target >= 0.85 per level. Measured (anatomy-0.4): T12 0.927, L1 0.864, L2 0.889, L3 0.908, L4 0.908, L5 0.835
-    # (L5 misses the target: our L5 keeps the lower, obliquely cut part of the tilted body that the refined
-    # reference drops; TotalSegmentator's own unrefined mask labels those voxels L5 too).
+    # Target >= 0.85 per level (issue 5). Measured (anatomy-0.5): T12 0.926, L1 0.864, L2 0.886, L3 0.908,
+    # L4 0.906, L5 0.854.
     _, result = example_result
     ref = _reference_bodies()
-    for name, minimum in (("T12", 0.85), ("L1", 0.85), ("L2", 0.85), ("L3", 0.85), ("L4", 0.85), ("L5", 0.80)):
+    for name in ("T12", "L1", "L2", "L3", "L4", "L5"):
         a = result.labels == VERSE_LABEL[name]
         b = ref == VERSE_LABEL[name]
         dice = 2 * (a & b).sum() / (a.sum() + b.sum())
-        assert dice >= minimum, f"{name} Dice {dice:.3f}"
+        assert dice >= 0.85, f"{name} Dice {dice:.3f}"
 
 
 def test_example_ct_trabecular_hu_matches_reference_bodies(example_result):
     # Target: ROI mean HU (3 mm centred ellipsoid erosion, SPEC section 2) of our body within 10 HU of the
     # same ROI on the reference body (reference values L1 117.03 ... L5 126.82, issue 5). Measured
-    # differences (anatomy-0.4): T12 -0.8, L1 +7.0, L2 +1.8, L3 +8.7, L4 +1.6, L5 +12.2 (L5 misses, see above).
+    # differences (anatomy-0.5): T12 -0.6, L1 +6.9, L2 +1.8, L3 +8.7, L4 +1.7, L5 +4.8.
     from analysis.measurement import trabecular_roi
 
     volume, result = example_result
     ref = _reference_bodies()
-    for name, tolerance in (("T12", 10), ("L1", 10), ("L2", 10), ("L3", 10), ("L4", 10), ("L5", 15)):
+    for name in ("T12", "L1", "L2", "L3", "L4", "L5"):
         ours = trabecular_roi(result.labels == VERSE_LABEL[name], volume.spacing)
         theirs = trabecular_roi(ref == VERSE_LABEL[name], volume.spacing)
         diff = float(volume.array[ours].mean()) - float(volume.array[theirs].mean())
-        assert abs(diff) <= tolerance, f"{name} ROI HU differs by {diff:+.2f}"
+        assert abs(diff) <= 10.0, f"{name} ROI HU differs by {diff:+.2f}"
 
 
-def test_aorta_ct_t12_inside_reference_and_honestly_unanchored():
-    # Reference: TotalSegmentator's T12 mask. Our T12 centroid must fall inside it. No sacrum and no
-    # rib-free vertebra below the ribs are in view, so the level is tentative: confidence below 0.5 and
-    # the case flagged (contrast vessels and the stent graft merge with the bodies above T12, so the
-    # count upwards is withheld where a segment holds two vertebrae). Target: T5-T11 above T12 in order;
-    # missed because the T11/T12, T10/T11 and T9/T10 discs are not found: in this contrast CT the discs
-    # read as high as marrow (110-130 HU), only the bright endplate pairs mark them.
+def _centroid_s(labels, affine, value):
+    """Height of a label's centroid along the spine: the world axis the affine's S direction follows."""
+    centroid = np.argwhere(labels == value).mean(axis=0)
+    world = affine @ np.r_[centroid, 1.0]
+    return world[:3]
+
+
+def test_aorta_ct_t12_inside_reference_and_t5_t11_above_in_order():
+    # Reference: TotalSegmentator's T12 mask. Our T12 centroid must fall inside it, and T5-T11 must be
+    # found above it in order (issue 5). The discs of this contrast CT read as high as marrow (110-130 HU)
+    # and are found as pairs of bright endplates with a steady spacing. No sacrum and no rib-free vertebra
+    # below the ribs are in view, so the levels are tentative: confidence below 0.5 and the case flagged.
     volume = load_volume(DATA / "aorta_ct_cropped.nii.gz")
     result = segment_vertebrae(volume)
     t12 = load_volume(DATA / "aorta_vertebrae_T12.nii.gz").array > 0
     ours = np.argwhere(result.labels == VERSE_LABEL["T12"])
     assert len(ours)
     assert t12[tuple(np.round(ours.mean(axis=0)).astype(int))]
+    # "Above" is measured along the line from T12's centroid to T5's (the crop's axes are not the
+    # patient's): each level's centroid projects further along it than the one below.
+    names = [f"T{i}" for i in range(12, 4, -1)]
+    centroids = [_centroid_s(result.labels, volume.affine, VERSE_LABEL[n]) for n in names]
+    axis = centroids[-1] - centroids[0]
+    heights = [float(np.dot(c - centroids[0], axis)) for c in centroids]
+    assert all(b > a for a, b in zip(heights, heights[1:])), dict(zip(names, heights))
     assert all(c < 0.5 for c in result.level_confidence.values())
     assert {"no_anchor", "low_confidence"} <= set(result.flags)
 
@@ -96,9 +107,11 @@ def test_short_dicom_stack_t12_from_its_rib_tentative_and_flagged():
     # 20 slices (40 mm) around T11/T12. The 12th ribs are traced from the T12 body's transverse processes
     # down out of the stack, so the lowest rib-bearing vertebra is named T12; no rib-free vertebra below
     # it and no sacrum are in view, so the level is an assumption (12 rib pairs, last rib in view) and
-    # must carry low confidence and the flags. Reference: TotalSegmentator label 32 (T12), aligned to the
-    # DICOM grid exactly (its rows are stored flipped). Target also T11 (its body is the top 3-4 slices;
-    # the T11/T12 disc is not found, so our T12 runs to the top of the stack: Dice 0.53 measured).
+    # must carry low confidence and the flags. The T11/T12 disc, 8 mm below the top slice, is found from
+    # its endplate pair. Reference: TotalSegmentator labels 32 (T12) and 33 (T11), aligned to the DICOM
+    # grid exactly (its rows are stored flipped). Measured (anatomy-0.5): T12 Dice 0.575, T11 Dice 0.267
+    # against the whole reference vertebrae (body and arch; we label bodies only); our T11 voxels that
+    # fall on the reference are mostly T11.
     from analysis.segmentation.external import align_to_grid
 
     volume = load_volume(DATA / "example_ct_dicom")
@@ -107,6 +120,9 @@ def test_short_dicom_stack_t12_from_its_rib_tentative_and_flagged():
     ours = np.argwhere(result.labels == VERSE_LABEL["T12"])
     assert len(ours)
     assert reference[tuple(np.round(ours.mean(axis=0)).astype(int))] == 32
+    t11 = result.labels == VERSE_LABEL["T11"]
+    values, counts = np.unique(reference[t11 & (reference > 0)], return_counts=True)
+    assert len(values) and values[np.argmax(counts)] == 33
     assert all(c < 0.5 for c in result.level_confidence.values())
     assert {"no_anchor", "low_confidence"} <= set(result.flags)
     assert any("12 rib pairs" in note for note in result.notes)
@@ -231,3 +247,24 @@ def test_aorta_ct_canal_is_tracked_through_the_mid_thorax():
         assert yy.min() <= cy <= yy.max() and xx.min() <= cx <= xx.max(), z
         checked += 1
     assert checked >= 10
+
+
+def test_find_discs_endplate_pairs_with_steady_spacing():
+    # Synthetic profile (known answer): marrow 130 HU, discs every 32 mm that read as high as marrow
+    # (contrast CT) but are flanked by 1.5 mm endplates of 300 HU 2.5 mm from their centre; a false dip
+    # (endplate-like peaks of 260 HU around a 150 HU dip) midway between the second and third disc, 16 mm
+    # from each (beyond the minimum pitch, so only the spacing can reject it). The filled-bone fraction
+    # is 1 everywhere (no gap). Expected: exactly the true discs.
+    from analysis.segmentation.bodies import find_discs
+
+    s = np.arange(0.0, 130.0, 1.0)
+    hu = np.full_like(s, 130.0)
+    truth = [15.0, 47.0, 79.0, 111.0]
+    for c in truth:
+        hu[np.abs(s - (c - 2.5)) <= 0.75] = 300.0
+        hu[np.abs(s - (c + 2.5)) <= 0.75] = 300.0
+    hu[np.abs(s - 59.0) <= 0.75] = 260.0
+    hu[np.abs(s - 63.0) <= 0.5] = 150.0
+    hu[np.abs(s - 67.0) <= 0.75] = 260.0
+    found = [round(c) for c, _ in find_discs(np.ones_like(s), hu, s)]
+    assert found == truth

@@ -33,10 +33,9 @@ def case(request):
 
 
 def _measured_levels(phantom):
-    # T3 and below: at the cervicothoracic junction (C7-T2) a disc is missed and those levels are
-    # withheld (not named wrongly; see test_labels_are_never_wrong).
-    names = [LEVEL_OF_LABEL[int(v)] for v in np.unique(phantom.body_labels) if v]
-    return [n for n in names if n not in ("C7", "T1", "T2")]
+    # Every level of the phantom, C7-T2 included (anatomy-0.5 finds the cervicothoracic discs as
+    # endplate pairs chosen with a steady spacing; anatomy-0.4 withheld C7-T2).
+    return [LEVEL_OF_LABEL[int(v)] for v in np.unique(phantom.body_labels) if v]
 
 
 def test_every_level_is_named_right(case):
@@ -52,8 +51,9 @@ def test_every_level_is_named_right(case):
 
 
 def test_body_dice(case):
-    # Truth: exact analytic body masks. Target 0.95 per level; measured in these cases: minimum 0.905
-    # (T3, 3 mm LPI), median 0.95-0.97. Misses come from pedicle roots and rib heads left on the body.
+    # Truth: exact analytic body masks. Target 0.95 per level; measured in these cases (anatomy-0.5):
+    # minimum 0.890 (C7, 3x1x1 mm), median 0.95-0.97. Misses come from pedicle roots and rib heads left
+    # on the body.
     phantom, result = case
     dices = []
     for name in _measured_levels(phantom):
@@ -66,16 +66,19 @@ def test_body_dice(case):
 
 def test_trabecular_hu(case):
     # Truth: the phantom's trabecular HU per level (noise SD 20 HU averages out over >500 ROI voxels to
-    # under 1 HU). Target within 1 HU; measured median |error| 0.5-1.5 HU, worst level +8 HU (a pedicle
-    # root or an endplate left inside the ROI).
+    # under 1 HU). Target within 1 HU; measured (anatomy-0.5) median |error| over T3-L5 0.4-1.2 HU, worst
+    # level +7.9 HU (T9, 3 mm: a pedicle root or an endplate left inside the ROI); C7-T2 read 0.2-4.5 HU
+    # off (3-4.5 HU at 3 mm, where the small cervicothoracic bodies hold few trabecular voxels).
     phantom, result = case
-    errors = []
+    errors = {}
     for name in _measured_levels(phantom):
         roi = trabecular_roi(result.labels == _label(name), phantom.volume.spacing)
-        assert roi.sum() > 100, name
-        errors.append(float(phantom.volume.array[roi].mean()) - phantom.trabecular_hu[name])
-    assert np.median(np.abs(errors)) <= 1.5, errors
-    assert np.max(np.abs(errors)) <= 10.0, errors
+        # The small cervicothoracic bodies hold fewer 3 mm voxels (C7: 42 measured at 3 mm).
+        assert roi.sum() > (30 if name in ("C7", "T1", "T2") else 100), name
+        errors[name] = float(phantom.volume.array[roi].mean()) - phantom.trabecular_hu[name]
+    below_t2 = [abs(e) for n, e in errors.items() if n not in ("C7", "T1", "T2")]
+    assert np.median(below_t2) <= 1.5, errors
+    assert max(abs(e) for e in errors.values()) <= 10.0, errors
 
 
 def test_labels_are_never_wrong(case):
