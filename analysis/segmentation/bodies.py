@@ -746,7 +746,8 @@ def _regular_disc_chain(s, strength, min_pitch_mm):
     Dynamic programming over pairs of consecutive discs (j, i): the penalty of a step is
     ``SPACING_WEIGHT * min(log(d_i / d_j)^2, log(2)^2)`` for neighbouring intervals d_j, d_i (capped at a
     ratio of 2 so that one missed disc does not break the chain; the resulting long segment is caught
-    later by the merged-segment check). Neighbouring discs are at least ``min_pitch_mm`` apart.
+    later by the merged-segment check); a first or last interval shorter than its neighbour pays twice.
+    Neighbouring discs are at least ``min_pitch_mm`` apart.
 
     Returns
     -------
@@ -767,16 +768,29 @@ def _regular_disc_chain(s, strength, min_pitch_mm):
             best, arg = strength[j], -1
             for k in range(j):
                 if np.isfinite(score[k, j]):
-                    value = score[k, j] - SPACING_WEIGHT * min(np.log(d / (s[j] - s[k])) ** 2, cap)
+                    first = s[j] - s[k]
+                    penalty = SPACING_WEIGHT * min(np.log(d / first) ** 2, cap)
+                    if back[k, j] < 0 and first < d:
+                        # The chain's first interval has one neighbour only: a false disc just beyond
+                        # the first true one would pay one step where a false disc inside the chain pays
+                        # two, so a first interval shorter than the next pays double.
+                        penalty *= 2.0
+                    value = score[k, j] - penalty
                     if value > best:
                         best, arg = value, k
             score[j, i] = strength[i] + best
             back[j, i] = arg
+    # The same for the last interval: shorter than the one before it, it pays its step again.
+    final = score.copy()
+    for j, i in zip(*np.nonzero(np.isfinite(score) & (back >= 0))):
+        last, before = s[i] - s[j], s[j] - s[back[j, i]]
+        if last < before:
+            final[j, i] -= SPACING_WEIGHT * min(np.log(last / before) ** 2, cap)
     single = int(np.argmax(strength))
-    finite = np.isfinite(score)
-    if not finite.any() or score[finite].max() <= strength[single]:
+    finite = np.isfinite(final)
+    if not finite.any() or final[finite].max() <= strength[single]:
         return [single]
-    j, i = np.unravel_index(int(np.argmax(np.where(finite, score, -np.inf))), score.shape)
+    j, i = np.unravel_index(int(np.argmax(np.where(finite, final, -np.inf))), final.shape)
     chain = [i, j]
     while back[j, i] >= 0:
         j, i = back[j, i], j

@@ -249,22 +249,43 @@ def test_aorta_ct_canal_is_tracked_through_the_mid_thorax():
     assert checked >= 10
 
 
+def _endplate_profile(length_mm, discs, false_discs):
+    """Profile along the body line (1 mm samples): marrow 130 HU; each disc reads as high as marrow
+    (contrast CT) between two 1.5 mm endplates of 300 HU, 2.5 mm from its centre; a false disc has the
+    same shape with 260 HU plates (a sclerotic band or a vessel channel inside a body)."""
+    s = np.arange(0.0, length_mm, 1.0)
+    hu = np.full_like(s, 130.0)
+    for centres, peak in ((discs, 300.0), (false_discs, 260.0)):
+        for c in centres:
+            hu[np.abs(s - (c - 2.5)) <= 0.75] = peak
+            hu[np.abs(s - (c + 2.5)) <= 0.75] = peak
+    return s, hu
+
+
 def test_find_discs_endplate_pairs_with_steady_spacing():
-    # Synthetic profile (known answer): marrow 130 HU, discs every 32 mm that read as high as marrow
-    # (contrast CT) but are flanked by 1.5 mm endplates of 300 HU 2.5 mm from their centre; a false dip
-    # (endplate-like peaks of 260 HU around a 150 HU dip) midway between the second and third disc, 16 mm
-    # from each (beyond the minimum pitch, so only the spacing can reject it). The filled-bone fraction
-    # is 1 everywhere (no gap). Expected: exactly the true discs.
+    # Known answer: discs every 32 mm found from their endplate pairs alone (filled-bone fraction 1
+    # everywhere, no gap, disc HU = marrow HU); a false pair midway between the second and third disc,
+    # 16 mm from each (beyond the minimum pitch, so only the spacing can reject it): dropped.
     from analysis.segmentation.bodies import find_discs
 
-    s = np.arange(0.0, 130.0, 1.0)
-    hu = np.full_like(s, 130.0)
     truth = [15.0, 47.0, 79.0, 111.0]
-    for c in truth:
-        hu[np.abs(s - (c - 2.5)) <= 0.75] = 300.0
-        hu[np.abs(s - (c + 2.5)) <= 0.75] = 300.0
-    hu[np.abs(s - 59.0) <= 0.75] = 260.0
-    hu[np.abs(s - 63.0) <= 0.5] = 150.0
-    hu[np.abs(s - 67.0) <= 0.75] = 260.0
+    s, hu = _endplate_profile(130.0, truth, [63.0])
     found = [round(c) for c, _ in find_discs(np.ones_like(s), hu, s)]
     assert found == truth
+    # Without the spacing rule the false pair is a candidate like the others (same shape): it is kept
+    # when no true disc is around to contradict it.
+    s, hu = _endplate_profile(130.0, [], [63.0])
+    assert [round(c) for c, _ in find_discs(np.ones_like(s), hu, s)] == [63]
+
+
+def test_find_discs_drops_a_false_disc_beyond_the_last_one():
+    # Known answer: the same regular discs, plus a false pair 16 mm beyond the last true disc (inside the
+    # end vertebra). Inside the chain such a split pays two steps of ratio 2; at the end it pays its one
+    # step twice, so it is dropped too, at either end.
+    from analysis.segmentation.bodies import find_discs
+
+    truth = [15.0, 47.0, 79.0, 111.0]
+    s, hu = _endplate_profile(150.0, truth, [127.0])
+    assert [round(c) for c, _ in find_discs(np.ones_like(s), hu, s)] == truth
+    s, hu = _endplate_profile(150.0, [149.0 - c for c in truth], [149.0 - 127.0])
+    assert [round(c) for c, _ in find_discs(np.ones_like(s), hu, s)] == [149.0 - c for c in truth[::-1]]
