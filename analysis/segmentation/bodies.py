@@ -532,6 +532,14 @@ def body_mask(hu, spacing, track, filled_all=None, trim_corners=False):
             if big.any():
                 blab, nb = ndimage.label(big)
                 sizes = ndimage.sum_labels(big, blab, np.arange(1, nb + 1))
+                # The body is the largest piece among those that form the canal's front wall: a round
+                # neighbour still joined to the body (a contrast aorta or stent graft pressed against a
+                # thoracic body) can be larger than the body and is cut off by this opening.
+                by, bx = np.nonzero(big)
+                near = np.hypot((by - wy) * sy, (bx - wx) * sx) <= WALL_MM
+                at_wall = np.unique(blab[by[near], bx[near]])
+                if len(at_wall):
+                    sizes = np.where(np.isin(np.arange(1, nb + 1), at_wall), sizes, 0)
                 blob = blab == int(np.argmax(sizes)) + 1
         # Undo the opening inside the filled region near the blob only: the rim lost to the opening is at
         # most a few mm deep on a convex body, while a full dilation by the opening radius would bring back
