@@ -526,21 +526,28 @@ def body_mask(hu, spacing, track, filled_all=None, trim_corners=False):
         # 20 mm), while the body itself holds a disk of its own inscribed radius R (about 9-17 mm from T1
         # to L5). An opening with 0.75 R keeps the body (its rounded ends have curvature radii near R)
         # and cuts the corner masses off.
-        radius = 0.75 * float(ndimage.distance_transform_edt(blob, sampling=(sy, sx)).max()) if trim_corners else 0.0
+        radius = 0.0
+        if trim_corners:
+            # R is the body's own: measured within 25 mm of the canal's front wall, like the detachment
+            # above (a vessel still joined to the body lies further off and may be thicker).
+            edt = ndimage.distance_transform_edt(blob, sampling=(sy, sx))
+            by, bx = np.nonzero(blob)
+            own = np.hypot((by - wy) * sy, (bx - wx) * sx) <= 25.0
+            radius = 0.75 * float(edt[by[own], bx[own]].max()) if own.any() else 0.0
         if radius > neck_mm:
             big = ndimage.binary_opening(blob, structure=_disk(radius, (sy, sx))[0])
             if big.any():
                 blab, nb = ndimage.label(big)
                 sizes = ndimage.sum_labels(big, blab, np.arange(1, nb + 1))
-                # The body is the largest piece among those that form the canal's front wall: a round
-                # neighbour still joined to the body (a contrast aorta or stent graft pressed against a
-                # thoracic body) can be larger than the body and is cut off by this opening.
+                # The body is the piece that forms the canal's front wall at the midline (its back
+                # surface, flat there, survives the opening); the corner pieces lie beside the canal and
+                # a round neighbour still joined to the body (a contrast aorta or stent graft pressed
+                # against a thoracic body, possibly larger than the body) lies further off.
                 by, bx = np.nonzero(big)
-                near = np.hypot((by - wy) * sy, (bx - wx) * sx) <= WALL_MM
-                at_wall = np.unique(blab[by[near], bx[near]])
-                if len(at_wall):
-                    sizes = np.where(np.isin(np.arange(1, nb + 1), at_wall), sizes, 0)
-                blob = blab == int(np.argmax(sizes)) + 1
+                dist = np.hypot((by - wy) * sy, (bx - wx) * sx)
+                nearest = np.full(nb + 1, np.inf)
+                np.minimum.at(nearest, blab[by, bx], dist)
+                blob = blab == int(np.argmin(nearest[1:])) + 1
         # Undo the opening inside the filled region near the blob only: the rim lost to the opening is at
         # most a few mm deep on a convex body, while a full dilation by the opening radius would bring back
         # the pedicle roots and rib heads the opening cut off. The surface itself is placed later at
