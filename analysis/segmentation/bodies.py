@@ -624,6 +624,41 @@ BODY_LINE_OFFSET_MM = 8.0
 BODY_LINE_RADIUS_MM = 5.0
 
 
+def body_width(mask, spacing, track, line):
+    """Width (mm) of the body at each sample of ``line``, twice its narrower half, NaN where unknown.
+
+    Measured on the row :data:`WIDTH_ROW_MM` in front of the canal's front wall (mid-depth of the body,
+    in front of the pedicle roots and rib heads), from the midline outwards to the first non-body voxel
+    on each side. Twice the narrower half ignores a vessel joined to one side of the body.
+
+    Returns
+    -------
+    np.ndarray, shape (n_samples,)
+    """
+    sz, sy, sx = spacing
+    per_slice = np.full(mask.shape[0], np.nan)
+    for z in range(mask.shape[0]):
+        if np.isnan(track.canal_front_y[z]):
+            continue
+        y = int(round(track.canal_front_y[z] - WIDTH_ROW_MM / sy))
+        x = int(round(track.canal_yx[z, 1]))
+        if not (0 <= y < mask.shape[1] and 0 <= x < mask.shape[2]) or not mask[z, y, x]:
+            continue
+        row = mask[z, y]
+        right = np.flatnonzero(~row[:x][::-1])
+        left = np.flatnonzero(~row[x + 1 :])
+        # A body running to the edge of the field of view: its half-width there is unknown.
+        if len(right) == 0 or len(left) == 0:
+            continue
+        per_slice[z] = 2.0 * min(right[0] + 0.5, left[0] + 0.5) * sx
+    z_line = np.clip(np.round(line.points[:, 0]).astype(int), 0, mask.shape[0] - 1)
+    return per_slice[z_line]
+
+
+# Mid-depth of a vertebral body behind which its width is measured: bodies are 15-35 mm deep.
+WIDTH_ROW_MM = 12.0
+
+
 def body_line(track, spacing, step_mm=1.0):
     """Line along the posterior part of the vertebral bodies, :data:`BODY_LINE_OFFSET_MM` in front of the
     tracked canal's front wall (smoothed over about 15 mm like :func:`centreline`).
@@ -696,6 +731,9 @@ DISC_MERGE_MM = 5.0
 # between neighbours, penalty below 0.05); halving one interval (a false disc in the middle of a body)
 # costs two steps of ratio 2, 2 * 1.25 * log(2)^2 = 1.2, more than any single candidate can bring (1).
 SPACING_WEIGHT = 1.25
+# Shortest vertebral pitch as a fraction of the body's width (measured 0.65-1.0 from C5 to L5, see
+# :func:`find_discs`), with a margin for the width measured a little wide (rib heads, osteophytes).
+PITCH_PER_WIDTH = 0.5
 
 
 def _disc_candidates(f, hu_raw, h, s_mm, step):
@@ -762,7 +800,8 @@ def _regular_disc_chain(s, strength, min_pitch_mm):
     ``SPACING_WEIGHT * min(log(d_i / d_j)^2, log(2)^2)`` for neighbouring intervals d_j, d_i (capped at a
     ratio of 2 so that one missed disc does not break the chain; the resulting long segment is caught
     later by the merged-segment check); a first or last interval shorter than its neighbour pays twice.
-    Neighbouring discs are at least ``min_pitch_mm`` apart.
+    Neighbouring discs i, j are at least ``max(min_pitch_mm[i], min_pitch_mm[j])`` apart
+    (``min_pitch_mm``: array, one value per candidate).
 
     Returns
     -------
@@ -778,7 +817,7 @@ def _regular_disc_chain(s, strength, min_pitch_mm):
     for i in range(m):
         for j in range(i):
             d = s[i] - s[j]
-            if d < min_pitch_mm:
+            if d < min_pitch_mm[i] or d < min_pitch_mm[j]:
                 continue
             best, arg = strength[j], -1
             for k in range(j):
@@ -813,7 +852,7 @@ def _regular_disc_chain(s, strength, min_pitch_mm):
     return chain[::-1]
 
 
-def find_discs(body_fraction, hu_profile, s_mm, min_pitch_mm=14.0):
+def find_discs(body_fraction, hu_profile, s_mm, min_pitch_mm=14.0, body_width_mm=None):
     """Disc positions along a line through the bodies: gaps of filled bone, dark dips, endplate pairs.
 
     Candidates are (1) gaps of the filled-bone fraction, (2) HU dips between two bright endplates (a pair
@@ -832,6 +871,11 @@ def find_discs(body_fraction, hu_profile, s_mm, min_pitch_mm=14.0):
     s_mm : np.ndarray, shape (n,)
         Arc length of the samples, mm, evenly spaced.
     min_pitch_mm : float
+    body_width_mm : np.ndarray, shape (n,), optional
+        Width of the vertebral body at each sample (NaN where unknown). A vertebra's pitch (body height
+        plus disc) is 0.65-1.0 times its width at every level (C5 about 17/17 mm, T1 19/28, T6 23/31,
+        T12 30/40, L3 38/48), so discs closer than :data:`PITCH_PER_WIDTH` times the width split a body
+        (osteoporotic marrow as dark as a disc, mid-body, at fine sampling) and are not chosen together.
 
     Returns
     -------
@@ -848,4 +892,13 @@ def find_discs(body_fraction, hu_profile, s_mm, min_pitch_mm=14.0):
         return []
     s = np.array([c[0] for c in cands])
     strength = np.array([c[1] for c in cands])
-    return [(float(s[k]), float(strength[k])) for k in _regular_disc_chain(s, strength, min_pitch_mm)]
+    pitch = np.full(len(s), float(min_pitch_mm))
+    if body_width_mm is not None and np.isfinite(body_width_mm).any():
+        width = np.asarray(body_width_mm, dtype=float)
+        for k, c in enumerate(s):
+            # The width around the candidate (+-20 mm: the bodies on both sides of a disc).
+            near = width[np.abs(s_mm - c) <= 20.0]
+            near = near[np.isfinite(near)]
+            if len(near):
+                pitch[k] = max(pitch[k], PITCH_PER_WIDTH * float(np.median(near)))
+    return [(float(s[k]), float(strength[k])) for k in _regular_disc_chain(s, strength, pitch)]

@@ -410,7 +410,8 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
     radius = bodies.BODY_LINE_RADIUS_MM
     fraction = bodies.perpendicular_profile(mask.astype(np.float32), spacing, line, radius_mm=radius)
     hu_prof = bodies.perpendicular_profile(hu, spacing, line, radius_mm=radius)
-    discs = bodies.find_discs(fraction, hu_prof, line.s_mm)
+    width = bodies.body_width(mask, spacing, track, line)
+    discs = bodies.find_discs(fraction, hu_prof, line.s_mm, body_width_mm=width)
     disc_s = [d[0] for d in discs]
     n_seg = len(disc_s) + 1
     body = mask

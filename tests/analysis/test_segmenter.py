@@ -298,3 +298,27 @@ def test_find_discs_drops_a_false_disc_beyond_the_last_one():
     assert [round(c) for c, _ in find_discs(np.ones_like(s), hu, s)] == truth
     s, hu = _endplate_profile(150.0, [149.0 - c for c in truth], [149.0 - 127.0])
     assert [round(c) for c, _ in find_discs(np.ones_like(s), hu, s)] == [149.0 - c for c in truth[::-1]]
+
+
+def test_find_discs_body_width_rejects_half_pitch_splits():
+    # Known answer: lumbar-like discs every 36 mm (gaps of the filled-bone fraction, 80 HU between 250 HU
+    # endplates) and, midway between them, gaps where dark osteoporotic marrow (90 HU) left the body mask
+    # empty. Every 18 mm a gap: a perfectly regular chain on its own. With the body 48 mm wide, a pitch
+    # of 18 mm is impossible (pitch is 0.65-1.0 x width at every level): only the true discs remain.
+    from analysis.segmentation.bodies import find_discs
+
+    s = np.arange(0.0, 200.0, 1.0)
+    hu = np.full_like(s, 130.0)
+    fraction = np.ones_like(s)
+    truth = [28.0, 64.0, 100.0, 136.0, 172.0]
+    for c in truth:
+        fraction[np.abs(s - c) <= 3.0] = 0.0
+        hu[np.abs(s - c) <= 3.0] = 80.0
+        hu[np.abs(s - c) == 4.0] = 250.0
+    for c in truth[:-1]:
+        fraction[np.abs(s - (c + 18.0)) <= 3.0] = 0.0
+        hu[np.abs(s - (c + 18.0)) <= 3.0] = 90.0
+    found = [round(c) for c, _ in find_discs(fraction, hu, s, body_width_mm=np.full_like(s, 48.0))]
+    assert found == truth
+    # Without the width the half-pitch chain is as regular as the true one and has more discs.
+    assert len(find_discs(fraction, hu, s)) == 9
