@@ -142,7 +142,17 @@ def big_grid():
     affine[:3, 1] *= src.shape[1] / 512
     affine[:3, 2] *= src.shape[0] / 300
     res, seg_s = _segment(Volume(big, affine))
-    print(f"512x512x300 grid: segment {_timings(res, seg_s)}; levels {sorted(res.level_confidence)}")
+    print(f"512x512x300 grid: segment {_timings(res, seg_s)}; flags {res.flags}")
+    # Reference: the refined vertebra labels taken to the same grid by nearest neighbour; the level right
+    # when most of our body's voxels carry that reference level.
+    ref = load_volume(DATA / "spine_report" / "totalseg_vertebrae_pp_refined.nii.gz").array
+    idx = [np.minimum((np.arange(n) * m / n).astype(int), m - 1) for n, m in zip(big.shape, ref.shape)]
+    ref_big = ref[np.ix_(*idx)]
+    for value in sorted(set(np.unique(res.labels)) - {0}):
+        values, counts = np.unique(ref_big[(res.labels == value) & (ref_big > 0)], return_counts=True)
+        majority = LEVEL_OF_LABEL.get(int(values[np.argmax(counts)]), "?") if len(values) else "-"
+        name = LEVEL_OF_LABEL[int(value)]
+        print(f"  {name:5s} right {majority == name}  conf {res.level_confidence.get(name, float('nan')):.2f}")
 
 
 def main():

@@ -734,6 +734,8 @@ SPACING_WEIGHT = 1.25
 # Shortest vertebral pitch as a fraction of the body's width (measured 0.65-1.0 from C5 to L5, see
 # :func:`find_discs`), with a margin for the width measured a little wide (rib heads, osteophytes).
 PITCH_PER_WIDTH = 0.5
+# The widest adult vertebral bodies (L4-L5, with osteophytes) are about 55 mm across.
+MAX_BODY_WIDTH_MM = 55.0
 
 
 def _disc_candidates(f, hu_raw, h, s_mm, step):
@@ -900,5 +902,8 @@ def find_discs(body_fraction, hu_profile, s_mm, min_pitch_mm=14.0, body_width_mm
             near = width[np.abs(s_mm - c) <= 20.0]
             near = near[np.isfinite(near)]
             if len(near):
-                pitch[k] = max(pitch[k], PITCH_PER_WIDTH * float(np.median(near)))
+                # Capped at the widest adult body: a body merged with the sacral alae, a vessel or
+                # osteophytes reads too wide.
+                w = min(float(np.median(near)), MAX_BODY_WIDTH_MM)
+                pitch[k] = max(pitch[k], PITCH_PER_WIDTH * w)
     return [(float(s[k]), float(strength[k])) for k in _regular_disc_chain(s, strength, pitch)]

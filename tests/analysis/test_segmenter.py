@@ -322,3 +322,20 @@ def test_find_discs_body_width_rejects_half_pitch_splits():
     assert found == truth
     # Without the width the half-pitch chain is as regular as the true one and has more discs.
     assert len(find_discs(fraction, hu, s)) == 9
+
+
+def test_find_discs_width_of_the_sacrum_with_its_alae_is_capped():
+    # Known answer: discs every 36 mm; below 40 mm the "body" is the sacrum merged with its alae and
+    # measures 92 mm across (0.7 mm phantom, measured). Half of 92 mm would forbid the L5/S1 disc 36 mm
+    # below L4/L5; the width is capped at the widest adult body (55 mm), so all discs are kept.
+    from analysis.segmentation.bodies import find_discs
+
+    s = np.arange(0.0, 160.0, 1.0)
+    hu = np.full_like(s, 130.0)
+    fraction = np.ones_like(s)
+    truth = [20.0, 56.0, 92.0, 128.0]
+    for c in truth:
+        fraction[np.abs(s - c) <= 3.0] = 0.0
+        hu[np.abs(s - c) <= 3.0] = 80.0
+    width = np.where(s < 40.0, 92.0, 48.0)
+    assert [round(c) for c, _ in find_discs(fraction, hu, s, body_width_mm=width)] == truth
