@@ -8,6 +8,7 @@ every line). The importer parses the cells of each row and adds its own ``line N
 
 import csv
 import io
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 MAX_ROWS = 200_000
@@ -109,3 +110,21 @@ def read_rows(data, *, source, required, optional=(), error=CSVFileError, what="
     if not table.rows and not table.errors:
         table.errors.append(f"{source}: no data rows")
     return table
+
+
+@contextmanager
+def reported_to_command(file, stderr):
+    """For management commands: a missing file or an unusable CSV becomes a one-line ``CommandError``,
+    after every ``line N: reason`` has been written to ``stderr``."""
+    from django.core.management.base import CommandError
+
+    try:
+        yield
+    except FileNotFoundError:
+        raise CommandError(f"{file}: no such file") from None
+    except IsADirectoryError:
+        raise CommandError(f"{file}: is a directory, not a CSV file") from None
+    except CSVFileError as exc:
+        for error in exc.errors:
+            stderr.write(error)
+        raise CommandError(f"{file}: {len(exc.errors)} problem(s); nothing was imported") from None

@@ -1,9 +1,10 @@
 """python manage.py import_hu FILE.csv --project NAME --source NAME"""
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
-from analysis.modeling.hu_import import HUImportError, import_hu_file
+from analysis.modeling.hu_import import import_hu_file
 from analysis.models import LevelMeasurement
+from studies.csvfiles import reported_to_command
 
 
 class Command(BaseCommand):
@@ -19,15 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--source", required=True, help="the tool that measured the values, e.g. TotalSegmentator")
 
     def handle(self, *args, file, project, source, **options):
-        try:
+        with reported_to_command(file, self.stderr):
             runs = import_hu_file(file, project, source=source)
-        except FileNotFoundError:
-            raise CommandError(f"{file}: no such file") from None
-        except IsADirectoryError:
-            raise CommandError(f"{file}: is a directory, not a CSV file") from None
-        except HUImportError as exc:
-            for error in exc.errors:
-                self.stderr.write(error)
-            raise CommandError(f"{file}: {len(exc.errors)} problem(s); nothing was imported") from None
         n_levels = LevelMeasurement.objects.filter(run__in=runs).count()
         self.stdout.write(f"imported {n_levels} level value(s) as {len(runs)} {source} measurement run(s) into {project}")

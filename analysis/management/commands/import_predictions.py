@@ -3,7 +3,8 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from analysis.modeling.predictions import PredictionImportError, import_external_predictions
+from analysis.modeling.predictions import import_external_predictions
+from studies.csvfiles import reported_to_command
 
 
 class Command(BaseCommand):
@@ -27,18 +28,11 @@ class Command(BaseCommand):
             project_obj = Project.objects.get(name=project)
         except Project.DoesNotExist:
             raise CommandError(f"no project named {project!r}") from None
-        try:
+        with reported_to_command(file, self.stderr):
             with open(file, "rb") as handle:
                 data = handle.read()
-        except (FileNotFoundError, IsADirectoryError):
-            raise CommandError(f"{file}: no such file") from None
-        try:
             version = import_external_predictions(data, project_obj, name=name, task=task, cohort_name=cohort,
                                                   n_resamples=n_resamples, random_state=seed, file_name=file)
-        except PredictionImportError as exc:
-            for error in exc.errors:
-                self.stderr.write(error)
-            raise CommandError(f"{file}: {len(exc.errors)} problem(s); nothing was imported") from None
         splits = ", ".join(f"{e.split} n={e.n}" for e in version.evaluations.all())
         self.stdout.write(f"model version {version.pk} {version.name!r}: {version.predictions.count()} prediction(s); "
                           f"evaluated on {splits or 'no split'}")

@@ -1,8 +1,9 @@
 """python manage.py import_qct FILE.csv --project NAME"""
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
-from studies.importers import CSVImportError, import_qct_file
+from studies.csvfiles import reported_to_command
+from studies.importers import import_qct_file
 
 
 class Command(BaseCommand):
@@ -16,16 +17,8 @@ class Command(BaseCommand):
         parser.add_argument("--project", required=True, help="project name (created if it does not exist)")
 
     def handle(self, *args, file, project, **options):
-        try:
+        with reported_to_command(file, self.stderr):
             plan = import_qct_file(file, project)
-        except FileNotFoundError:
-            raise CommandError(f"{file}: no such file") from None
-        except IsADirectoryError:
-            raise CommandError(f"{file}: is a directory, not a CSV file") from None
-        except CSVImportError as exc:
-            for error in exc.errors:
-                self.stderr.write(error)
-            raise CommandError(f"{file}: {len(exc.errors)} bad row(s); nothing was imported") from None
         self.stdout.write(
             f"imported {len(plan.rows)} row(s) into {project}: {plan.new_patients} new patient(s), "
             f"{plan.new_exams} new exam(s), {plan.updated_exams} updated exam(s)"
