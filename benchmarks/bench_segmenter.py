@@ -48,7 +48,8 @@ def _timings(result, total):
 
 def compare_levels(title, volume, result, ref_labels, truth_hu=None):
     """Print one line per reference level: Dice, level right, ROI HU ours vs reference (or truth)."""
-    print(f"  {'level':5s} {'Dice':>6s} {'ok':>3s} {'conf':>5s} {'HU ours':>8s} {'HU ref':>8s} {'diff':>7s}")
+    extra = f" {'HU mask':>8s} {'d mask':>7s}" if truth_hu is not None else ""
+    print(f"  {'level':5s} {'Dice':>6s} {'ok':>3s} {'conf':>5s} {'HU ours':>8s} {'HU ref':>8s} {'diff':>7s}{extra}")
     for value in sorted(set(np.unique(ref_labels)) - {0}):
         name = LEVEL_OF_LABEL.get(int(value))
         if name is None:
@@ -59,8 +60,14 @@ def compare_levels(title, volume, result, ref_labels, truth_hu=None):
         majority = LEVEL_OF_LABEL.get(int(values[np.argmax(counts)]), "?") if len(values) else "-"
         ha = _roi_mean(volume.array, a, volume.spacing)
         hb = truth_hu[name] if truth_hu is not None else _roi_mean(volume.array, b, volume.spacing)
+        # Phantoms: also the ROI mean of the exact body mask on the same noisy image (the noise floor of
+        # the comparison with the truth) and our difference from it (what the segmentation adds).
+        tail = ""
+        if truth_hu is not None:
+            hm = _roi_mean(volume.array, b, volume.spacing)
+            tail = f" {hm:8.2f} {ha - hm:+7.2f}"
         print(f"  {name:5s} {_dice(a, b):6.3f} {str(majority == name)[0]:>3s} "
-              f"{result.level_confidence.get(name, float('nan')):5.2f} {ha:8.2f} {hb:8.2f} {ha - hb:+7.2f}")
+              f"{result.level_confidence.get(name, float('nan')):5.2f} {ha:8.2f} {hb:8.2f} {ha - hb:+7.2f}{tail}")
 
 
 def example_ct():

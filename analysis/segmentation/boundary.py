@@ -34,6 +34,14 @@ PROFILE_STEP_MM = 0.25
 # Half the thickness of the cortical shell of a vertebral body (about 0.4-1 mm thick in adults): the
 # surface lies this far outward of the shell's intensity peak.
 SHELL_HALF_MM = 0.5
+# A voxel within this fraction of the peak-to-surroundings contrast below the shell's peak is on the
+# peak (noise of 20 HU on a 700 HU cortex is about 3 % of that contrast; a partial-volume voxel outside a
+# blurred thin shell reads well below its peak).
+PLATEAU_FRACTION = 0.1
+# The outward normal comes from the coarse mask smoothed over this distance: wide enough that a pedicle
+# root or rib head left on the coarse mask does not turn the normal along itself (the profile then
+# crosses the body's shell into it, and the shell decides).
+NORMAL_SMOOTH_MM = 3.0
 # A shell peak rises above the marrow inward of it by at least this fraction of the peak-to-surroundings
 # contrast: a 0.5 mm cortex read through a 3 mm voxel still adds about a third of that contrast, whereas
 # noise on a flat marrow profile after smoothing stays well below it.
@@ -70,7 +78,7 @@ def _inside_edge(h, mask, band, spacing, surround):
 
     spacing = np.asarray(spacing, dtype=np.float64)
     # Outward normal of the coarse surface: minus the gradient of the smoothed mask, in mm.
-    smooth = ndimage.gaussian_filter(mask.astype(np.float32), sigma=1.5 / spacing)
+    smooth = ndimage.gaussian_filter(mask.astype(np.float32), sigma=NORMAL_SMOOTH_MM / spacing)
     grad = np.stack(np.gradient(smooth, *spacing), axis=0)
     idx = np.nonzero(band)
     g = -grad[(slice(None),) + idx].T  # (n, 3), mm^-1
@@ -99,7 +107,11 @@ def _inside_edge(h, mask, band, spacing, surround):
     prominent = peak - inner_min >= SHELL_PROMINENCE * (peak - surround)
     interior = (k > 0) & (k < last) & prominent
     h0 = h[idx]
-    by_peak = t[k] >= -SHELL_HALF_MM
+    # A cortex as thick as the voxel (sclerotic endplates, 3 mm voxels) reads as a plateau along the
+    # normal, whose maximum falls anywhere on it by noise: a voxel that reads as bright as the peak (within
+    # PLATEAU_FRACTION of the peak-to-surroundings contrast) is shell itself, wherever the maximum fell.
+    on_plateau = h0 >= peak - PLATEAU_FRACTION * (peak - surround)
+    by_peak = (t[k] >= -SHELL_HALF_MM) | on_plateau
     # Without a shell peak the edge is a step from marrow to surroundings: half-way between the marrow
     # level (median of the profile's inner half, robust to noise) and the surroundings.
     inner_level = np.median(prof[:, t < 0.0], axis=1)

@@ -14,7 +14,7 @@ import numpy as np
 
 from analysis.segmentation.levels import VERSE_LABEL
 
-SEGMENTER_VERSION = "anatomy-0.5"
+SEGMENTER_VERSION = "anatomy-0.6"
 
 
 @dataclass
@@ -57,14 +57,27 @@ PELVIC_ML = 40.0
 PELVIC_REACH_MM = 40.0
 
 
-def _segment_index(points_mm, line, disc_s):
-    """Segment number (0 = most inferior) of points by their nearest centreline arc position."""
+def _segment_index(points_mm, line, disc_s, return_gap=False):
+    """Segment number (0 = most inferior) of points by their nearest centreline arc position.
+
+    With ``return_gap``, also the distance (mm, along the line) of each point from the nearest disc centre.
+    """
     from scipy.spatial import cKDTree
 
     tree = cKDTree(line.points_mm)
     dist, nearest = tree.query(points_mm)
     s = line.s_mm[nearest]
-    return np.searchsorted(np.asarray(disc_s), s), dist
+    seg = np.searchsorted(np.asarray(disc_s), s)
+    if not return_gap:
+        return seg, dist
+    gap = np.min(np.abs(s[:, None] - np.asarray(disc_s)[None, :]), axis=1) if len(disc_s) else np.full(len(s), np.inf)
+    return seg, dist, gap
+
+
+# Half-thickness of the slab left out around a disc cut by the edge of the scan: contrast-enhanced discs
+# and partial volume at 2-3 mm slices can read as high as marrow and be taken into the filled-bone mask;
+# with nothing beyond the disc, the body's coarse core would otherwise run through it to the edge.
+DISC_GAP_MM = 2.0
 
 
 # --- ribs -------------------------------------------------------------------------------------------
@@ -423,6 +436,12 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
     # 8 mm in front of the canal, the front corners of a lumbar body (35 mm deep, 50 mm wide) lie about
     # 37 mm from it.
     keep = dist <= 45.0
+    # Beyond a disc at the end of the line (cut by the edge of the scan) there is no body: the disc's
+    # slab is left out, so that the body above (or below) it ends at its endplate.
+    end_discs = [d for d in disc_s if d <= line.s_mm[0] + 1.0 or d >= line.s_mm[-1] - 1.0]
+    if end_discs:
+        _, _, end_gap = _segment_index(pts, line, end_discs, return_gap=True)
+        keep &= end_gap > DISC_GAP_MM
     timings["segmentation"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
