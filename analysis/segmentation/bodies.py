@@ -72,6 +72,10 @@ CENTRAL_MM = 10.0
 # aorta is 20-35 mm across (over 300 mm^2); bony spurs or marrow islands cut off by the opening are a few
 # tens of mm^2 and stay with the body.
 DETACH_MIN_MM2 = 200.0
+# Where the body is merged with the heart or great vessels into one blob, the body is looked for within
+# this distance of its expected centre (12 mm in front of the canal): the largest adult bodies reach about
+# 25 mm from their centre.
+MERGED_WINDOW_MM = 30.0
 # A round structure touching the body (a contrast-filled aorta, 20-35 mm across, or a stent graft) joins
 # it through a neck narrower than either. An opening with this fraction of the body's own inscribed
 # radius (about 9-17 mm from T1 to L5) breaks such a neck while a convex body survives it whole.
@@ -477,6 +481,7 @@ def body_mask(hu, spacing, track, filled_all=None, trim_corners=False):
     neck_mm = 7.0
     open_el = _disk(neck_mm, (sy, sx))[0]
     restore_el = _disk(3.0, (sy, sx))[0]
+    merged = set()
     for z in range(track.z_first, track.z_last + 1):
         if np.isnan(track.canal_front_y[z]):
             continue
@@ -515,9 +520,17 @@ def body_mask(hu, spacing, track, filled_all=None, trim_corners=False):
             continue
         d_forming = d[forming - 1]
         k = int(forming[np.argmin(d_forming)]) - 1
-        if d[k] > 25.0:
-            continue
         blob = lab == k + 1
+        if d[k] > 25.0:
+            # The blob's centre lies far from the body's: the body is merged with the contrast-filled
+            # heart or great vessels into one blob (mid-thorax). The body is then looked for within
+            # MERGED_WINDOW_MM of its expected centre, where the detachment below cuts the vessels off.
+            yy, xx = np.nonzero(blob)
+            far = np.hypot((yy - seed[0]) * sy, (xx - seed[1]) * sx) > MERGED_WINDOW_MM
+            blob[yy[far], xx[far]] = False
+            if not blob.any():
+                continue
+            merged.add(z)
         blob = _detach_round_neighbours(blob, (wy, wx), (sy, sx), neck_mm)
         if blob is None:
             continue
@@ -538,7 +551,6 @@ def body_mask(hu, spacing, track, filled_all=None, trim_corners=False):
             big = ndimage.binary_opening(blob, structure=_disk(radius, (sy, sx))[0])
             if big.any():
                 blab, nb = ndimage.label(big)
-                sizes = ndimage.sum_labels(big, blab, np.arange(1, nb + 1))
                 # The body is the piece that forms the canal's front wall at the midline (its back
                 # surface, flat there, survives the opening); the corner pieces lie beside the canal and
                 # a round neighbour still joined to the body (a contrast aorta or stent graft pressed
@@ -554,7 +566,74 @@ def body_mask(hu, spacing, track, filled_all=None, trim_corners=False):
         # native resolution (analysis.segmentation.boundary).
         grown = ndimage.binary_dilation(blob, structure=restore_el) & filled
         mask[z, y0:y1, x0:x1] = grown
+    if merged:
+        _limit_merged_slices(mask, merged, spacing)
     return mask
+
+
+# A body's cross-section changes little over a few mm of height: in a slice where the body was merged
+# with the heart or a vessel, it may not reach beyond the body of the nearest clean slices (within this
+# distance above and below) by more than MERGED_GROWTH_MM.
+MERGED_NEIGHBOUR_MM = 10.0
+MERGED_GROWTH_MM = 3.0
+
+
+def _limit_merged_slices(mask, merged, spacing):
+    """Clip the body in slices merged with vessels to the bodies of the nearest clean slices (in place)."""
+    from scipy import ndimage
+
+    sz, sy, sx = spacing
+    reach = max(1, int(round(MERGED_NEIGHBOUR_MM / sz)))
+    grow = _disk(MERGED_GROWTH_MM, (sy, sx))[0]
+    clean = [z for z in range(mask.shape[0]) if z not in merged and mask[z].any()]
+    for z in sorted(merged):
+        below = [c for c in clean if z - reach <= c < z]
+        above = [c for c in clean if z < c <= z + reach]
+        prior = np.zeros(mask.shape[1:], dtype=bool)
+        for c in (below[-1:] + above[:1]):
+            prior |= mask[c]
+        if not prior.any():
+            mask[z] = False
+            continue
+        mask[z] &= ndimage.binary_dilation(prior, structure=grow)
+
+
+def body_seeds(track, spacing):
+    """Expected centre of the body per slice: 12 mm in front of the canal's front wall on its midline.
+
+    Returns
+    -------
+    np.ndarray, shape (n_slices, 2)
+        Row and column (working grid), NaN where the canal is not tracked.
+    """
+    return np.column_stack([track.canal_front_y - 12.0 / spacing[1], track.canal_yx[:, 1]])
+
+
+def one_piece_per_slice(labels, spacing, seeds):
+    """Keep, per slice and level, the one in-plane piece nearest the body's expected centre (in place).
+
+    A vertebral body's cross-section is one piece in front of the canal; a second piece with the same
+    label (a stent graft or contrast-filled vessel beside the body, joined to it in other slices) is not
+    body. ``seeds``: expected body centre (row, column) per slice, NaN to leave a slice as it is.
+    """
+    from scipy import ndimage
+
+    sz, sy, sx = spacing
+    for z in np.flatnonzero(labels.any(axis=(1, 2))):
+        if np.isnan(seeds[z]).any():
+            continue
+        for value in np.unique(labels[z]):
+            if value == 0:
+                continue
+            lab, n = ndimage.label(labels[z] == value)
+            if n <= 1:
+                continue
+            yy, xx = np.nonzero(lab)
+            dist = np.hypot((yy - seeds[z, 0]) * sy, (xx - seeds[z, 1]) * sx)
+            nearest = np.full(n + 1, np.inf)
+            np.minimum.at(nearest, lab[yy, xx], dist)
+            keep = int(np.argmin(nearest[1:])) + 1
+            labels[z][(lab > 0) & (lab != keep)] = 0
 
 
 @dataclass

@@ -245,7 +245,6 @@ def _lateral_attachments(hu, spacing, track, line, disc_s, n_segments, body, cut
     sz, sy, sx = spacing
     ribs = np.zeros((n_segments, 2), dtype=bool)
     pelvic = np.zeros((n_segments, 2), dtype=bool)
-    z_idx = np.arange(hu.shape[0])
     cy = track.canal_yx[:, 0]
     cx = track.canal_yx[:, 1]
     valid = ~np.isnan(cx)
@@ -476,6 +475,8 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
         confidence[name] = round(float(conf), 3)
     if any(c < 0.5 for c in confidence.values()) and "low_confidence" not in flags:
         flags.append("low_confidence")
+    seeds = bodies.body_seeds(track, spacing)
+    bodies.one_piece_per_slice(work_labels, spacing, seeds)
     notes.insert(0, f"{n_seg} body segments between {len(disc_s)} discs; ribs per segment (inferior first): "
                     f"{[s.ribs for s in segments]}; iliac attachment: {[s.pelvic for s in segments]}")
     # The body surface is placed at native resolution (half-maximum of the cortical shell), then the
@@ -484,6 +485,11 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
 
     native = grid.work_to_native(work_labels)
     native = refine_bodies(grid.input_to_native(volume.array), grid.native_spacing, native)
+    # The refined surface may take in a piece of a neighbour that touches the body in the next slice: one
+    # piece per slice again, on the native grid.
+    scale = np.asarray(spacing)[1:] / grid.native_spacing[1:]
+    native_seeds = (seeds[grid._work_index(0)] + 0.5) * scale - 0.5
+    bodies.one_piece_per_slice(native, grid.native_spacing, native_seeds)
     labels = grid.native_to_input(native)
     timings["labelling"] = time.perf_counter() - t0
     return SegmentationResult(labels=labels, level_confidence=confidence, flags=sorted(set(flags)),

@@ -51,24 +51,26 @@ def test_every_level_is_named_right(case):
 
 
 def test_body_dice(case):
-    # Truth: exact analytic body masks. Target 0.95 per level; measured in these cases (anatomy-0.5):
-    # minimum 0.890 (C7, 3x1x1 mm), median 0.95-0.97. Misses come from pedicle roots and rib heads left
-    # on the body.
+    # Truth: exact analytic body masks. Target 0.95 per level; measured in these cases (anatomy-0.6):
+    # minimum 0.932 (T2, 3 mm), 0.977 (T11, 3x1x1 mm), 0.950 (T6, coronal), medians 0.968-0.986
+    # (anatomy-0.5: minimum 0.890). The remaining misses are pedicle roots left on small thoracic bodies
+    # at 3 mm.
     phantom, result = case
     dices = []
     for name in _measured_levels(phantom):
         a = result.labels == _label(name)
         b = phantom.body_labels == _label(name)
         dices.append(2 * (a & b).sum() / (a.sum() + b.sum()))
-    assert min(dices) >= 0.88, dices
-    assert np.median(dices) >= 0.94, dices
+    assert min(dices) >= 0.92, dices
+    assert np.median(dices) >= 0.955, dices
 
 
 def test_trabecular_hu(case):
     # Truth: the phantom's trabecular HU per level (noise SD 20 HU averages out over >500 ROI voxels to
-    # under 1 HU). Target within 1 HU; measured (anatomy-0.5) median |error| over T3-L5 0.4-1.2 HU, worst
-    # level +7.9 HU (T9, 3 mm: a pedicle root or an endplate left inside the ROI); C7-T2 read 0.2-4.5 HU
-    # off (3-4.5 HU at 3 mm, where the small cervicothoracic bodies hold few trabecular voxels).
+    # under 1 HU). Target within 1 HU; measured (anatomy-0.6) median |error| over T3-L5 0.2-1.0 HU, worst
+    # level +6.0 HU (L1, 3 mm) and +6.4 HU (L1, coronal): a pedicle root left inside the ROI (anatomy-0.5:
+    # worst +7.9 HU). At 3 mm the ROI of the exact mask itself reads up to 5 HU off the truth (noise over
+    # 40-150 voxels); the benchmark prints that floor.
     phantom, result = case
     errors = {}
     for name in _measured_levels(phantom):
@@ -78,7 +80,7 @@ def test_trabecular_hu(case):
         errors[name] = float(phantom.volume.array[roi].mean()) - phantom.trabecular_hu[name]
     below_t2 = [abs(e) for n, e in errors.items() if n not in ("C7", "T1", "T2")]
     assert np.median(below_t2) <= 1.5, errors
-    assert max(abs(e) for e in errors.values()) <= 10.0, errors
+    assert max(abs(e) for e in errors.values()) <= 8.0, errors
 
 
 def test_labels_are_never_wrong(case):
