@@ -80,6 +80,12 @@ MERGED_WINDOW_MM = 30.0
 # it through a neck narrower than either. An opening with this fraction of the body's own inscribed
 # radius (about 9-17 mm from T1 to L5) breaks such a neck while a convex body survives it whole.
 DETACH_FRACTION = 0.6
+# The rim an opening shaves off a convex body is given back within this distance (at least one voxel of
+# the working grid) for the final body masks: on a convex body the opening shaves at most a voxel or two
+# at its tightest curves, while a pedicle root or rib head cut off by the opening would grow back by as
+# much (the surface itself is placed later, analysis.segmentation.boundary). The mask for the disc search
+# gives back 3 mm (its cross-section profile along the spine is steadier).
+RESTORE_MM = 1.5
 
 
 def _detach_round_neighbours(blob, wall_yx, spacing_yx, min_radius_mm):
@@ -480,7 +486,7 @@ def body_mask(hu, spacing, track, filled_all=None, trim_corners=False):
     depth = int(round(75.0 / sy))
     neck_mm = 7.0
     open_el = _disk(neck_mm, (sy, sx))[0]
-    restore_el = _disk(3.0, (sy, sx))[0]
+    restore_el = _disk(RESTORE_MM if trim_corners else 3.0, (sy, sx))[0]
     merged = set()
     for z in range(track.z_first, track.z_last + 1):
         if np.isnan(track.canal_front_y[z]):
@@ -802,8 +808,6 @@ def perpendicular_profile(volume, spacing, line, radius_mm, order=1):
 # the disc itself reads as high as marrow (contrast CT). A dip inside a body (basivertebral veins, fatty
 # marrow) has marrow, not an endplate, on at least one side.
 ENDPLATE_PAIR_MM = 5.0
-# A disc cut by the edge of the scan shows one endplate within this distance of the line's end.
-END_DISC_MM = 8.0
 # Candidates closer than this are the same disc seen twice (a gap of the filled-bone fraction and the dip
 # between its endplates): half the thinnest disc plus its endplates.
 DISC_MERGE_MM = 5.0
@@ -865,16 +869,6 @@ def _disc_candidates(f, hu_raw, h, s_mm, step):
         deep = h[i] <= 0.55 * min(left, right)
         if prominence >= DISC_DIP_HU and (f[i] < 0.9 or deep):
             cands.append((float(s_mm[i]), min(1.0, prominence / (2 * DISC_DIP_HU))))
-    # A disc at the edge of the scan: the line ends in it, so only the endplate on one side is in view.
-    # The end of the line is a disc when it is the darkest point within END_DISC_MM and the endplate
-    # rises at least DISC_DIP_HU above it within that distance (marrow cut by the edge reads within a few
-    # tens of HU of the rest of its body).
-    reach = max(2, int(round(END_DISC_MM / step)))
-    if len(h) > 2 * reach:
-        for end, stretch in ((0, h[:reach + 1]), (len(h) - 1, h[::-1][:reach + 1])):
-            rise = float(stretch.max() - stretch[0])
-            if stretch[0] == stretch.min() and rise >= DISC_DIP_HU and f[end] > 0.0:
-                cands.append((float(s_mm[end]), min(1.0, rise / (2 * DISC_DIP_HU))))
     cands.sort()
     merged = []
     for c in cands:

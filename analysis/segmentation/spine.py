@@ -57,27 +57,26 @@ PELVIC_ML = 40.0
 PELVIC_REACH_MM = 40.0
 
 
-def _segment_index(points_mm, line, disc_s, return_gap=False):
+def _segment_index(points_mm, line, disc_s, return_s=False):
     """Segment number (0 = most inferior) of points by their nearest centreline arc position.
 
-    With ``return_gap``, also the distance (mm, along the line) of each point from the nearest disc centre.
+    Returns ``(segment, distance to the line)``, and the arc position (mm) with ``return_s``.
     """
     from scipy.spatial import cKDTree
 
     tree = cKDTree(line.points_mm)
     dist, nearest = tree.query(points_mm)
     s = line.s_mm[nearest]
-    seg = np.searchsorted(np.asarray(disc_s), s)
-    if not return_gap:
-        return seg, dist
-    gap = np.min(np.abs(s[:, None] - np.asarray(disc_s)[None, :]), axis=1) if len(disc_s) else np.full(len(s), np.inf)
-    return seg, dist, gap
+    if return_s:
+        return np.searchsorted(np.asarray(disc_s), s), dist, s
+    return np.searchsorted(np.asarray(disc_s), s), dist
 
 
-# Half-thickness of the slab left out around a disc cut by the edge of the scan: contrast-enhanced discs
-# and partial volume at 2-3 mm slices can read as high as marrow and be taken into the filled-bone mask;
-# with nothing beyond the disc, the body's coarse core would otherwise run through it to the edge.
-DISC_GAP_MM = 2.0
+# A vertebra cut by the edge of the scan with no more than this much of it in view along the spine (a
+# vertebra with its disc is 17-40 mm) is not named: the 3 mm ROI erosion from both ends leaves nothing of
+# it to measure, and a false disc found near the edge would otherwise name a sliver of the body below it
+# as the next level.
+MIN_CUT_SEGMENT_MM = 6.0
 
 
 # --- ribs -------------------------------------------------------------------------------------------
@@ -430,17 +429,11 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
     mask = bodies.body_mask(hu, spacing, track, filled_all=filled, trim_corners=True)
     zz, yy, xx = np.nonzero(mask)
     pts = np.stack([zz * spacing[0], yy * spacing[1], xx * spacing[2]], axis=1)
-    seg_of_voxel, dist = _segment_index(pts, line, disc_s)
+    seg_of_voxel, dist, s_of_voxel = _segment_index(pts, line, disc_s, return_s=True)
     # Body voxels far from the line are not body (e.g. a vessel that slipped through): the line runs
     # 8 mm in front of the canal, the front corners of a lumbar body (35 mm deep, 50 mm wide) lie about
     # 37 mm from it.
     keep = dist <= 45.0
-    # Beyond a disc at the end of the line (cut by the edge of the scan) there is no body: the disc's
-    # slab is left out, so that the body above (or below) it ends at its endplate.
-    end_discs = [d for d in disc_s if d <= line.s_mm[0] + 1.0 or d >= line.s_mm[-1] - 1.0]
-    if end_discs:
-        _, _, end_gap = _segment_index(pts, line, end_discs, return_gap=True)
-        keep &= end_gap > DISC_GAP_MM
     timings["segmentation"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -465,6 +458,15 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
     levels, withheld = _withhold_beyond_missed_disc(levels, disc_s)
     if withheld:
         notes.append(withheld)
+    for k in sorted(cut_ends & set(levels)):
+        sel = keep & (seg_of_voxel == k)
+        if not sel.any():
+            continue
+        # Voxel centres span one slice less than the voxels cover.
+        extent = float(s_of_voxel[sel].max() - s_of_voxel[sel].min()) + float(spacing[0])
+        if extent <= MIN_CUT_SEGMENT_MM:
+            name = levels.pop(k)[0]
+            notes.append(f"{name} withheld: only {extent:.0f} mm of it in view at the edge of the scan")
     work_labels = np.zeros(shape, dtype=np.uint8)
     confidence = {}
     for k, (name, conf) in levels.items():
