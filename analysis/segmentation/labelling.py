@@ -32,6 +32,9 @@ class Segment:
         A rib articulates with it on that side.
     pelvic_left, pelvic_right : bool
         Bone continuous laterally with the ilium on that side (sacral ala / sacroiliac joint).
+    ala_gap_mm : float
+        For a segment joined to the ilium: how far below its upper disc the joint ends along the spine
+        (the alae reach the top of S1, about level with the L5/S1 disc).
     """
 
     complete: bool
@@ -40,6 +43,7 @@ class Segment:
     rib_right: bool = False
     pelvic_left: bool = False
     pelvic_right: bool = False
+    ala_gap_mm: float = 0.0
 
     @property
     def ribs(self):
@@ -56,6 +60,39 @@ def _name_from_t12(offset):
     if 0 <= index < len(LEVEL_NAMES) - 1:  # L6 is never produced by counting from T12
         return LEVEL_NAMES[index]
     return None
+
+
+# The sacral alae reach the top of S1, whose upper endplate lies half a disc (5-6 mm) below the centre
+# of the L5/S1 disc. A segment joined to the ilium whose joint ends more than this below the segment's
+# upper disc holds more than the sacrum: the L5/S1 disc was missed and L5 (or more) is merged into it, so
+# the vertebra above it is not L5. (Measured 3 mm on example_ct at 3 mm slices, 12.5 mm when its 6 mm
+# resampling loses the L5/S1 disc.)
+ALA_GAP_MM = 10.0
+# Rib-bearing vertebrae are contiguous (T1-T12). A rib finding separated from the ribs above it by this
+# many complete rib-free vertebrae is not a rib: the iliac crest or a transverse process touching it, seen
+# where the scan ends at the pelvis. (One rib-free vertebra between two rib-bearing ones is a short
+# floating rib missed by the detector.)
+RIB_GAP = 2
+
+
+def _thoracic_run(segments, notes):
+    """Indices of the rib-bearing segments that form the thoracic run, from the uppermost one down."""
+    rib_idx = [i for i, seg in enumerate(segments) if seg.ribs > 0]
+    if not rib_idx:
+        return rib_idx
+    run = [max(rib_idx)]
+    free = 0
+    for i in range(max(rib_idx) - 1, -1, -1):
+        if segments[i].ribs > 0 and free < RIB_GAP:
+            run.append(i)
+            free = 0
+        elif segments[i].ribs == 0 and segments[i].complete:
+            free += 1
+    dropped = sorted(set(rib_idx) - set(run))
+    if dropped:
+        notes.append(f"bone traced like a rib beside segment(s) {dropped} lies below {RIB_GAP} or more "
+                     "rib-free vertebrae: not a rib (iliac crest or a transverse process), ignored")
+    return sorted(run)
 
 
 def label_segments(segments):
@@ -84,7 +121,11 @@ def label_segments(segments):
         elif s1 is not None:
             break
     sacral_anchor = None
-    if s1 is not None and s1 + 1 < n:
+    if s1 is not None and segments[s1].ala_gap_mm > ALA_GAP_MM:
+        notes.append(f"the iliac joint of segment {s1} ends {segments[s1].ala_gap_mm:.0f} mm below its upper disc: "
+                     "the segment holds more than the sacrum (a missed L5/S1 disc), not used as anchor")
+        flags.append("low_confidence")
+    elif s1 is not None and s1 + 1 < n:
         l5 = segments[s1 + 1]
         if l5.complete:
             sacral_anchor = s1 + 1
@@ -96,7 +137,7 @@ def label_segments(segments):
             notes.append("sacrum found but the vertebra above it is cut or unclear: not used as anchor")
     # --- last rib: the most inferior rib-bearing segment with a rib-free, complete segment below it.
     rib_anchor = None
-    rib_idx = [i for i, seg in enumerate(segments) if seg.ribs > 0]
+    rib_idx = _thoracic_run(segments, notes)
     if rib_idx:
         last = min(rib_idx)
         below_ok = last - 1 >= 0 and segments[last - 1].complete and segments[last - 1].ribs == 0

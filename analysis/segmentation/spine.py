@@ -53,6 +53,11 @@ MEDIAL_MM = 40.0
 PELVIC_INSCRIBED_MM = 9.0
 # A rib segment in the paraspinal box holds a few ml; the ilium with the ala holds far more than this.
 PELVIC_ML = 40.0
+# The ala meets the S1 body along its side at least this far in front of the canal's centre (the body's
+# lateral surface, in front of the canal's front wall).
+ALA_FRONT_MM = 10.0
+# The ala joins the S1 body over most of the body's height (S1 is 25-30 mm high).
+ALA_HEIGHT_MM = 12.0
 # The ala reaches well beyond the side of the S1 body (half-width about 25 mm); lumbar osteophytes do not.
 PELVIC_REACH_MM = 40.0
 
@@ -244,11 +249,12 @@ def _lateral_attachments(hu, spacing, track, line, disc_s, n_segments, body, cut
     sz, sy, sx = spacing
     ribs = np.zeros((n_segments, 2), dtype=bool)
     pelvic = np.zeros((n_segments, 2), dtype=bool)
+    ala_top = np.full(n_segments, -np.inf)
     cy = track.canal_yx[:, 0]
     cx = track.canal_yx[:, 1]
     valid = ~np.isnan(cx)
     if not valid.any():
-        return ribs, pelvic
+        return ribs, pelvic, ala_top
     dx = (np.arange(hu.shape[2])[None, :] - cx[:, None]) * sx  # (z, x), + = patient's left
     dy = (np.arange(hu.shape[1])[None, :] - cy[:, None]) * sy  # (z, y), + = posterior
     lateral = np.abs(dx) >= 20.0
@@ -263,7 +269,7 @@ def _lateral_attachments(hu, spacing, track, line, disc_s, n_segments, body, cut
     bone = (hu > RIM_HU) & region & ~near_body
     lab, n = ndimage.label(bone, structure=np.ones((3, 3, 3), dtype=bool))
     if n == 0:
-        return ribs, pelvic
+        return ribs, pelvic, ala_top
     # Radius of the largest ball inside each component (mm): its thickness.
     edt = ndimage.distance_transform_edt(bone, sampling=spacing)
     inscribed = ndimage.maximum(edt, lab, np.arange(1, n + 1))
@@ -290,20 +296,29 @@ def _lateral_attachments(hu, spacing, track, line, disc_s, n_segments, body, cut
             if len(seg) == 0:
                 continue
             if inscribed[i] >= PELVIC_INSCRIBED_MM or volume_ml >= PELVIC_ML:
-                # The ala meets the ilium beside the body, not behind the canal (that is the posterior
-                # iliac spine next to L5/S1).
-                front = ala & (dy[zz, yy] <= 5.0)
+                # The ala grows out of the side of the S1 body, in front of the canal (whose centre lies
+                # 7-10 mm behind its front wall); the transverse processes of L5, which may touch the ilium
+                # or the ala, leave the pedicles at the level of the canal, and the posterior iliac spine
+                # lies behind it.
+                front = ala & (dy[zz, yy] <= -ALA_FRONT_MM)
                 if front.sum() < 3 or reach < PELVIC_REACH_MM:
                     continue
                 pts_front = np.stack([zz[front] * sz, yy[front] * sy, xx[front] * sx], axis=1)
-                seg_front, dist_front = _segment_index(pts_front, line, disc_s)
-                seg_front = seg_front[dist_front < 60.0]
+                seg_front, dist_front, s_front = _segment_index(pts_front, line, disc_s, return_s=True)
+                near_line = dist_front < 60.0
+                seg_front, s_front = seg_front[near_line], s_front[near_line]
                 # The alae rise beside the L5/S1 disc, so a few of their voxels fall nearest to L5:
-                # the attachment belongs to the segment(s) holding most of the contact.
+                # the attachment belongs to the segment(s) holding most of the contact, and it must run
+                # along the body for ALA_HEIGHT_MM (the ala is as tall as the S1 body; the tips of the
+                # alae beside the L5/S1 disc, all that is left of them when the scan ends there, are not).
                 ks, counts = np.unique(seg_front, return_counts=True)
                 for k, c in zip(ks, counts):
-                    if 0 <= k < n_segments and c >= 3 and c >= 0.8 * counts.max():
+                    if not (0 <= k < n_segments and c >= 3 and c >= 0.8 * counts.max()):
+                        continue
+                    s_k = s_front[seg_front == k]
+                    if s_k.max() - s_k.min() + sz >= ALA_HEIGHT_MM:
                         pelvic[k, side] = True
+                        ala_top[k] = max(ala_top[k], float(s_k.max()))
     # Ribs: each root belongs to the vertebra at its height (the tubercle meets the transverse process,
     # which leaves the pedicle of the upper half of its own body; the head of ribs 2-9 straddles the disc
     # above, so the root, not the head, decides).
@@ -316,7 +331,7 @@ def _lateral_attachments(hu, spacing, track, line, disc_s, n_segments, body, cut
                                  for other in roots):
             continue
         ribs[k, root.side] = True
-    return ribs, pelvic
+    return ribs, pelvic, ala_top
 
 
 def _segment_at_height(z_mm, line, disc_s):
@@ -445,7 +460,7 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
             cut[k] = (zz[sel].min() == 0 or zz[sel].max() == shape[0] - 1 or yy[sel].min() == 0
                       or yy[sel].max() == shape[1] - 1 or xx[sel].min() == 0 or xx[sel].max() == shape[2] - 1)
     cut_ends = {k for k in (0, n_seg - 1) if cut[k]}
-    ribs, pelvic = _lateral_attachments(hu, spacing, track, line, disc_s, n_seg, body, cut_ends=cut_ends)
+    ribs, pelvic, ala_top = _lateral_attachments(hu, spacing, track, line, disc_s, n_seg, body, cut_ends=cut_ends)
     segments = []
     for k in range(n_seg):
         sel = keep & (seg_of_voxel == k)
@@ -453,7 +468,9 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
         segments.append(Segment(complete=bounded and not cut[k] and sel.any(), cut=bool(cut[k]),
                                 rib_right=bool(ribs[k, 0]),
                                 rib_left=bool(ribs[k, 1]), pelvic_right=bool(pelvic[k, 0]),
-                                pelvic_left=bool(pelvic[k, 1])))
+                                pelvic_left=bool(pelvic[k, 1]),
+                                ala_gap_mm=(float(disc_s[k] - ala_top[k])
+                                            if k < len(disc_s) and np.isfinite(ala_top[k]) else 0.0)))
     levels, flags, notes = label_segments(segments)
     levels, withheld = _withhold_beyond_missed_disc(levels, disc_s)
     if withheld:

@@ -1,0 +1,91 @@
+"""Level naming under cut and coarser scans: is a level ever named wrongly? (issue 5: a wrong level is
+worse than a missing one).
+
+Run: ``.venv/bin/python benchmarks/bench_level_robustness.py``. Takes ``example_ct.nii.gz`` (T12-L5 and
+the sacrum, 3 mm) with TotalSegmentator's refined vertebra labels as the reference and measures the
+segmenter on variants a site will meet: scans cut at every vertebra (with and without 12 mm of the next
+one), 4.5 and 6 mm slices, 1.5 mm pixels, extra noise, lower bone density. Per case: the levels named,
+which of them are wrong (our label sits mostly on another reference vertebra), confidences, flags, time.
+Not tuned on: the per-case verdicts are what they are; the summary counts wrong levels over all cases.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis.imaging.volume import Volume, load_volume  # noqa: E402
+from analysis.segmentation.levels import LEVEL_OF_LABEL  # noqa: E402
+from analysis.segmentation.spine import segment_vertebrae  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalseg"
+
+
+def verdict(result, reference):
+    named, wrong = [], []
+    for value in sorted(set(np.unique(result.labels)) - {0}):
+        ref = reference[(result.labels == value) & (reference > 0)]
+        values, counts = np.unique(ref, return_counts=True)
+        name = LEVEL_OF_LABEL[int(value)]
+        named.append(name)
+        if not len(values) or values[np.argmax(counts)] != value:
+            wrong.append(name)
+    return named, wrong
+
+
+def main():
+    volume = load_volume(DATA / "example_ct.nii.gz")
+    reference = load_volume(DATA / "spine_report" / "totalseg_vertebrae_pp_refined.nii.gz").array
+    rows = {LEVEL_OF_LABEL[int(v)]: np.flatnonzero((reference == v).any(axis=(1, 2)))
+            for v in np.unique(reference) if int(v) in LEVEL_OF_LABEL}
+    cases = [("whole scan", volume.array, volume.affine, reference)]
+
+    def cut(first, stop):
+        affine = volume.affine.copy()
+        affine[:3, 3] = volume.affine[:3, 3] + volume.affine[:3, 2] * first
+        return volume.array[first:stop], affine, reference[first:stop]
+
+    # Axis 0 runs towards the head: cut below `low` and above `high`, with 0 or 4 slices (12 mm) more.
+    for low, high in (("L5", "L2"), ("L5", "L3"), ("L4", "T12"), ("L3", "T12"), ("L2", "T12"), ("L1", "T12")):
+        for extra in (0, 4):
+            first = max(0, rows[low].min() - extra)
+            stop = min(volume.shape[0], rows[high].max() + 1 + extra)
+            cases.append((f"{low}-{high} +{3 * extra} mm", *cut(first, stop)))
+    for factor in (1.5, 2.0):
+        array = ndimage.zoom(volume.array.astype(np.float32), (1 / factor, 1, 1), order=1)
+        affine = volume.affine.copy()
+        affine[:3, 2] *= factor
+        index = np.minimum(np.round(np.arange(array.shape[0]) * factor + (factor - 1) / 2).astype(int),
+                           reference.shape[0] - 1)
+        cases.append((f"{3 * factor:.1f} mm slices", array, affine, reference[index]))
+    array = ndimage.zoom(volume.array.astype(np.float32), (1, 2, 2), order=1)
+    affine = volume.affine.copy()
+    affine[:3, :2] /= 2
+    index = np.ix_(np.arange(array.shape[0]), np.arange(array.shape[1]) // 2, np.arange(array.shape[2]) // 2)
+    cases.append(("1.5 mm pixels", array, affine, reference[index]))
+    rng = np.random.default_rng(0)
+    cases.append(("noise +30 HU SD", volume.array + rng.normal(0, 30, volume.shape).astype(np.float32),
+                  volume.affine, reference))
+    cases.append(("bone -60 HU", np.where(volume.array > 100, volume.array - 60, volume.array).astype(np.float32),
+                  volume.affine, reference))
+
+    total_named = total_wrong = 0
+    for name, array, affine, ref in cases:
+        t = time.perf_counter()
+        result = segment_vertebrae(Volume(array, affine))
+        seconds = time.perf_counter() - t
+        named, wrong = verdict(result, ref)
+        total_named += len(named)
+        total_wrong += len(wrong)
+        conf = sorted(set(result.level_confidence.values()))
+        print(f"{name:22s} named {','.join(named) or '-':28s} wrong {','.join(wrong) or '-':12s} "
+              f"confidence {conf[0] if conf else '-'}-{conf[-1] if conf else '-'} flags {result.flags} {seconds:.1f}s")
+    print(f"summary: {len(cases)} cases, {total_named} levels named, {total_wrong} wrong")
+
+
+if __name__ == "__main__":
+    main()
