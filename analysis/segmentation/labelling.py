@@ -1,4 +1,4 @@
-"""Vertebra level identification from anatomical anchors: ribs and the sacrum.
+"""Vertebra level identification from anatomical anchors: the last and first ribs and the sacrum.
 
 The reasoning a radiologist uses, written as code:
 
@@ -6,8 +6,14 @@ The reasoning a radiologist uses, written as code:
   is T12, provided the vertebra below it is seen and bears no rib (otherwise it may be T11 with T12 cut off).
 - The sacrum is fused to the iliac bones at the sacroiliac joints; the vertebra just above its top segment
   is L5.
+- The first rib-bearing vertebra is T1, provided the vertebra above it (C7) is seen and bears no rib: a
+  chest CT is counted down from it, which 11 or 13 rib pairs do not disturb.
 - When both anchors are seen, the count between them must be 5 lumbar vertebrae; 4 or 6 means an unusual
   rib count or a transitional lumbosacral vertebra, and the case is flagged instead of guessing silently.
+  Likewise 12 rib-bearing vertebrae from the first rib to the last.
+- Checks against what the image cannot be: rib-bearing vertebrae are contiguous (bone traced like a rib
+  two or more rib-free vertebrae below the ribs is the iliac crest), and the alae reach the top of the
+  sacrum (a "sacrum" whose iliac joint ends well below its upper disc holds L5 behind a missed disc).
 - No anchor is taken from a vertebra cut by the edge of the volume.
 """
 
@@ -32,6 +38,8 @@ class Segment:
         A rib articulates with it on that side.
     pelvic_left, pelvic_right : bool
         Bone continuous laterally with the ilium on that side (sacral ala / sacroiliac joint).
+    extent_mm : float
+        Height of its body in view along the spine (mm).
     ala_gap_mm : float
         For a segment joined to the ilium: how far below its upper disc the joint ends along the spine
         (the alae reach the top of S1, about level with the L5/S1 disc).
@@ -44,6 +52,7 @@ class Segment:
     pelvic_left: bool = False
     pelvic_right: bool = False
     ala_gap_mm: float = 0.0
+    extent_mm: float = 0.0
 
     @property
     def ribs(self):
@@ -68,6 +77,9 @@ def _name_from_t12(offset):
 # the vertebra above it is not L5. (Measured 3 mm on example_ct at 3 mm slices, 12.5 mm when its 6 mm
 # resampling loses the L5/S1 disc.)
 ALA_GAP_MM = 10.0
+# C7 (the vertebra above the first rib) may be cut by the top of the scan; this much of its body in view
+# (C7 is about 14 mm high) shows its transverse processes, where a cervical rib would be.
+C7_IN_VIEW_MM = 10.0
 # Rib-bearing vertebrae are contiguous (T1-T12). A rib finding separated from the ribs above it by this
 # many complete rib-free vertebrae is not a rib: the iliac crest or a transverse process touching it, seen
 # where the scan ends at the pelvis. (One rib-free vertebra between two rib-bearing ones is a short
@@ -152,7 +164,26 @@ def label_segments(segments):
                 notes.append("the last rib is seen on one side only")
         else:
             notes.append("ribs seen, but no complete rib-free vertebra below the last one: no rib anchor")
+    # --- first rib: the most superior rib-bearing segment with a complete rib-free segment (C7) above it.
+    first_anchor = None
+    if rib_idx:
+        first = max(rib_idx)
+        above = segments[first + 1] if first + 1 < n else None
+        # C7 may be cut by the top of the scan: most of its body in view is enough (a cervical rib, at its
+        # transverse process, would be in view with it).
+        if above is not None and above.ribs == 0 and (above.complete or above.extent_mm >= C7_IN_VIEW_MM):
+            first_anchor = first
+            notes.append(f"first rib-bearing vertebra (segment {first}) = T1, with a complete rib-free "
+                         "vertebra (C7) above it")
     levels = {}
+    if sacral_anchor is None and rib_anchor is None and first_anchor is not None:
+        # Counting down from the first rib (how thoracic levels are named on a chest CT): 11 or 13 rib
+        # pairs do not move it, but a missed or split disc on the way does.
+        for i in range(n):
+            name = _name_from_t12(i - (first_anchor - 11))
+            if name:
+                levels[i] = (name, max(0.5, 0.8 - 0.03 * abs(first_anchor - i)))
+        return levels, sorted(set(flags)), notes
     if sacral_anchor is not None and rib_anchor is not None:
         # Rib-free segments from L5 up to the one below T12.
         lumbar = rib_anchor - sacral_anchor
@@ -203,4 +234,17 @@ def label_segments(segments):
                 name = _name_from_t12(i - last)
                 if name:
                     levels[i] = (name, 0.3)
+    if first_anchor is not None and levels:
+        # Cross-check with the first rib: T1 must fall on the first rib-bearing vertebra.
+        t1 = [i for i, (name, _) in levels.items() if name == "T1"]
+        if t1 and t1[0] == first_anchor:
+            notes.append("the first rib agrees (12 rib-bearing vertebrae)")
+            # Two independent anchors agree, as with the sacrum and the last rib.
+            levels = {i: (name, max(conf, 0.95)) for i, (name, conf) in levels.items()}
+        else:
+            count = first_anchor - min(rib_idx) + 1
+            flags += ["level_disagreement", "unusual_rib_count", "low_confidence"]
+            notes.append(f"{count} rib-bearing vertebrae from the first rib to the last (expected 12): the "
+                         "anchors disagree; levels kept at low confidence")
+            levels = {i: (name, min(conf, 0.4)) for i, (name, conf) in levels.items()}
     return levels, sorted(set(flags)), notes

@@ -14,7 +14,7 @@ import numpy as np
 
 from analysis.segmentation.levels import VERSE_LABEL
 
-SEGMENTER_VERSION = "anatomy-0.6"
+SEGMENTER_VERSION = "anatomy-0.7"
 
 
 @dataclass
@@ -465,7 +465,9 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
     for k in range(n_seg):
         sel = keep & (seg_of_voxel == k)
         bounded = 0 < k < n_seg - 1
-        segments.append(Segment(complete=bounded and not cut[k] and sel.any(), cut=bool(cut[k]),
+        # Height of the body in view along the spine (voxel centres span one slice less than the voxels).
+        extent = float(s_of_voxel[sel].max() - s_of_voxel[sel].min()) + float(spacing[0]) if sel.any() else 0.0
+        segments.append(Segment(complete=bounded and not cut[k] and sel.any(), cut=bool(cut[k]), extent_mm=extent,
                                 rib_right=bool(ribs[k, 0]),
                                 rib_left=bool(ribs[k, 1]), pelvic_right=bool(pelvic[k, 0]),
                                 pelvic_left=bool(pelvic[k, 1]),
@@ -476,11 +478,7 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
     if withheld:
         notes.append(withheld)
     for k in sorted(cut_ends & set(levels)):
-        sel = keep & (seg_of_voxel == k)
-        if not sel.any():
-            continue
-        # Voxel centres span one slice less than the voxels cover.
-        extent = float(s_of_voxel[sel].max() - s_of_voxel[sel].min()) + float(spacing[0])
+        extent = segments[k].extent_mm
         if extent <= MIN_CUT_SEGMENT_MM:
             name = levels.pop(k)[0]
             notes.append(f"{name} withheld: only {extent:.0f} mm of it in view at the edge of the scan")

@@ -41,7 +41,7 @@ def _reference_bodies():
 
 
 def test_example_ct_body_dice(example_result):
-    # Target >= 0.85 per level (issue 5). Measured (anatomy-0.6): T12 0.927, L1 0.880, L2 0.884, L3 0.909,
+    # Target >= 0.85 per level (issue 5). Measured (anatomy-0.7): T12 0.927, L1 0.880, L2 0.884, L3 0.909,
     # L4 0.913, L5 0.856.
     _, result = example_result
     ref = _reference_bodies()
@@ -55,7 +55,7 @@ def test_example_ct_body_dice(example_result):
 def test_example_ct_trabecular_hu_matches_reference_bodies(example_result):
     # Target: ROI mean HU (3 mm centred ellipsoid erosion, SPEC section 2) of our body within 10 HU of the
     # same ROI on the reference body (reference values L1 117.03 ... L5 126.82, issue 5). Measured
-    # differences (anatomy-0.6): T12 +0.5, L1 +6.5, L2 +2.4, L3 +9.6, L4 +3.0, L5 +4.8.
+    # differences (anatomy-0.7): T12 +0.5, L1 +6.5, L2 +2.4, L3 +9.6, L4 +3.0, L5 +4.8.
     from analysis.measurement import trabecular_roi
 
     volume, result = example_result
@@ -93,7 +93,7 @@ def test_aorta_ct_t12_inside_reference_and_t5_t11_above_in_order():
     heights = [float(np.dot(c - centroids[0], axis)) for c in centroids]
     assert all(b > a for a, b in zip(heights, heights[1:])), dict(zip(names, heights))
     # No body takes the stent graft or the aneurysm sac beside it: adult trabecular bone reads about
-    # 50-250 HU, the contrast lumen 300-500 HU. Measured ROI means (anatomy-0.6) T2-T12 108-158 HU, every
+    # 50-250 HU, the contrast lumen 300-500 HU. Measured ROI means (anatomy-0.7) T2-T12 109-160 HU, every
     # level with an ROI (anatomy-0.5 left none at T4 and T8, where the bodies merge with the heart and the
     # stent graft into one blob in some slices).
     from analysis.measurement import trabecular_roi
@@ -119,7 +119,7 @@ def test_short_dicom_stack_t12_from_its_rib_tentative_and_flagged():
     # it and no sacrum are in view, so the level is an assumption (12 rib pairs, last rib in view) and
     # must carry low confidence and the flags. The T11/T12 disc, 8 mm below the top slice, is found from
     # its endplate pair. Reference: TotalSegmentator labels 32 (T12) and 33 (T11), aligned to the DICOM
-    # grid exactly (its rows are stored flipped). Measured (anatomy-0.6): T12 Dice 0.585, T11 Dice 0.270
+    # grid exactly (its rows are stored flipped). Measured (anatomy-0.7): T12 Dice 0.579, T11 Dice 0.270
     # against the whole reference vertebrae (body and arch; we label bodies only); our T11 voxels that
     # fall on the reference are mostly T11.
     from analysis.segmentation.external import align_to_grid
@@ -227,6 +227,63 @@ def test_labelling_without_anchor_says_so():
     levels, flags, _ = label_segments(segs)
     assert "no_anchor" in flags
     assert all(conf < 0.5 for _, conf in levels.values())
+
+
+def _chest(n_thoracic_ribs, c7=True, lumbar=1):
+    """Segments inferior to superior: rib-free lumbar, rib-bearing thoracic, rib-free C7 at the top."""
+    segs = [Segment(complete=True) for _ in range(lumbar)]
+    segs[0].complete, segs[0].cut = False, True  # the lowest is cut by the edge of the volume
+    segs += [Segment(complete=True, rib_left=True, rib_right=True) for _ in range(n_thoracic_ribs)]
+    if c7:
+        segs.append(Segment(complete=False, cut=True, extent_mm=12.0))
+    return segs
+
+
+def test_labelling_chest_from_the_first_rib():
+    # C7 (rib-free, most of it in view) above the first rib-bearing vertebra: T1 counted down; the last
+    # rib (T12 above the cut L1) is out of play because the vertebra below it is cut.
+    segs = _chest(10, lumbar=1)
+    segs[0].complete, segs[0].cut = False, True
+    levels, flags, notes = label_segments(segs[1:])  # T10..T1 and C7: no rib-free vertebra below
+    names = [levels[i][0] for i in sorted(levels)]
+    assert names == ["T10", "T9", "T8", "T7", "T6", "T5", "T4", "T3", "T2", "T1", "C7"]
+    assert "no_anchor" not in flags and min(conf for _, conf in levels.values()) >= 0.5
+    assert any("first rib" in n for n in notes)
+
+
+def test_labelling_first_and_last_rib_agree():
+    segs = _chest(12, lumbar=2)
+    levels, flags, _ = label_segments(segs)
+    assert [levels[i][0] for i in sorted(levels)][:3] == ["L2", "L1", "T12"]
+    assert flags == [] and min(conf for _, conf in levels.values()) >= 0.95
+
+
+def test_labelling_eleven_rib_pairs_are_flagged():
+    # 11 rib-bearing vertebrae between C7 and the first rib-free one: the anchors disagree.
+    levels, flags, _ = label_segments(_chest(11, lumbar=2))
+    assert {"level_disagreement", "unusual_rib_count"} <= set(flags)
+    assert all(conf < 0.5 for _, conf in levels.values())
+
+
+def test_labelling_ignores_rib_like_bone_far_below_the_ribs():
+    # The iliac crest beside the lowest (cut) segment traced like a rib, four rib-free vertebrae below the
+    # last true rib: the last rib is still the anchor.
+    segs = [Segment(complete=False, cut=True, rib_left=True, rib_right=True)]
+    segs += [Segment(complete=True) for _ in range(4)]
+    segs += [Segment(complete=False, cut=True, rib_left=True, rib_right=True)]
+    levels, flags, notes = label_segments(segs)
+    assert [levels[i][0] for i in sorted(levels)] == ["L5", "L4", "L3", "L2", "L1", "T12"]
+    assert any("not a rib" in n for n in notes)
+
+
+def test_labelling_refuses_a_sacrum_that_holds_l5():
+    # The iliac joint ends 12 mm below the segment's upper disc: the L5/S1 disc was missed.
+    segs = _spine(5, thoracic_ribs=2)
+    segs[0].ala_gap_mm = 12.0
+    levels, flags, notes = label_segments(segs)
+    assert any("missed L5/S1 disc" in n for n in notes)
+    # Named from the last rib alone: L1 below T12, nothing from the sacrum.
+    assert levels[max(levels) - 1][0] == "T12"
 
 
 def test_unknown_device_is_refused():

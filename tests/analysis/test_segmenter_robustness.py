@@ -3,7 +3,7 @@
 Truth: TotalSegmentator's refined vertebra labels of ``example_ct.nii.gz`` (VerSe numbering), cut and
 resampled together with the CT. A level we write must sit mostly on the reference vertebra of that name;
 withholding levels (with the flags that say why) is allowed. The cases are the failures found by
-``benchmarks/bench_level_robustness.py`` before anatomy-0.6 (all of them named every level one or more off,
+``benchmarks/bench_level_robustness.py`` before anatomy-0.7 (all of them named every level one or more off,
 most with high confidence): the scan ending at the bottom of L5 (sacrum out of view, the tips of the alae
 beside the L5/S1 disc taken for the sacrum), the scan ending in L5 with the iliac crests beside it (traced
 like ribs), and 6 mm slices (the L5/S1 disc lost, L5 merged into the sacrum).
