@@ -572,11 +572,24 @@ def body_mask(hu, spacing, track, filled_all=None, trim_corners=False):
         # native resolution (analysis.segmentation.boundary).
         grown = ndimage.binary_dilation(blob, structure=restore_el) & filled
         mask[z, y0:y1, x0:x1] = grown
+    # A slice whose body is much larger than in the slices around it has taken in a neighbour that touches
+    # the body there only (a vessel or the heart pressed against it): treated like a merged slice.
+    area = mask.sum(axis=(1, 2)).astype(float)
+    reach = max(1, int(round(AREA_NEIGHBOUR_MM / sz)))
+    for z in np.flatnonzero(area > 0):
+        around = np.concatenate([area[max(0, z - reach):z], area[z + 1:z + 1 + reach]])
+        around = around[around > 0]
+        if len(around) >= 2 and area[z] > AREA_JUMP * np.median(around):
+            merged.add(int(z))
     if merged:
         _limit_merged_slices(mask, merged, spacing)
     return mask
 
 
+# A body's cross-section grows or shrinks by at most about a quarter from one slice to the next few within
+# AREA_NEIGHBOUR_MM (endplates and discs change it more, but towards smaller, not larger, areas).
+AREA_JUMP = 1.3
+AREA_NEIGHBOUR_MM = 4.5
 # A body's cross-section changes little over a few mm of height: in a slice where the body was merged
 # with the heart or a vessel, it may not reach beyond the body of the nearest clean slices (within this
 # distance above and below) by more than MERGED_GROWTH_MM.
