@@ -78,8 +78,11 @@ def _name_from_t12(offset):
 # resampling loses the L5/S1 disc.)
 ALA_GAP_MM = 10.0
 # C7 (the vertebra above the first rib) may be cut by the top of the scan; this much of its body in view
-# (C7 is about 14 mm high) shows its transverse processes, where a cervical rib would be.
+# (C7 is about 14 mm high) shows its transverse processes, where a cervical rib would be. The same holds
+# for the upper part of a vertebra seen below the lowest rib (rib heads sit at the top of their body).
 C7_IN_VIEW_MM = 10.0
+# Without any anchor, a tentative T12 is only read from a short stack (this many segments or fewer).
+TENTATIVE_MAX_SEGMENTS = 3
 # Rib-bearing vertebrae are contiguous (T1-T12). A rib finding separated from the ribs above it by this
 # many complete rib-free vertebrae is not a rib: the iliac crest or a transverse process touching it, seen
 # where the scan ends at the pelvis. (One rib-free vertebra between two rib-bearing ones is a short
@@ -223,12 +226,22 @@ def label_segments(segments):
         flags.append("no_anchor")
         flags.append("low_confidence")
         notes.append("no sacrum and no complete last rib in view: levels cannot be anchored")
-        if rib_idx:
-            # Tentative reading: the lowest rib-bearing vertebra in view taken as T12. Marked low
-            # confidence so that measurements built on it carry the flag.
-            last = min(rib_idx)
+        last = min(rib_idx) if rib_idx else None
+        # Tentative reading: the lowest rib-bearing vertebra in view taken as T12, marked low confidence so
+        # that measurements built on it carry the flag. Only where the scan ends at that vertebra or just
+        # below it: the upper part of a rib-free vertebra (where its rib would be) is in view below it, or
+        # the stack is a short one around the thoracolumbar junction (at most TENTATIVE_MAX_SEGMENTS
+        # vertebrae). A longer thoracic window ending in rib-bearing vertebrae (a cardiac CT) says nothing
+        # about where T12 is: nothing is named.
+        below_free = last is not None and last > 0 and segments[last - 1].ribs == 0 and (
+            segments[last - 1].complete or segments[last - 1].extent_mm >= C7_IN_VIEW_MM)
+        if last is not None and not below_free and n > TENTATIVE_MAX_SEGMENTS:
+            notes.append("the lowest vertebra in view bears ribs and no end of the rib cage is in view: "
+                         "levels withheld")
+            last = None
+        if last is not None:
             notes.append("tentative: lowest rib-bearing vertebra in view taken as T12 (confidence 0.3); "
-                         "no rib-free vertebra below it is in view, so it may be a higher thoracic vertebra, "
+                         "no complete rib-free vertebra below it is in view, so it may be a higher thoracic vertebra, "
                          "and 12 rib pairs are assumed")
             for i in range(n):
                 name = _name_from_t12(i - last)

@@ -134,3 +134,15 @@ def test_chest_window_named_from_the_first_rib():
         values, counts = np.unique(result.labels[truth & (result.labels > 0)], return_counts=True)
         assert len(values) and LEVEL_OF_LABEL[int(values[np.argmax(counts)])] == name, name
         assert result.level_confidence[name] >= 0.5
+
+
+def test_thoracic_window_without_either_end_of_the_rib_cage_names_nothing():
+    # Truth: phantom T3-T10 (a cardiac CT: ribs on every vertebra in view, neither the first rib with C7
+    # nor the last rib with L1). Nothing says where T12 is, so no level is named (a guess that the lowest
+    # one is T12 would be off by two) and the case says why.
+    phantom = make_spine_phantom(spacing=(3.0, 1.5, 1.5), orientation="LPS", noise_sd=20.0, random_state=0,
+                                 levels=tuple(f"T{i}" for i in range(3, 11)))
+    result = segment_vertebrae(phantom.volume)
+    assert not result.labels.any()
+    assert "no_anchor" in result.flags
+    assert any("levels withheld" in note for note in result.notes)
