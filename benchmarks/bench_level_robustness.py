@@ -4,7 +4,8 @@ worse than a missing one).
 Run: ``.venv/bin/python benchmarks/bench_level_robustness.py``. Takes ``example_ct.nii.gz`` (T12-L5 and
 the sacrum, 3 mm) with TotalSegmentator's refined vertebra labels as the reference and measures the
 segmenter on variants a site will meet: scans cut at every vertebra (with and without 12 mm of the next
-one), 4.5 and 6 mm slices, 1.5 mm pixels, extra noise, lower bone density; and a C7-S1 phantom seen
+one), 4.5 and 6 mm slices, 1.5 mm pixels, the spine tilted 10 and 20 degrees about each axis, extra
+noise, lower bone density; and a C7-S1 phantom seen
 through chest and abdomen windows (exact labels). Per case: the levels named,
 which of them are wrong (our label sits mostly on another reference vertebra), confidences, flags, time.
 Not tuned on: the per-case verdicts are what they are; the summary counts wrong levels over all cases.
@@ -68,6 +69,14 @@ def main():
     affine[:3, :2] /= 2
     index = np.ix_(np.arange(array.shape[0]), np.arange(array.shape[1]) // 2, np.arange(array.shape[2]) // 2)
     cases.append(("1.5 mm pixels", array, affine, reference[index]))
+    # The spine rotated with its reference (order 0) about each axis: sagittal (more or less lordosis),
+    # coronal (scoliotic or oblique patient), axial (rotated patient).
+    for plane, axes in (("sagittal", (0, 1)), ("coronal", (0, 2)), ("axial", (1, 2))):
+        for angle in (10, 20):
+            array = ndimage.rotate(volume.array.astype(np.float32), angle, axes=axes, reshape=False, order=1,
+                                   cval=-1024)
+            ref = ndimage.rotate(reference, angle, axes=axes, reshape=False, order=0, cval=0)
+            cases.append((f"{plane} tilt {angle} deg", array, volume.affine, ref))
     rng = np.random.default_rng(0)
     cases.append(("noise +30 HU SD", volume.array + rng.normal(0, 30, volume.shape).astype(np.float32),
                   volume.affine, reference))

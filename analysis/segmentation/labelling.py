@@ -40,6 +40,8 @@ class Segment:
         Bone continuous laterally with the ilium on that side (sacral ala / sacroiliac joint).
     extent_mm : float
         Height of its body in view along the spine (mm).
+    merged : bool
+        Holds more than one vertebra (a missed disc): never an anchor.
     ala_gap_mm : float
         For a segment joined to the ilium: how far below its upper disc the joint ends along the spine
         (the alae reach the top of S1, about level with the L5/S1 disc).
@@ -53,6 +55,7 @@ class Segment:
     pelvic_right: bool = False
     ala_gap_mm: float = 0.0
     extent_mm: float = 0.0
+    merged: bool = False
 
     @property
     def ribs(self):
@@ -156,6 +159,10 @@ def label_segments(segments):
     if rib_idx:
         last = min(rib_idx)
         below_ok = last - 1 >= 0 and segments[last - 1].complete and segments[last - 1].ribs == 0
+        if below_ok and segments[last].merged:
+            below_ok = False
+            notes.append(f"the last rib-bearing segment {last} holds more than one vertebra (a missed disc): "
+                         "its rib cannot say which one is T12")
         # The anchor is the rib itself and the complete rib-free vertebra below it: the rib-bearing body
         # may be cut by the edge of the volume (its rib root is in view, which is what names it).
         if below_ok:
@@ -235,7 +242,10 @@ def label_segments(segments):
         # about where T12 is: nothing is named.
         below_free = last is not None and last > 0 and segments[last - 1].ribs == 0 and (
             segments[last - 1].complete or segments[last - 1].extent_mm >= C7_IN_VIEW_MM)
-        if last is not None and not below_free and n > TENTATIVE_MAX_SEGMENTS:
+        if last is not None and segments[last].merged:
+            notes.append("the lowest rib-bearing segment holds more than one vertebra: levels withheld")
+            last = None
+        elif last is not None and not below_free and n > TENTATIVE_MAX_SEGMENTS:
             notes.append("the lowest vertebra in view bears ribs and no end of the rib cage is in view: "
                          "levels withheld")
             last = None

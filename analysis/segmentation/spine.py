@@ -473,7 +473,19 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
                                 pelvic_left=bool(pelvic[k, 1]),
                                 ala_gap_mm=(float(disc_s[k] - ala_top[k])
                                             if k < len(disc_s) and np.isfinite(ala_top[k]) else 0.0)))
+    # The end segments are open (beyond the first and last disc), but neither can show more than one
+    # vertebra: if what is in view is clearly longer than the pitch next to it, a disc in it was missed.
+    # (Not the sacrum, which is long.)
+    pitches = np.diff(np.asarray(disc_s, dtype=float))
+    if len(pitches):
+        for k, near in ((0, pitches[:2]), (n_seg - 1, pitches[-2:])):
+            if not segments[k].pelvic and segments[k].extent_mm > MERGED_RATIO * float(np.median(near)):
+                segments[k].merged = True
     levels, flags, notes = label_segments(segments)
+    for k in [k for k in levels if segments[k].merged]:
+        name = levels.pop(k)[0]
+        notes.append(f"{name} withheld: the segment at the edge of the scan holds more than one vertebra "
+                     f"({segments[k].extent_mm:.0f} mm in view; a disc in it was missed)")
     levels, withheld = _withhold_beyond_missed_disc(levels, disc_s)
     if withheld:
         notes.append(withheld)

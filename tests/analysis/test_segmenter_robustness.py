@@ -6,7 +6,8 @@ withholding levels (with the flags that say why) is allowed. The cases are the f
 ``benchmarks/bench_level_robustness.py`` before anatomy-0.7 (all of them named every level one or more off,
 most with high confidence): the scan ending at the bottom of L5 (sacrum out of view, the tips of the alae
 beside the L5/S1 disc taken for the sacrum), the scan ending in L5 with the iliac crests beside it (traced
-like ribs), and 6 mm slices (the L5/S1 disc lost, L5 merged into the sacrum).
+like ribs), 6 mm slices (the L5/S1 disc lost, L5 merged into the sacrum) and a spine tilted 20 degrees
+sideways (a disc lost in the last rib-bearing segment).
 """
 
 from pathlib import Path
@@ -83,3 +84,14 @@ def test_six_mm_slices_name_nothing_wrong(example):
     result = segment_vertebrae(Volume(array, affine))
     assert _wrong_levels(result, reference[index]) == []
     assert {"L1", "L2", "L3"} <= set(result.level_confidence)
+
+
+def test_spine_tilted_20_degrees_sideways_names_nothing_wrong(example):
+    # The CT and the reference rotated together by 20 degrees in the coronal plane (a scoliotic or
+    # obliquely lying spine): the T12/L1 disc is lost at the top of the scan, so the last rib-bearing
+    # segment holds T12 and L1. It must not anchor T12 (everything below would be one level off).
+    volume, reference = example
+    array = ndimage.rotate(volume.array.astype(np.float32), 20, axes=(0, 2), reshape=False, order=1, cval=-1024)
+    ref = ndimage.rotate(reference, 20, axes=(0, 2), reshape=False, order=0, cval=0)
+    result = segment_vertebrae(Volume(array, volume.affine))
+    assert _wrong_levels(result, ref) == []
