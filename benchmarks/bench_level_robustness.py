@@ -5,7 +5,7 @@ Run: ``.venv/bin/python benchmarks/bench_level_robustness.py``. Takes ``example_
 the sacrum, 3 mm) with TotalSegmentator's refined vertebra labels as the reference and measures the
 segmenter on variants a site will meet: scans cut at every vertebra (with and without 12 mm of the next
 one), 4.5 and 6 mm slices, 1.5 mm pixels, the spine tilted 10 and 20 degrees about each axis, extra
-noise, lower bone density; and a C7-S1 phantom seen
+noise, lower bone density, darker (osteoporotic) marrow; and a C7-S1 phantom seen
 through chest and abdomen windows (exact labels). Per case: the levels named,
 which of them are wrong (our label sits mostly on another reference vertebra), confidences, flags, time.
 Not tuned on: the per-case verdicts are what they are; the summary counts wrong levels over all cases.
@@ -82,6 +82,16 @@ def main():
                   volume.affine, reference))
     cases.append(("bone -60 HU", np.where(volume.array > 100, volume.array - 60, volume.array).astype(np.float32),
                   volume.affine, reference))
+    # Osteoporotic marrow: the trabecular core (reference bodies eroded by 3 mm) made darker while the
+    # cortex keeps its HU (marrow means about 77, 47 and 17 HU).
+    from analysis.measurement import trabecular_roi
+
+    body = load_volume(DATA / "spine_report" / "totalseg_vertebrae_body.nii.gz").array == 1
+    core = trabecular_roi((reference > 0) & body, volume.spacing)
+    for drop in (40, 70, 100):
+        array = volume.array.astype(np.float32).copy()
+        array[core] -= drop
+        cases.append((f"marrow -{drop} HU", array, volume.affine, reference))
 
     # Phantom C7-S1 (3 x 1.5 x 1.5 mm, exact labels) seen through windows a chest or abdomen CT shows.
     from analysis.imaging.phantom import make_spine_phantom

@@ -816,6 +816,12 @@ def perpendicular_profile(volume, spacing, line, radius_mm, order=1):
     return vals.reshape(len(line.s_mm), -1).mean(axis=1)
 
 
+# A gap of the body mask along the line with an endplate on both sides (HU at least GAP_ENDPLATE_HU above
+# the gap's darkest point within GAP_ENDPLATE_MM of its ends) is a disc; without, it may be a hole in the
+# mask of an osteoporotic body and its strength is scaled by GAP_WITHOUT_ENDPLATES.
+GAP_ENDPLATE_MM = 6.0
+GAP_ENDPLATE_HU = 30.0
+GAP_WITHOUT_ENDPLATES = 0.5
 # A thoracic disc is 3-7 mm thick: along the body line its two endplates (cortical plates, 1-2 mm of dense
 # bone) show as two narrow HU peaks within this distance on each side of the disc's centre, even where
 # the disc itself reads as high as marrow (contrast CT). A dip inside a body (basivertebral veins, fatty
@@ -849,7 +855,16 @@ def _disc_candidates(f, hu_raw, h, s_mm, step):
             continue
         if (idx[-1] - idx[0] + 1) * step > 25.0:
             continue  # a missing stretch of body (e.g. segmentation failure), not a disc
-        cands.append((float(s_mm[idx].mean()), float(1.0 - f[idx].min())))
+        strength = float(1.0 - f[idx].min())
+        # A disc has an endplate on each side: bone brighter than the gap within GAP_ENDPLATE_MM. A hole
+        # in the mask inside an osteoporotic body (a thin rim that did not close in a slice) has marrow as
+        # dark as itself around it: it counts for less, so that a disc nearby is chosen over it.
+        reach = max(1, int(round(GAP_ENDPLATE_MM / step)))
+        before = hu_raw[max(0, idx[0] - reach) : idx[0]]
+        after = hu_raw[idx[-1] + 1 : idx[-1] + 1 + reach]
+        if len(before) and len(after) and min(before.max(), after.max()) - hu_raw[idx].min() < GAP_ENDPLATE_HU:
+            strength *= GAP_WITHOUT_ENDPLATES
+        cands.append((float(s_mm[idx].mean()), strength))
     w = max(1, int(round(8.0 / step)))
     near = max(1, int(round(ENDPLATE_PAIR_MM / step)))
     local = max(1, int(round(2.0 / step)))

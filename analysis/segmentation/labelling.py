@@ -84,6 +84,10 @@ ALA_GAP_MM = 10.0
 # (C7 is about 14 mm high) shows its transverse processes, where a cervical rib would be. The same holds
 # for the upper part of a vertebra seen below the lowest rib (rib heads sit at the top of their body).
 C7_IN_VIEW_MM = 10.0
+# The first rib is only read as T1 at the top of a run of at least this many rib-bearing vertebrae (T1-T3):
+# a single rib-bearing segment with a rib-free one above it is as likely T12 below a split or rib-less
+# segment.
+FIRST_RIB_RUN = 3
 # Without any anchor, a tentative T12 is only read from a short stack (this many segments or fewer).
 TENTATIVE_MAX_SEGMENTS = 3
 # Rib-bearing vertebrae are contiguous (T1-T12). A rib finding separated from the ribs above it by this
@@ -181,7 +185,9 @@ def label_segments(segments):
         above = segments[first + 1] if first + 1 < n else None
         # C7 may be cut by the top of the scan: most of its body in view is enough (a cervical rib, at its
         # transverse process, would be in view with it).
-        if above is not None and above.ribs == 0 and (above.complete or above.extent_mm >= C7_IN_VIEW_MM):
+        run_below = sum(1 for i in rib_idx if first - FIRST_RIB_RUN < i <= first)
+        if (above is not None and above.ribs == 0 and (above.complete or above.extent_mm >= C7_IN_VIEW_MM)
+                and run_below >= FIRST_RIB_RUN):
             first_anchor = first
             notes.append(f"first rib-bearing vertebra (segment {first}) = T1, with a complete rib-free "
                          "vertebra (C7) above it")

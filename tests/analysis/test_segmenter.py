@@ -392,6 +392,27 @@ def test_find_discs_body_width_rejects_half_pitch_splits():
     assert len(find_discs(fraction, hu, s)) == 9
 
 
+def test_find_discs_prefers_discs_to_holes_in_an_osteoporotic_body():
+    # Known answer: discs every 34 mm (the filled-bone fraction down to 0.2, 85 HU between 150 HU
+    # endplates) in osteoporotic bodies (marrow 55 HU, darker than the discs). 10 mm above each disc the
+    # thin rim did not close in one slice: the body mask has a 3 mm hole there (fraction 0), as dark as the
+    # marrow around it. Disc and hole are too close to both be discs (shortest pitch 14 mm) and the hole is
+    # the deeper gap; but it has no endplate on either side and counts for half, so every disc is chosen.
+    from analysis.segmentation.bodies import find_discs
+
+    s = np.arange(0.0, 190.0, 1.0)
+    hu = np.full_like(s, 55.0)
+    fraction = np.ones_like(s)
+    truth = [25.0, 59.0, 93.0, 127.0, 161.0]
+    for c in truth:
+        fraction[np.abs(s - (c + 10.0)) <= 1.0] = 0.0
+        hu[np.abs(s - (c + 10.0)) <= 1.0] = 50.0
+        fraction[np.abs(s - c) <= 3.0] = 0.2
+        hu[np.abs(s - c) <= 3.0] = 85.0
+        hu[np.abs(s - c) == 4.0] = 150.0
+    assert [round(c) for c, _ in find_discs(fraction, hu, s)] == truth
+
+
 def test_find_discs_width_of_the_sacrum_with_its_alae_is_capped():
     # Known answer: discs every 36 mm; below 40 mm the "body" is the sacrum merged with its alae and
     # measures 92 mm across (0.7 mm phantom, measured). Half of 92 mm would forbid the L5/S1 disc 36 mm
