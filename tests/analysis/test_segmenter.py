@@ -368,6 +368,24 @@ def test_find_discs_drops_a_false_disc_beyond_the_last_one():
     assert [round(c) for c, _ in find_discs(np.ones_like(s), hu, s)] == [149.0 - c for c in truth[::-1]]
 
 
+def _gap_profile(length_mm, marrow_hu, discs, disc_hu, endplate_hu, disc_fraction, holes, hole_half_mm,
+                 hole_hu):
+    """Profile along the body line (1 mm samples): marrow, discs as 7 mm gaps of the filled-bone fraction
+    (``disc_fraction`` inside) with one-sample endplates 4 mm from their centre, and holes of the body mask
+    (fraction 0) without endplates."""
+    s = np.arange(0.0, length_mm, 1.0)
+    hu = np.full_like(s, marrow_hu)
+    fraction = np.ones_like(s)
+    for c in holes:
+        fraction[np.abs(s - c) <= hole_half_mm] = 0.0
+        hu[np.abs(s - c) <= hole_half_mm] = hole_hu
+    for c in discs:
+        fraction[np.abs(s - c) <= 3.0] = disc_fraction
+        hu[np.abs(s - c) <= 3.0] = disc_hu
+        hu[np.abs(s - c) == 4.0] = endplate_hu
+    return s, hu, fraction
+
+
 def test_find_discs_body_width_rejects_half_pitch_splits():
     # Known answer: lumbar-like discs every 36 mm (gaps of the filled-bone fraction, 80 HU between 250 HU
     # endplates) and, midway between them, gaps where dark osteoporotic marrow (90 HU) left the body mask
@@ -375,17 +393,9 @@ def test_find_discs_body_width_rejects_half_pitch_splits():
     # of 18 mm is impossible (pitch is 0.65-1.0 x width at every level): only the true discs remain.
     from analysis.segmentation.bodies import find_discs
 
-    s = np.arange(0.0, 200.0, 1.0)
-    hu = np.full_like(s, 130.0)
-    fraction = np.ones_like(s)
     truth = [28.0, 64.0, 100.0, 136.0, 172.0]
-    for c in truth:
-        fraction[np.abs(s - c) <= 3.0] = 0.0
-        hu[np.abs(s - c) <= 3.0] = 80.0
-        hu[np.abs(s - c) == 4.0] = 250.0
-    for c in truth[:-1]:
-        fraction[np.abs(s - (c + 18.0)) <= 3.0] = 0.0
-        hu[np.abs(s - (c + 18.0)) <= 3.0] = 90.0
+    s, hu, fraction = _gap_profile(200.0, 130.0, truth, 80.0, 250.0, 0.0, [c + 18.0 for c in truth[:-1]], 3.0,
+                                   90.0)
     found = [round(c) for c, _ in find_discs(fraction, hu, s, body_width_mm=np.full_like(s, 48.0))]
     assert found == truth
     # Without the width the half-pitch chain is as regular as the true one and has more discs.
@@ -400,16 +410,8 @@ def test_find_discs_prefers_discs_to_holes_in_an_osteoporotic_body():
     # the deeper gap; but it has no endplate on either side and counts for half, so every disc is chosen.
     from analysis.segmentation.bodies import find_discs
 
-    s = np.arange(0.0, 190.0, 1.0)
-    hu = np.full_like(s, 55.0)
-    fraction = np.ones_like(s)
     truth = [25.0, 59.0, 93.0, 127.0, 161.0]
-    for c in truth:
-        fraction[np.abs(s - (c + 10.0)) <= 1.0] = 0.0
-        hu[np.abs(s - (c + 10.0)) <= 1.0] = 50.0
-        fraction[np.abs(s - c) <= 3.0] = 0.2
-        hu[np.abs(s - c) <= 3.0] = 85.0
-        hu[np.abs(s - c) == 4.0] = 150.0
+    s, hu, fraction = _gap_profile(190.0, 55.0, truth, 85.0, 150.0, 0.2, [c + 10.0 for c in truth], 1.0, 50.0)
     assert [round(c) for c, _ in find_discs(fraction, hu, s)] == truth
 
 
