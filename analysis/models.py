@@ -61,6 +61,16 @@ class MeasurementRun(ImmutableModel):
     def get_additional_data(self):
         return {"project_id": self.exam.patient.project_id, "patient_id": self.exam.patient_id}
 
+    @property
+    def level_notes(self):
+        """The segmenter's account of how it named the levels (anchors used, levels withheld and why)."""
+        return list((self.parameters or {}).get("notes") or [])
+
+    def levels_with_confidence(self):
+        """(LevelMeasurement, confidence or None) pairs: the segmenter's confidence in each level's name."""
+        confidence = (self.parameters or {}).get("level_confidence") or {}
+        return [(m, confidence.get(m.level)) for m in self.levels.all()]
+
 
 class LevelMeasurement(ImmutableModel):
     """Trabecular HU of one vertebra in one run (``analysis.measurement.LevelMeasurement`` stored)."""

@@ -64,6 +64,10 @@ def test_measurement_page_lists_runs_and_starts_jobs(client, member, exam_with_s
     client.force_login(member("annotator", project=project))
     page = client.get(url).content.decode()
     assert f"Run {run.pk}" in page and "L1" in page and 'id="measure"' not in page
+    # The segmenter's confidence per level and its account of the naming are shown for review.
+    confidence = run.parameters["level_confidence"]
+    assert confidence and f"{confidence['L1']:.2f}" in page
+    assert "How the levels were named" in page and run.parameters["notes"][0][:40] in page
     assert client.post(url).status_code == 403
     client.force_login(member("coordinator", project=project))
     response = client.post(url)
