@@ -150,6 +150,8 @@ def test_default_segmenter_path_writes_labels_that_reproduce_the_json(tmp_path):
     segmented = json.loads((tmp_path / "seg.json").read_text())
     again = json.loads((tmp_path / "again.json").read_text())
     assert segmented["segmenter"]["name"] == "default" and again["segmenter"]["name"] == "labels-in"
+    # How the levels were named (anchors used, levels withheld) travels with the numbers.
+    assert any("anchor" in note or "sacrum" in note or "rib" in note for note in segmented["segmenter"]["notes"])
     assert {"load", "segmentation", "measure", "total"} <= set(segmented["timings_s"])
     assert segmented["levels"]
     for level, entry in segmented["levels"].items():

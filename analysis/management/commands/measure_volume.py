@@ -87,7 +87,8 @@ class Command(BaseCommand):
             level_confidence = dict(getattr(result, "level_confidence", None) or {})
             segmentation_flags = list(getattr(result, "flags", None) or [])
             segmenter_timings = dict(getattr(result, "timings_s", None) or {})
-            segmenter = {"name": "default", "version": getattr(result, "segmenter_version", None), "device": device}
+            segmenter = {"name": "default", "version": getattr(result, "segmenter_version", None), "device": device,
+                         "notes": list(getattr(result, "notes", None) or [])}
         segmented = time.perf_counter()
 
         try:
