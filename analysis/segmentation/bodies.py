@@ -695,22 +695,33 @@ def centreline(mask, spacing, min_area_mm2=150.0, step_mm=1.0):
     z_all = np.arange(good[0], good[-1] + 1)
     cy = np.interp(z_all, good, com[:, 1])
     cx = np.interp(z_all, good, com[:, 2])
-    # Smooth over about 15 mm: the curve should follow lordosis/kyphosis, not single bodies.
+    return _smooth_line(z_all, cy, cx, spacing, step_mm)
+
+
+def _smooth_line(z, cy, cx, spacing, step_mm):
+    """A line through (row ``cy``, column ``cx``) at slices ``z`` (working grid), smoothed over about 15 mm
+    (it should follow lordosis and kyphosis, not single bodies) and resampled every ``step_mm`` of arc.
+
+    Returns
+    -------
+    Centreline or None
+        None when the line is no longer than one step.
+    """
+    from scipy import ndimage
+
+    sz, sy, sx = spacing
     sigma = max(1.0, 7.5 / sz)
     cy = ndimage.gaussian_filter1d(cy, sigma, mode="nearest")
     cx = ndimage.gaussian_filter1d(cx, sigma, mode="nearest")
-    pts_mm = np.stack([z_all * sz, cy * sy, cx * sx], axis=1)
-    seg = np.linalg.norm(np.diff(pts_mm, axis=0), axis=1)
-    s = np.concatenate([[0.0], np.cumsum(seg)])
+    pts_mm = np.stack([z * sz, cy * sy, cx * sx], axis=1)
+    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts_mm, axis=0), axis=1))])
     if s[-1] <= step_mm:
         return None
     s_new = np.arange(0.0, s[-1] + 1e-9, step_mm)
     pts_new = np.stack([np.interp(s_new, s, pts_mm[:, d]) for d in range(3)], axis=1)
     tang = np.gradient(pts_new, axis=0)
     tang /= np.linalg.norm(tang, axis=1, keepdims=True)
-    return Centreline(
-        points=pts_new / np.asarray(spacing), points_mm=pts_new, tangents=tang, s_mm=s_new
-    )
+    return Centreline(points=pts_new / np.asarray(spacing), points_mm=pts_new, tangents=tang, s_mm=s_new)
 
 
 # The disc search runs along a line this far in front of the canal's front wall: inside the posterior
@@ -768,26 +779,11 @@ def body_line(track, spacing, step_mm=1.0):
     -------
     Centreline or None
     """
-    from scipy import ndimage
-
-    sz, sy, sx = spacing
     z = np.flatnonzero(~np.isnan(track.canal_front_y))
     if len(z) < 2:
         return None
-    cy = track.canal_front_y[z] - BODY_LINE_OFFSET_MM / sy
-    cx = track.canal_yx[z, 1]
-    sigma = max(1.0, 7.5 / sz)
-    cy = ndimage.gaussian_filter1d(cy, sigma, mode="nearest")
-    cx = ndimage.gaussian_filter1d(cx, sigma, mode="nearest")
-    pts_mm = np.stack([z * sz, cy * sy, cx * sx], axis=1)
-    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts_mm, axis=0), axis=1))])
-    if s[-1] <= step_mm:
-        return None
-    s_new = np.arange(0.0, s[-1] + 1e-9, step_mm)
-    pts_new = np.stack([np.interp(s_new, s, pts_mm[:, d]) for d in range(3)], axis=1)
-    tang = np.gradient(pts_new, axis=0)
-    tang /= np.linalg.norm(tang, axis=1, keepdims=True)
-    return Centreline(points=pts_new / np.asarray(spacing), points_mm=pts_new, tangents=tang, s_mm=s_new)
+    cy = track.canal_front_y[z] - BODY_LINE_OFFSET_MM / spacing[1]
+    return _smooth_line(z, cy, track.canal_yx[z, 1], spacing, step_mm)
 
 
 def perpendicular_profile(volume, spacing, line, radius_mm, order=1):
