@@ -65,12 +65,7 @@ class ImportPlan:
 
 
 def _parse_row(line, cells):
-    for column, text in cells.items():
-        if validation.looks_like_formula(text):
-            raise ValueError(f"column {column} holds a formula cell {text[:20]!r}; enter plain values")
-    patient_id = cells["patient_id"].strip()
-    if not patient_id:
-        raise ValueError("patient_id is empty")
+    patient_id = validation.row_patient_id(cells)
     if len(patient_id) > 64:
         raise ValueError("patient_id is longer than 64 characters")
     sex = cells["sex"].strip().upper()

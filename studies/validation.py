@@ -88,3 +88,17 @@ def looks_like_formula(text):
     except ValueError:
         return True
     return False
+
+
+def row_patient_id(cells):
+    """The stripped ``patient_id`` of a CSV row whose cells are all plain values.
+
+    Raises ``ValueError`` for a formula cell in any column (named) or an empty ``patient_id``.
+    """
+    for column, text in cells.items():
+        if looks_like_formula(text):
+            raise ValueError(f"column {column} holds a formula cell {text[:20]!r}; enter plain values")
+    patient_id = cells["patient_id"].strip()
+    if not patient_id:
+        raise ValueError("patient_id is empty")
+    return patient_id

@@ -20,7 +20,7 @@ from analysis.models import LevelMeasurement, MeasurementRun
 from analysis.segmentation.levels import LEVEL_NAMES
 from studies.models import Exam, Project
 from studies.csvfiles import CSVFileError, line_order, read_rows
-from studies.validation import looks_like_formula, parse_date
+from studies.validation import parse_date, row_patient_id
 
 __all__ = ["HU_MAX", "HU_MIN", "HUImportError", "import_hu_csv", "parse_hu_csv"]
 
@@ -75,12 +75,7 @@ def _number(text, name, *, required=False, low=None, high=None, integer=False):
 
 
 def _parse_row(line, cells):
-    for column, text in cells.items():
-        if looks_like_formula(text):
-            raise ValueError(f"column {column} holds a formula cell {text[:20]!r}; enter plain values")
-    patient_id = cells["patient_id"].strip()
-    if not patient_id:
-        raise ValueError("patient_id is empty")
+    patient_id = row_patient_id(cells)
     level = cells["level"].strip().upper()
     if level not in LEVEL_NAMES:
         raise ValueError(f"unknown level {cells['level'].strip()!r}; use C1-C7, T1-T12, L1-L6")

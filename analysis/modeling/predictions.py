@@ -22,7 +22,7 @@ from analysis.modeling.training import predict
 from analysis.models import ModelVersion, Prediction
 from studies.models import Cohort, CohortMember, Exam
 from studies.csvfiles import CSVFileError, line_order, read_rows
-from studies.validation import looks_like_formula, parse_date
+from studies.validation import parse_date, row_patient_id
 
 __all__ = [
     "PredictionImportError",
@@ -134,12 +134,7 @@ def _number(text, name, low, high):
 
 
 def _parse_prediction(cells, task):
-    for column, text in cells.items():
-        if looks_like_formula(text):
-            raise ValueError(f"column {column} holds a formula cell {text[:20]!r}; enter plain values")
-    patient_id = cells["patient_id"].strip()
-    if not patient_id:
-        raise ValueError("patient_id is empty")
+    patient_id = row_patient_id(cells)
     exam_date = parse_date(cells["exam_date"])
     if task == "regression":
         return patient_id, exam_date, {"predicted_bmd": _number(cells["predicted_bmd"], "predicted_bmd",
