@@ -17,7 +17,6 @@ Run: ``.venv/bin/python benchmarks/bench_assembly.py [--slices 300] [--size 512]
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analysis.imaging.dicom import read_series_folder  # noqa: E402
 from analysis.imaging.dicom_writer import write_ct_series  # noqa: E402
 from analysis.imaging.volume import Volume  # noqa: E402
+from benchmarks.timing import median_time  # noqa: E402
 
 
 def phantom(n_slices: int, size: int, seed: int = 0) -> Volume:
@@ -52,16 +52,6 @@ def baseline(files):
     import pydicom
 
     return [pydicom.dcmread(f).pixel_array for f in files]
-
-
-def timed(fn, repeats=3):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-        del result
-    return statistics.median(times), times
 
 
 def peak(fn):
@@ -88,8 +78,8 @@ def main():
 
         # Warm the page cache so both contenders read from memory.
         baseline(files)
-        assemble_s, assemble_all = timed(lambda: read_series_folder(folder))
-        baseline_s, baseline_all = timed(lambda: baseline(files))
+        assemble_s, assemble_all, _ = median_time(lambda: read_series_folder(folder))
+        baseline_s, baseline_all, _ = median_time(lambda: baseline(files))
         assembled, assemble_peak = peak(lambda: read_series_folder(folder))
         _, baseline_peak = peak(lambda: baseline(files))
 

@@ -6,7 +6,6 @@ cohort (426 / 106 / 170 cases), every metric with 2000-resample CIs. The whole g
 must finish under 60 s on 2 cores. Run: ``.venv/bin/python benchmarks/bench_bootstrap.py``.
 """
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analysis.categories import CATEGORIES  # noqa: E402
 from analysis.stats.classification import multiclass_metrics  # noqa: E402
 from analysis.stats.regression import paired_mae_comparison, regression_metrics  # noqa: E402
+from benchmarks.timing import median_time  # noqa: E402
 
 N_CASES = 140
 N_RESAMPLES = 2000
@@ -37,15 +37,6 @@ def _regression_data(n, rng):
     return truth, 0.9 * truth + 10 + rng.normal(0, 12, n)
 
 
-def _median_time(fn):
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main():
     rng = np.random.default_rng(0)
     y_cls, proba = _classification_data(N_CASES, rng)
@@ -54,9 +45,9 @@ def main():
     multiclass_metrics(y_cls, proba, CATEGORIES, n_resamples=N_RESAMPLES)  # warm-up (imports)
     regression_metrics(y_reg, pred, n_resamples=N_RESAMPLES)
 
-    t_cls = _median_time(lambda: multiclass_metrics(y_cls, proba, CATEGORIES, n_resamples=N_RESAMPLES))
-    t_reg = _median_time(lambda: regression_metrics(y_reg, pred, n_resamples=N_RESAMPLES))
-    t_pair = _median_time(lambda: paired_mae_comparison(y_reg, pred, pred_b, n_resamples=N_RESAMPLES))
+    t_cls = median_time(lambda: multiclass_metrics(y_cls, proba, CATEGORIES, n_resamples=N_RESAMPLES), REPEATS)[0]
+    t_reg = median_time(lambda: regression_metrics(y_reg, pred, n_resamples=N_RESAMPLES), REPEATS)[0]
+    t_pair = median_time(lambda: paired_mae_comparison(y_reg, pred, pred_b, n_resamples=N_RESAMPLES), REPEATS)[0]
     print(f"{N_CASES} cases, {N_RESAMPLES} resamples, median of {REPEATS} runs:")
     print(f"  multiclass_metrics (macro AUC, accuracy, macro sens/spec/prec/F1 CIs + binary task): "
           f"{t_cls * 1000:.1f} ms")

@@ -4,9 +4,7 @@ Prints the median of several runs and the ratio against ``sklearn.metrics.roc_au
 variance) on the same data in the same process. Run: ``.venv/bin/python benchmarks/bench_delong.py``.
 """
 
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +12,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.stats.roc import delong_auc, delong_paired  # noqa: E402
+from benchmarks.timing import median_time  # noqa: E402
 
 N_CASES = 100_000
 REPEATS = 7
 TARGET_S = 1.0
-
-
-def _median_time(fn, repeats=REPEATS):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main():
@@ -39,9 +29,9 @@ def main():
     other = np.round(score + rng.normal(size=N_CASES) * 0.5, 3)
     delong_auc(y, score)  # warm-up (imports)
     roc_auc_score(y, score)
-    t_delong = _median_time(lambda: delong_auc(y, score))
-    t_paired = _median_time(lambda: delong_paired(y, score, other))
-    t_sklearn = _median_time(lambda: roc_auc_score(y, score))
+    t_delong = median_time(lambda: delong_auc(y, score), REPEATS)[0]
+    t_paired = median_time(lambda: delong_paired(y, score, other), REPEATS)[0]
+    t_sklearn = median_time(lambda: roc_auc_score(y, score), REPEATS)[0]
     result = delong_auc(y, score)
     print(f"cases: {N_CASES}, AUC {result.auc:.4f} (95% CI {result.ci_low:.4f}-{result.ci_high:.4f})")
     print(f"delong_auc (AUC + variance + CI): median {t_delong * 1000:.1f} ms over {REPEATS} runs")

@@ -24,11 +24,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -40,6 +38,7 @@ sys.path.insert(0, str(REPO))
 from analysis.imaging.dicom import assemble_series  # noqa: E402
 from analysis.imaging.dicom_writer import write_ct_series  # noqa: E402
 from analysis.imaging.volume import Volume  # noqa: E402
+from benchmarks.timing import median_time  # noqa: E402
 from studies.pacs.client import WADO_ACCEPT, Endpoint, PacsClient  # noqa: E402
 from tests.studies.pacs.orthanc import OrthancServer  # noqa: E402  (the one Orthanc launcher)
 
@@ -52,15 +51,6 @@ def phantom(n_slices: int, size: int, seed: int = 0) -> Volume:
     array = np.where(body, 0, -1000)[None].repeat(n_slices, 0).astype(np.int16)
     array += rng.normal(0, 20, size=array.shape).round().astype(np.int16)
     return Volume(array=array, affine=np.diag([0.7, 0.7, 1.0, 1.0]))
-
-
-def median_time(func, repeat=3):
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
 
 
 def main():
@@ -112,14 +102,14 @@ def main():
                     instance.save_as(target / f"{k:05d}.dcm")
 
             run_curl()  # warm Orthanc's cache and the page cache once, for everyone
-            t_curl, all_curl = median_time(run_curl)
-            t_ours, all_ours = median_time(run_ours)
-            t_dwc, _ = median_time(run_dicomweb_client)
+            t_curl, all_curl, _ = median_time(run_curl)
+            t_ours, all_ours, _ = median_time(run_ours)
+            t_dwc, _, _ = median_time(run_dicomweb_client)
         finally:
             server.stop()
 
         paths = sorted((sink / "run0").iterdir())
-        t_asm, all_asm = median_time(lambda: assemble_series(paths))
+        t_asm, all_asm, _ = median_time(lambda: assemble_series(paths))
         tracemalloc.start()
         assembled = assemble_series(paths)
         _, peak = tracemalloc.get_traced_memory()

@@ -17,7 +17,6 @@ Run: ``.venv/bin/python benchmarks/bench_roi.py [--repeats 3] [--skip-phantom]``
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analysis.imaging.phantom import make_spine_phantom  # noqa: E402
 from analysis.measurement import ellipsoid_structure, measure_levels  # noqa: E402
 from analysis.segmentation.levels import LEVEL_OF_LABEL  # noqa: E402
+from benchmarks.timing import median_time  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg"
 
@@ -48,18 +48,9 @@ def baseline(volume, labels, erosion_mm=3.0):
     return out
 
 
-def timed(function, repeats):
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
-
-
 def run_case(name, volume, labels, repeats):
-    t_measure, measured = timed(lambda: measure_levels(volume, labels), repeats)
-    t_base, base = timed(lambda: baseline(volume, labels), repeats)
+    t_measure, _, measured = median_time(lambda: measure_levels(volume, labels), repeats)
+    t_base, _, base = median_time(lambda: baseline(volume, labels), repeats)
     for level, (n, mean) in base.items():
         m = measured[level]
         assert m.roi_voxels == n, (level, m.roi_voxels, n)
