@@ -38,8 +38,8 @@ class Segment:
         A rib articulates with it on that side.
     pelvic_left, pelvic_right : bool
         Bone continuous laterally with the ilium on that side (sacral ala / sacroiliac joint).
-    extent_mm : float
-        Height of its body in view along the spine (mm).
+    extent_mm : float or None
+        Height of its body in view along the spine (mm); None when not measured.
     merged : bool
         Holds more than one vertebra (a missed disc): never an anchor.
     ala_gap_mm : float
@@ -54,7 +54,7 @@ class Segment:
     pelvic_left: bool = False
     pelvic_right: bool = False
     ala_gap_mm: float = 0.0
-    extent_mm: float = 0.0
+    extent_mm: float | None = None
     merged: bool = False
 
     @property
@@ -88,6 +88,11 @@ C7_IN_VIEW_MM = 10.0
 # a single rib-bearing segment with a rib-free one above it is as likely T12 below a split or rib-less
 # segment.
 FIRST_RIB_RUN = 3
+# A vertebra cut by the edge of the scan with no more than this much of it in view along the spine (a
+# vertebra with its disc is 17-40 mm) is not named: the 3 mm ROI erosion from both ends leaves nothing of
+# it to measure, and a false disc found near the edge would otherwise name a sliver of the body below it
+# as the next level.
+MIN_CUT_SEGMENT_MM = 6.0
 # Without any anchor, a tentative T12 is only read from a short stack (this many segments or fewer).
 TENTATIVE_MAX_SEGMENTS = 3
 # Rib-bearing vertebrae are contiguous (T1-T12). A rib finding separated from the ribs above it by this
@@ -120,6 +125,10 @@ def _thoracic_run(segments, notes):
 def label_segments(segments):
     """Assign levels to segments ordered from inferior (index 0) to superior.
 
+    Levels are counted from the anchors in view; a segment that holds more than one vertebra
+    (``merged``) and an end segment cut by the edge of the scan with no more than
+    :data:`MIN_CUT_SEGMENT_MM` in view get no level.
+
     Parameters
     ----------
     segments : list of Segment
@@ -130,8 +139,24 @@ def label_segments(segments):
         Segment index -> (level name, confidence 0..1). Sacral segments are left out.
     flags : list of str
     notes : list of str
-        Which anchors were used and why.
+        Which anchors were used and why, and which levels were withheld.
     """
+    levels, flags, notes = _counted_levels(segments)
+    for k in sorted(levels):
+        segment = segments[k]
+        if segment.merged:
+            name = levels.pop(k)[0]
+            notes.append(f"{name} withheld: the segment at the edge of the scan holds more than one vertebra "
+                         f"({segment.extent_mm:.0f} mm in view; a disc in it was missed)")
+        elif (k in (0, len(segments) - 1) and segment.cut and segment.extent_mm is not None
+              and segment.extent_mm <= MIN_CUT_SEGMENT_MM):
+            name = levels.pop(k)[0]
+            notes.append(f"{name} withheld: only {segment.extent_mm:.0f} mm of it in view at the edge of the scan")
+    return levels, flags, notes
+
+
+def _counted_levels(segments):
+    """Levels counted from the anchors (see :func:`label_segments`)."""
     flags, notes = [], []
     n = len(segments)
     # --- sacrum: the lowest run of segments attached to the ilium on both sides; S1 is its top. A
@@ -186,7 +211,7 @@ def label_segments(segments):
         # C7 may be cut by the top of the scan: most of its body in view is enough (a cervical rib, at its
         # transverse process, would be in view with it).
         run_below = sum(1 for i in rib_idx if first - FIRST_RIB_RUN < i <= first)
-        if (above is not None and above.ribs == 0 and (above.complete or above.extent_mm >= C7_IN_VIEW_MM)
+        if (above is not None and above.ribs == 0 and (above.complete or (above.extent_mm or 0.0) >= C7_IN_VIEW_MM)
                 and run_below >= FIRST_RIB_RUN):
             first_anchor = first
             notes.append(f"first rib-bearing vertebra (segment {first}) = T1, with a complete rib-free "
@@ -247,7 +272,7 @@ def label_segments(segments):
         # vertebrae). A longer thoracic window ending in rib-bearing vertebrae (a cardiac CT) says nothing
         # about where T12 is: nothing is named.
         below_free = last is not None and last > 0 and segments[last - 1].ribs == 0 and (
-            segments[last - 1].complete or segments[last - 1].extent_mm >= C7_IN_VIEW_MM)
+            segments[last - 1].complete or (segments[last - 1].extent_mm or 0.0) >= C7_IN_VIEW_MM)
         if last is not None and segments[last].merged:
             notes.append("the lowest rib-bearing segment holds more than one vertebra: levels withheld")
             last = None

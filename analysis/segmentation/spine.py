@@ -77,13 +77,6 @@ def _segment_index(points_mm, line, disc_s, return_s=False):
     return np.searchsorted(np.asarray(disc_s), s), dist
 
 
-# A vertebra cut by the edge of the scan with no more than this much of it in view along the spine (a
-# vertebra with its disc is 17-40 mm) is not named: the 3 mm ROI erosion from both ends leaves nothing of
-# it to measure, and a false disc found near the edge would otherwise name a sliver of the body below it
-# as the next level.
-MIN_CUT_SEGMENT_MM = 6.0
-
-
 # --- ribs -------------------------------------------------------------------------------------------
 # Rib bone: cortical ribs read well above this even in 3 mm voxels (a 10 mm rib with its cortex averages
 # 250-400 HU), soft tissue and unenhanced vessels stay below.
@@ -482,18 +475,9 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
             if not segments[k].pelvic and segments[k].extent_mm > MERGED_RATIO * float(np.median(near)):
                 segments[k].merged = True
     levels, flags, notes = label_segments(segments)
-    for k in [k for k in levels if segments[k].merged]:
-        name = levels.pop(k)[0]
-        notes.append(f"{name} withheld: the segment at the edge of the scan holds more than one vertebra "
-                     f"({segments[k].extent_mm:.0f} mm in view; a disc in it was missed)")
     levels, withheld = _withhold_beyond_missed_disc(levels, disc_s)
     if withheld:
         notes.append(withheld)
-    for k in sorted(cut_ends & set(levels)):
-        extent = segments[k].extent_mm
-        if extent <= MIN_CUT_SEGMENT_MM:
-            name = levels.pop(k)[0]
-            notes.append(f"{name} withheld: only {extent:.0f} mm of it in view at the edge of the scan")
     work_labels = np.zeros(shape, dtype=np.uint8)
     confidence = {}
     for k, (name, conf) in levels.items():
