@@ -72,6 +72,9 @@ CENTRAL_MM = 10.0
 # aorta is 20-35 mm across (over 300 mm^2); bony spurs or marrow islands cut off by the opening are a few
 # tens of mm^2 and stay with the body.
 DETACH_MIN_MM2 = 200.0
+# A vertebral body's centre lies about this far in front of the canal's front wall on the canal midline
+# (bodies are 15-35 mm deep): where the body is looked for in each slice.
+BODY_CENTRE_MM = 12.0
 # Where the body is merged with the heart or great vessels into one blob, the body is looked for within
 # this distance of its expected centre (12 mm in front of the canal): the largest adult bodies reach about
 # 25 mm from their centre.
@@ -509,7 +512,7 @@ def body_mask(hu, spacing, track, filled_all=None, trim_corners=False):
         # The body is the opened blob closest to a point 12 mm in front of the canal's front wall, among
         # those that form that wall (the body's back surface is the canal's front wall). At a disc the
         # wall is disc, not bone, and a contrast-filled aorta beside the spine is not taken instead.
-        seed = np.array([front - y0 - 12.0 / sy, cx - x0])
+        seed = np.array([front - y0 - BODY_CENTRE_MM / sy, cx - x0])
         wall = np.array([front - y0, cx - x0])
         com = np.array(ndimage.center_of_mass(opened, lab, np.arange(1, n + 1))).reshape(-1, 2)
         d = np.linalg.norm((com - seed) * np.array([sy, sx]), axis=1)
@@ -618,14 +621,14 @@ def _limit_merged_slices(mask, merged, spacing):
 
 
 def body_seeds(track, spacing):
-    """Expected centre of the body per slice: 12 mm in front of the canal's front wall on its midline.
+    """Expected centre of the body per slice: BODY_CENTRE_MM in front of the canal's front wall, on its midline.
 
     Returns
     -------
     np.ndarray, shape (n_slices, 2)
         Row and column (working grid), NaN where the canal is not tracked.
     """
-    return np.column_stack([track.canal_front_y - 12.0 / spacing[1], track.canal_yx[:, 1]])
+    return np.column_stack([track.canal_front_y - BODY_CENTRE_MM / spacing[1], track.canal_yx[:, 1]])
 
 
 def one_piece_per_slice(labels, spacing, seeds):
