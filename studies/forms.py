@@ -64,6 +64,15 @@ def _display(value):
     return str(value)
 
 
+def _shown(field, value):
+    """A value as the form shows it: a choice by its label ("Chest", not "chest")."""
+    if isinstance(field, forms.ChoiceField) and not isinstance(field, forms.ModelChoiceField) and value not in (None, ""):
+        labels = {str(k): str(v) for k, v in field.choices}
+        if str(value) in labels:
+            return labels[str(value)]
+    return _display(value)
+
+
 def report_conflict(forms_, what):
     """Tell the user that ``what`` changed since they opened it, field by field (theirs -> yours).
 
@@ -84,9 +93,10 @@ def report_conflict(forms_, what):
             gone = gone or bool(form.instance.pk)
             continue
         for name, theirs in stored.items():
-            yours = form.cleaned_data.get(name)
+            yours, field = form.cleaned_data.get(name), form.fields[name]
             if _display(theirs) != _display(yours):
-                differences.append(f"{form.fields[name].label or name}: {_display(theirs)} -> {_display(yours)}")
+                label = field.label or name.replace("_", " ").capitalize()
+                differences.append(f"{label}: {_shown(field, theirs)} -> {_shown(field, yours)}")
         versions = form.stored_versions()
         if versions:
             form.data = form.data.copy()
@@ -128,7 +138,7 @@ class PatientForm(forms.ModelForm):
 
 
 class ExamForm(VersionedFormMixin, forms.ModelForm):
-    split = forms.ChoiceField(choices=[("", "unassigned")] + list(Split.choices), required=False,
+    split = forms.ChoiceField(label="Split", choices=[("", "unassigned")] + list(Split.choices), required=False,
                               help_text="Split in the project's main cohort (fixed once a model was trained on it).")
     version_fields = ("version", "split_version")
 
