@@ -57,7 +57,7 @@ def test_correcting_qct_and_age_after_training_saves_and_marks_versions_stale(cl
     login(client, project, "coordinator")
     exam = used_exam(lr)
     url = _edit_url(project, exam)
-    data = form_values(client, url, "exam-version")
+    data = form_values(client, url, "exam-exam_date")
     old_bmd = exam.qct.qct_bmd
     response = client.post(url, {**data, "qct-bmd_l1": "150", "qct-bmd_l2": "", "qct-bmd_l3": "",
                                  "exam-age_at_exam": str(exam.age_at_exam + 1),
@@ -81,7 +81,7 @@ def test_split_change_of_a_frozen_cohort_is_refused_with_a_message(client, train
     member = exam.cohort_memberships.get()
     other = "test" if member.split != "test" else "train"
     url = _edit_url(project, exam)
-    data = form_values(client, url, "exam-version")
+    data = form_values(client, url, "exam-exam_date")
     response = client.post(url, {**data, "exam-split": other, "exam-age_at_exam": "50"})
     page = response.content.decode()
     assert response.status_code == 200

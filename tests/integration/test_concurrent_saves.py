@@ -61,7 +61,7 @@ def test_twenty_concurrent_saves_of_one_exam_one_wins_nineteen_are_told(postgres
     project = qct.exam.patient.project
     url = reverse("studies:exam_edit", args=[project.pk, qct.exam.patient_id, qct.exam_id])
     clients = _clients(project, "coordinator")
-    opened = [form_values(c, url, "exam-version") for c in clients]  # everyone opens version 1
+    opened = [form_values(c, url, "exam-exam_date") for c in clients]  # everyone opens version 1
 
     def save(i, client):
         return client.post(url, {**opened[i], "exam-age_at_exam": str(61 + i), "qct-bmd_l1": str(101 + i)})

@@ -85,7 +85,7 @@ def test_qct_value_saved_while_the_job_runs_is_kept(postgres):
     editor = Client()
     editor.force_login(membership.user)
     url = reverse("studies:exam_edit", args=[project.pk, last.patient_id, last.pk])
-    opened = form_values(editor, url, "exam-version")  # the coordinator has the exam open
+    opened = form_values(editor, url, "exam-exam_date")  # the coordinator has the exam open
     Project.objects.filter(pk=project.pk).update(osteoporosis_below=90.0, normal_above=130.0)
     said = []
 
