@@ -1,8 +1,10 @@
 """Forms of the analysis pages."""
 
 from django import forms
+from django.db import IntegrityError, transaction
 
-from studies.models import Cohort, Split
+from studies import jobs
+from studies.models import TRAINING_JOB_KIND, Cohort, Exam, Job, JobState, Split
 
 from .models import ModelVersion
 
@@ -43,3 +45,63 @@ class CohortTableForm(forms.Form):
         super().__init__(*args, **kwargs)
         names = list(Cohort.objects.filter(project=project).order_by("name").values_list("name", flat=True))
         self.fields["cohort"].choices = [(n, n) for n in names]
+
+
+class TrainForm(forms.Form):
+    """Start the model grid: cohort, seed, and which measurement run each exam contributes."""
+
+    cohort = forms.ChoiceField(label="Cohort")
+    seed = forms.IntegerField(label="Seed", min_value=0, initial=0)
+    measurement_source = forms.ChoiceField(label="Measurements", required=False)
+
+    def __init__(self, *args, project, **kwargs):
+        from analysis.modeling.records import PROJECT_DEFAULT_LABEL, source_choices
+
+        super().__init__(*args, **kwargs)
+        self.project = project
+        cohorts = Cohort.objects.filter(project=project).order_by("name")
+        self.fields["cohort"].choices = [(c.name, f"{c.name} (frozen)" if c.frozen else c.name) for c in cohorts]
+        self.fields["cohort"].initial = Cohort.DEFAULT_NAME
+        self._sources = dict(source_choices(Exam.objects.filter(patient__project=project)))
+        self.fields["measurement_source"].choices = [("", PROJECT_DEFAULT_LABEL)] + [
+            (name, f"only {name} ({n} exam{'s' if n != 1 else ''})") for name, n in self._sources.items()]
+
+    def clean(self):
+        from analysis.modeling.records import resolve_source
+
+        data = super().clean()
+        name = data.get("cohort")
+        if name and not self.errors:
+            cohort = Cohort.objects.get(project=self.project, name=name)
+            try:
+                resolve_source(Exam.objects.filter(cohort_memberships__cohort=cohort),
+                               data.get("measurement_source") or None)
+            except ValueError as exc:
+                raise forms.ValidationError(f"Cannot train on cohort {name!r}: {exc}.") from None
+        return data
+
+    def submit(self, user):
+        """Start the training job, unless one of this project's is queued or running.
+
+        The database refuses a second active training row (constraint ``one_active_training_per_project``),
+        so two clicks at the same moment start one job, never two.
+
+        Returns
+        -------
+        Job or None
+            None when refused; the form then says which job is already running.
+        """
+        data = self.cleaned_data
+        try:
+            with transaction.atomic():
+                return jobs.submit(TRAINING_JOB_KIND, project=self.project, user=user, project_id=self.project.pk,
+                                   cohort_name=data["cohort"], seed=data["seed"],
+                                   measurement_source=data["measurement_source"] or None, user_id=user.pk)
+        except IntegrityError:
+            running = Job.objects.filter(project=self.project, kind=TRAINING_JOB_KIND,
+                                         state__in=[JobState.QUEUED, JobState.RUNNING]).first()
+            self.add_error(None, "A training of this project is already running"
+                                 + (f" (job #{running.pk}, {running.state})" if running else "")
+                                 + "; wait for it to finish before starting another.")
+            self.running_job = running
+            return None

@@ -12,17 +12,29 @@ from studies.access import get_project_for_user
 from studies.models import TRAINING_LAUNCHERS, Cohort
 
 from . import dashboards
-from .forms import CohortTableForm, CompareForm
+from .forms import CohortTableForm, CompareForm, TrainForm
 from .models import ModelVersion
+
+
+def _model_list(request, project, train_form=None, status=200):
+    from analysis.modeling.staleness import stale_reasons
+
+    versions = list(ModelVersion.objects.filter(project=project).select_related("cohort"))
+    stale = stale_reasons(versions)
+    for version in versions:
+        version.stale_reasons = stale.get(version.pk, [])
+    can_train = request.project_role in TRAINING_LAUNCHERS
+    if can_train and train_form is None and Cohort.objects.filter(project=project).exists():
+        train_form = TrainForm(project=project)
+    return render(request, "analysis/model_list.html",
+                  {"project": project, "versions": versions, "can_train": can_train, "train_form": train_form},
+                  status=status)
+
 
 @login_required
 def model_list(request, project_id):
     project = get_project_for_user(request, project_id)
-    versions = ModelVersion.objects.filter(project=project).select_related("cohort")
-    cohorts = Cohort.objects.filter(project=project)
-    can_train = request.project_role in TRAINING_LAUNCHERS
-    return render(request, "analysis/model_list.html",
-                  {"project": project, "versions": versions, "cohorts": cohorts, "can_train": can_train})
+    return _model_list(request, project)
 
 
 @login_required
@@ -32,11 +44,13 @@ def model_detail(request, project_id, version_id):
     headers = dashboards.CLASSIFICATION_HEADERS if version.task == "classification" else dashboards.REGRESSION_HEADERS
     evaluation = version.evaluations.first()
     snapshot = version.data_snapshot
+    from analysis.modeling.staleness import stale_reasons
     return render(request, "analysis/model_detail.html", {
         "project": project, "version": version, "headers": headers, "rows": dashboards.metric_rows(version),
         "panels": dashboards.version_panels(version), "calibration": dashboards.calibration_panel(version),
         "n_resamples": evaluation.n_resamples if evaluation else 0,
         "n_used": len(snapshot.get("exam_ids", [])), "left_out": dashboards.left_out_rows(version),
+        "stale_reasons": stale_reasons([version]).get(version.pk, []),
     })
 
 
@@ -71,16 +85,15 @@ def cohort_table(request, project_id):
 @login_required
 @require_POST
 def train(request, project_id):
+    """Start the model grid with the measurement source chosen on the page; one training per project at a time."""
     project = get_project_for_user(request, project_id, roles=TRAINING_LAUNCHERS)
-    cohort = get_object_or_404(Cohort, project=project, name=request.POST.get("cohort", Cohort.DEFAULT_NAME))
-    try:
-        seed = int(request.POST.get("seed", "0"))
-    except ValueError:
-        messages.error(request, "The seed must be a whole number.")
-        return redirect("analysis:model_list", project.pk)
-    job = jobs.submit("analysis.train_grid", project=project, user=request.user, project_id=project.pk,
-                      cohort_name=cohort.name, seed=seed, user_id=request.user.pk)
-    messages.info(request, f"Training the model grid on cohort {cohort.name!r} (seed {seed}).")
+    form = TrainForm(request.POST, project=project)
+    job = form.submit(request.user) if form.is_valid() else None
+    if job is None:
+        return _model_list(request, project, train_form=form, status=409 if hasattr(form, "running_job") else 400)
+    data = form.cleaned_data
+    messages.info(request, f"Training the model grid on cohort {data['cohort']!r} (seed {data['seed']}, "
+                           f"measurements: {data['measurement_source'] or 'project default'}).")
     return redirect(job)
 
 

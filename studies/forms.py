@@ -1,11 +1,113 @@
 """Registry forms. Value checks come from ``validation`` so pages and CSV import refuse the same values."""
 
+import datetime as dt
+
 from django import forms
 from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+from django.template.defaultfilters import floatformat
 
 from . import validation
-from .models import Exam, ExclusionFlag, Membership, Patient, Project, QCTResult, Split
-from .registry import set_split
+from .models import CohortMember, EditConflict, Exam, ExclusionFlag, Membership, Patient, Project, QCTResult, Split
+from .registry import FrozenSplitError, set_split
+
+
+class VersionedFormMixin:
+    """A model form that carries the version its instance was opened at (a hidden field).
+
+    Saving sets that version on the instance, so the model's conditional save refuses it (``EditConflict``)
+    when someone else saved the row since; :func:`report_conflict` then tells the user what differs and
+    moves the hidden version forward, so that saving again overrides knowingly.
+    """
+
+    version_fields = ("version",)
+
+    def _add_version_field(self):
+        self.fields["version"] = forms.IntegerField(widget=forms.HiddenInput, min_value=0,
+                                                    required=bool(self.instance.pk))
+        if self.instance.pk:
+            self.fields["version"].initial = self.instance.version
+
+    def save(self, commit=True):
+        version = self.cleaned_data.get("version")
+        if self.instance.pk and version is not None:
+            self.instance.version = version
+        return super().save(commit=commit)
+
+    def stored_values(self):
+        """``{field name: value stored now}`` for the form's fields; None when the row is gone."""
+        if not self.instance.pk:
+            return None
+        current = type(self.instance)._base_manager.filter(pk=self.instance.pk).first()
+        if current is None:
+            return None
+        return {name: getattr(current, name, None) for name in self.fields if name not in self.version_fields}
+
+    def stored_versions(self):
+        """``{hidden version field: version stored now}``."""
+        if not self.instance.pk:
+            return {}
+        version = type(self.instance)._base_manager.filter(pk=self.instance.pk).values_list(
+            "version", flat=True).first()
+        return {} if version is None else {"version": version}
+
+
+def _display(value):
+    if value is None or value == "":
+        return "empty"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, float):
+        return floatformat(value, -3)
+    return str(value)
+
+
+def _shown(field, value):
+    """A value as the form shows it: a choice by its label ("Chest", not "chest")."""
+    if isinstance(field, forms.ChoiceField) and not isinstance(field, forms.ModelChoiceField) and value not in (None, ""):
+        labels = {str(k): str(v) for k, v in field.choices}
+        if str(value) in labels:
+            return labels[str(value)]
+    return _display(value)
+
+
+def report_conflict(forms_, what):
+    """Tell the user that ``what`` changed since they opened it, field by field (theirs -> yours).
+
+    Adds a non-field error to the first form and moves every form's hidden version(s) to the stored ones,
+    so that submitting the (unchanged) form again saves the user's values over the others' knowingly.
+
+    Parameters
+    ----------
+    forms_ : list of VersionedFormMixin
+        Bound, valid forms of one page.
+    what : str
+        What the page edits, e.g. "this exam".
+    """
+    differences, gone = [], False
+    for form in forms_:
+        stored = form.stored_values()
+        if stored is None:
+            gone = gone or bool(form.instance.pk)
+            continue
+        for name, theirs in stored.items():
+            yours, field = form.cleaned_data.get(name), form.fields[name]
+            if _display(theirs) != _display(yours):
+                label = field.label or name.replace("_", " ").capitalize()
+                differences.append(f"{label}: {_shown(field, theirs)} -> {_shown(field, yours)}")
+        versions = form.stored_versions()
+        if versions:
+            form.data = form.data.copy()
+            for name, version in versions.items():
+                form.data[form.add_prefix(name)] = str(version)
+    if gone:
+        forms_[0].add_error(None, f"Not saved: {what} was deleted by someone else since you opened it.")
+        return
+    detail = "; ".join(differences) if differences else "no field differs from yours"
+    forms_[0].add_error(None, f"Not saved: someone else saved {what} since you opened it. Their values -> yours: "
+                              f"{detail}. Save again to replace their values with yours, or cancel to keep theirs.")
 
 
 class PatientForm(forms.ModelForm):
@@ -35,9 +137,10 @@ class PatientForm(forms.ModelForm):
         return year
 
 
-class ExamForm(forms.ModelForm):
-    split = forms.ChoiceField(choices=[("", "unassigned")] + list(Split.choices), required=False,
-                              help_text="Split in the project's main cohort.")
+class ExamForm(VersionedFormMixin, forms.ModelForm):
+    split = forms.ChoiceField(label="Split", choices=[("", "unassigned")] + list(Split.choices), required=False,
+                              help_text="Split in the project's main cohort (fixed once a model was trained on it).")
+    version_fields = ("version", "split_version")
 
     class Meta:
         model = Exam
@@ -49,10 +152,31 @@ class ExamForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.patient = patient
         self.instance.patient = patient
+        self._add_version_field()
+        # The split lives on the cohort membership, which has its own version (0: not a member).
+        self.fields["split_version"] = forms.IntegerField(widget=forms.HiddenInput, min_value=0, required=False)
         if self.instance.pk:
-            member = self.instance.cohort_memberships.filter(cohort__name="main",
-                                                             cohort__project=patient.project).first()
+            member = self._member()
             self.fields["split"].initial = member.split if member else ""
+            self.fields["split_version"].initial = member.version if member else 0
+
+    def _member(self):
+        return CohortMember.objects.filter(exam=self.instance, cohort__name="main",
+                                           cohort__project=self.patient.project).first()
+
+    def stored_values(self):
+        values = super().stored_values()
+        if values is not None:
+            member = self._member()
+            values["split"] = member.split if member else ""
+        return values
+
+    def stored_versions(self):
+        versions = super().stored_versions()
+        if versions:
+            member = self._member()
+            versions["split_version"] = member.version if member else 0
+        return versions
 
     def clean_exam_date(self):
         value = self.cleaned_data["exam_date"]
@@ -87,16 +211,49 @@ class ExamForm(forms.ModelForm):
 
     def save(self, commit=True):
         exam = super().save(commit=commit)
-        if commit and (self.cleaned_data.get("split") or self.instance.cohort_memberships.exists()):
-            set_split(exam, self.cleaned_data.get("split", ""))
+        split = self.cleaned_data.get("split", "")
+        split_version = self.cleaned_data.get("split_version")
+        if commit and (split or split_version or self.instance.cohort_memberships.exists()):
+            set_split(exam, split, expected_version=split_version)
         return exam
 
 
-class QCTForm(forms.ModelForm):
+class QCTForm(VersionedFormMixin, forms.ModelForm):
     class Meta:
         model = QCTResult
         fields = ["bmd_l1", "bmd_l2", "bmd_l3", "levels_note"]
         help_texts = {"levels_note": "Which vertebrae were used and why, e.g. 'L2 fractured, replaced by L3'."}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # 0: the exam had no QCT values when the form was opened (a concurrent first entry is a conflict).
+        self.fields["version"] = forms.IntegerField(widget=forms.HiddenInput, min_value=0, required=False,
+                                                    initial=self.instance.version if self.instance.pk else 0)
+
+    def stored_values(self):
+        if self.instance.pk:
+            return super().stored_values()
+        # Opened without QCT values: compare with the values someone else entered meanwhile, if any.
+        current = self._entered_meanwhile()
+        return {} if current is None else {name: getattr(current, name) for name in self.fields if name != "version"}
+
+    def stored_versions(self):
+        if self.instance.pk:
+            return super().stored_versions()
+        current = self._entered_meanwhile()
+        return {"version": current.version} if current else {}
+
+    def _entered_meanwhile(self):
+        exam_id = self.instance.exam_id
+        return QCTResult.objects.filter(exam_id=exam_id).first() if exam_id else None
+
+    def save(self, commit=True):
+        if not self.instance.pk and self.cleaned_data.get("version"):
+            # Opened empty, then told that someone else entered values: saving again goes over theirs.
+            current = self._entered_meanwhile()
+            if current is not None:
+                self.instance.pk, self.instance._state.adding = current.pk, False
+        return super().save(commit=commit)
 
     def _clean_bmd(self, name):
         value = self.cleaned_data[name]
@@ -123,10 +280,11 @@ class QCTForm(forms.ModelForm):
         return data
 
 
-class ExclusionFlagForm(forms.ModelForm):
+class ExclusionFlagForm(VersionedFormMixin, forms.ModelForm):
     class Meta:
         model = ExclusionFlag
-        fields = ["exam", "reason", "note"]
+        fields = ["reason", "exam", "note"]
+        labels = {"reason": "Exclusion reason", "exam": "Applies to", "note": "Note"}
 
     def __init__(self, *args, patient, **kwargs):
         super().__init__(*args, **kwargs)
@@ -134,6 +292,11 @@ class ExclusionFlagForm(forms.ModelForm):
         self.fields["exam"].queryset = patient.exams.all()
         self.fields["exam"].required = False
         self.fields["exam"].empty_label = "the whole patient"
+        # The patient page shows these fields in one row without <label> elements: name them for assistive
+        # technology as well.
+        for name in ("reason", "exam", "note"):
+            self.fields[name].widget.attrs.setdefault("aria-label", self.fields[name].label)
+        self._add_version_field()
 
 
 class ProjectThresholdsForm(forms.ModelForm):
@@ -151,27 +314,107 @@ class ProjectThresholdsForm(forms.ModelForm):
         return data
 
 
-class MembershipForm(forms.ModelForm):
-    username = forms.CharField()
+class MembershipForm(forms.Form):
+    """Add an existing user to the project by user name.
+
+    The answer is the same whether or not an account of that name exists, so the form cannot be used to
+    find out which user names the site has (see :func:`add_member`).
+    """
+
+    username = forms.CharField(label="User name", max_length=150)
+    role = forms.ChoiceField(label="Role", choices=Membership._meta.get_field("role").choices)
+
+    def __init__(self, *args, project, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.project = project
+
+    def add_member(self):
+        """Add the user if the account exists and is not yet a member; returns the message to show.
+
+        An existing member keeps their role (it is changed in the member list, which shows them anyway).
+        """
+        name, role = self.cleaned_data["username"].strip(), self.cleaned_data["role"]
+        user = get_user_model().objects.filter(username=name, is_active=True).first()
+        if user is not None:
+            try:
+                with transaction.atomic():
+                    Membership.objects.get_or_create(project=self.project, user=user, defaults={"role": role})
+            except IntegrityError:
+                pass  # added by someone else at the same moment: the outcome is the same
+        return (f"If an account named {name!r} exists and was not yet a member, it has been added as "
+                f"{Membership(role=role).get_role_display()}.")
+
+
+class MembershipRoleForm(VersionedFormMixin, forms.ModelForm):
+    """Change a member's role; the form carries the membership's version."""
 
     class Meta:
         model = Membership
         fields = ["role"]
 
-    def __init__(self, *args, project, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.instance.project = project
+        self.fields["role"].label = f"Role of {self.instance.user.username}"
+        # Shown in a table row without a <label>: the select names itself.
+        self.fields["role"].widget.attrs["aria-label"] = self.fields["role"].label
+        self._add_version_field()
 
-    def clean_username(self):
-        User = get_user_model()
-        try:
-            user = User.objects.get(username=self.cleaned_data["username"])
-        except User.DoesNotExist:
-            raise forms.ValidationError("No user with that name.") from None
-        if Membership.objects.filter(project=self.instance.project, user=user).exists():
-            raise forms.ValidationError("That user is already a member; change their role instead.")
-        self.instance.user = user
-        return user.username
+
+def save_versioned(form, what):
+    """Save one versioned form; on a conflict the form gets the message (see :func:`report_conflict`).
+
+    Returns
+    -------
+    Model instance or None
+        None when the save was refused (the form then carries the reason).
+    """
+    try:
+        with transaction.atomic():
+            return form.save()
+    except EditConflict:
+        report_conflict([form], what)
+        return None
+
+
+def save_exam_forms(exam_form, qct_form):
+    """Save an exam with its QCT values and split in one transaction.
+
+    Returns
+    -------
+    (Exam, QCTResult) or None
+        None when nothing was saved; the forms then carry the reason: someone else saved the exam since it was
+        opened (what differs, theirs -> yours), the patient already has an exam that day (also when two
+        people add it at the same moment), or the split of a frozen cohort would change.
+    """
+    adding = [(form.instance, form.instance.pk is None) for form in (exam_form, qct_form)]
+    try:
+        with transaction.atomic():
+            exam = exam_form.save()
+            qct_form.instance.exam = exam
+            qct = qct_form.save()
+        return exam, qct
+    except EditConflict:
+        _forget_unsaved(adding)
+        report_conflict([exam_form, qct_form], "this exam")
+    except FrozenSplitError as exc:
+        _forget_unsaved(adding)
+        exam_form.add_error("split", f"{FrozenSplitError.MESSAGE[0].upper()}{FrozenSplitError.MESSAGE[1:]}: "
+                                     f"{exc.cohort.name!r} was used to train a model (it is "
+                                     f"{exc.old or 'not a member'}). Other values can still be corrected.")
+    except IntegrityError:
+        _forget_unsaved(adding)
+        if adding[0][1]:
+            exam_form.add_error("exam_date", "This patient already has an exam on that date.")
+        else:
+            report_conflict([exam_form, qct_form], "this exam")
+    return None
+
+
+def _forget_unsaved(adding):
+    """After a rollback, objects that were being created are not stored: make them new again."""
+    for instance, was_new in adding:
+        if was_new:
+            instance.pk, instance._state.adding = None, True
 
 
 class CSVUploadForm(forms.Form):

@@ -2,8 +2,8 @@
 cohorts with splits, background jobs and the access log for PHI views and exports."""
 
 from django.conf import settings
-from django.db import models
-from django.db.models import Q
+from django.db import models, transaction
+from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -21,6 +21,62 @@ class Role(models.TextChoices):
 REGISTRY_EDITORS = frozenset({Role.COORDINATOR, Role.ADMIN})
 TRAINING_LAUNCHERS = frozenset({Role.PI, Role.ADMIN})
 MEMBER_MANAGERS = frozenset({Role.ADMIN})
+
+
+# The job kind that trains a project's model grid; one such job per project may be queued or running.
+TRAINING_JOB_KIND = "analysis.train_grid"
+
+
+class EditConflict(Exception):
+    """A save of a row that someone else changed (or deleted) since it was read.
+
+    Attributes
+    ----------
+    model : type
+        The model class.
+    pk : int
+    expected : int
+        The version the caller read.
+    current : int or None
+        The version stored now; None when the row was deleted.
+    """
+
+    def __init__(self, model, pk, expected, current):
+        self.model, self.pk, self.expected, self.current = model, pk, expected, current
+        name = model._meta.verbose_name
+        if current is None:
+            detail = f"{name} {pk} was deleted since it was read"
+        else:
+            detail = f"{name} {pk} changed since it was read (version {expected}, now {current})"
+        super().__init__(detail)
+
+
+class VersionedModel(models.Model):
+    """Optimistic versioning: every update of a stored row claims it with a conditional update on the version
+    it was read at, so a stale copy can never be written over a newer row (``EditConflict`` instead).
+
+    Pages carry the version a form was opened at (see ``studies.forms``); jobs and importers that read the row
+    in their own transaction simply save it and are told when someone else was faster.
+    """
+
+    version = models.PositiveIntegerField(default=1, editable=False)
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs):
+        if self._state.adding or self.pk is None:
+            return super().save(*args, **kwargs)
+        model = type(self)
+        with transaction.atomic():
+            claimed = model._base_manager.filter(pk=self.pk, version=self.version).update(version=F("version") + 1)
+            if not claimed:
+                current = model._base_manager.filter(pk=self.pk).values_list("version", flat=True).first()
+                raise EditConflict(model, self.pk, self.version, current)
+            self.version += 1
+            if kwargs.get("update_fields") is not None:
+                kwargs["update_fields"] = {*kwargs["update_fields"], "version"}
+            super().save(*args, **kwargs)
 
 
 class Project(models.Model):
@@ -54,7 +110,7 @@ class Project(models.Model):
         return cohort
 
 
-class Membership(models.Model):
+class Membership(VersionedModel):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=20, choices=Role.choices)
@@ -100,7 +156,7 @@ class Region(models.TextChoices):
     BOTH = "both", "Chest and abdomen"
 
 
-class Exam(models.Model):
+class Exam(VersionedModel):
     patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="exams")
     exam_date = models.DateField()
     age_at_exam = models.PositiveSmallIntegerField(null=True, blank=True, help_text="years")
@@ -124,7 +180,7 @@ class Exam(models.Model):
         return {"project_id": self.patient.project_id, "patient_id": self.patient_id}
 
 
-class QCTResult(models.Model):
+class QCTResult(VersionedModel):
     """Volumetric BMD (mg/cm3) of L1-L3 by QCT; the reference value is the mean of the measured vertebrae."""
 
     exam = models.OneToOneField(Exam, on_delete=models.CASCADE, related_name="qct")
@@ -158,7 +214,11 @@ class QCTResult(models.Model):
         self.category = thresholds.categorize(self.qct_bmd) or ""
 
     def save(self, *args, **kwargs):
-        self.derive(self.exam.patient.project.thresholds)
+        # The thresholds are read from the database at save time, not from a project object that may have
+        # been loaded before a threshold change: the recategorize job relies on every later save using the
+        # new thresholds.
+        project = Project.objects.only("osteoporosis_below", "normal_above").get(patients__exams=self.exam_id)
+        self.derive(project.thresholds)
         super().save(*args, **kwargs)
 
     def get_additional_data(self):
@@ -175,7 +235,7 @@ class ExclusionReason(models.TextChoices):
     OTHER = "other", "Other"
 
 
-class ExclusionFlag(models.Model):
+class ExclusionFlag(VersionedModel):
     """An exclusion criterion met by a patient (exam empty) or by one exam. Excluded cases stay in the
     registry, flagged, and are left out of training."""
 
@@ -218,7 +278,7 @@ class Cohort(models.Model):
         return f"{self.project} / {self.name}"
 
 
-class CohortMember(models.Model):
+class CohortMember(VersionedModel):
     cohort = models.ForeignKey(Cohort, on_delete=models.CASCADE, related_name="members")
     exam = models.ForeignKey(Exam, on_delete=models.CASCADE, related_name="cohort_memberships")
     split = models.CharField(max_length=10, choices=Split.choices, blank=True)
@@ -264,6 +324,14 @@ class Job(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["state"])]
+        constraints = [
+            # A second click on "Train" while a training of the project is queued or running must not start a
+            # second grid: the database refuses the row, whatever the timing of the two requests.
+            models.UniqueConstraint(
+                fields=["project"], condition=Q(kind=TRAINING_JOB_KIND, state__in=["queued", "running"]),
+                name="one_active_training_per_project",
+            )
+        ]
 
     def __str__(self):
         return f"{self.kind} #{self.pk} ({self.state})"

@@ -10,6 +10,7 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import floatformat
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
@@ -22,10 +23,13 @@ from .forms import (
     ExamForm,
     ExclusionFlagForm,
     MembershipForm,
+    MembershipRoleForm,
     PatientFilterForm,
     PatientForm,
     ProjectThresholdsForm,
     QCTForm,
+    save_exam_forms,
+    save_versioned,
 )
 from .importers import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, CSVImportError, import_qct_rows, parse_qct_csv
 from .models import (
@@ -45,6 +49,16 @@ IMPORT_SESSION_KEY = "qct_import"
 
 def _patient(project, patient_id):
     return get_object_or_404(Patient, project=project, pk=patient_id)
+
+
+def _delete_if_unchanged(instance, version):
+    """Delete ``instance`` only if it still has the version the page showed (a conditional delete; the audit
+    log records it). Without a version (older pages, scripts) it is deleted as it is. Returns True if deleted."""
+    rows = type(instance).objects.filter(pk=instance.pk)
+    if version.isdigit():
+        rows = rows.filter(version=int(version))
+    deleted, _ = rows.delete()
+    return bool(deleted)
 
 
 @login_required
@@ -70,7 +84,7 @@ def project_detail(request, project_id):
                 form.save()
                 if thresholds_changed:
                     job = jobs.submit("registry.recategorize", project=project, user=request.user,
-                                      project_id=project.pk)
+                                      project_id=project.pk, user_id=request.user.pk)
             if thresholds_changed:
                 messages.info(request, "Thresholds saved; categories are being recomputed.")
                 return redirect(job)
@@ -150,14 +164,13 @@ def exam_edit(request, project_id, patient_id, exam_id=None):
     exam_form = ExamForm(request.POST or None, instance=exam, patient=patient, prefix="exam")
     qct_form = QCTForm(request.POST or None, instance=qct, prefix="qct")
     if request.method == "POST" and exam_form.is_valid() and qct_form.is_valid():
-        with transaction.atomic():
-            exam = exam_form.save()
-            qct = qct_form.save(commit=False)
-            qct.exam = exam
-            qct.save()
-        messages.success(request, f"Exam of {exam.exam_date:%Y-%m-%d} saved: QCT BMD {qct.qct_bmd:.1f} mg/cm3, "
-                                  f"{qct.category}.")
-        return redirect(patient)
+        saved = save_exam_forms(exam_form, qct_form)
+        if saved:
+            exam, qct = saved
+            # floatformat rounds half up, as the patient page does (93.25 -> 93.3, where :.1f gives 93.2).
+            messages.success(request, f"Exam of {exam.exam_date:%Y-%m-%d} saved: QCT BMD "
+                                      f"{floatformat(qct.qct_bmd, 1)} mg/cm3, {qct.category}.")
+            return redirect(patient)
     return render(request, "studies/exam_form.html", {
         "project": project, "patient": patient, "exam": exam, "exam_form": exam_form, "qct_form": qct_form,
     })
@@ -169,7 +182,10 @@ def exam_delete(request, project_id, patient_id, exam_id):
     project = get_project_for_user(request, project_id, roles=REGISTRY_EDITORS)
     exam = get_object_or_404(Exam, patient__project=project, patient_id=patient_id, pk=exam_id)
     patient = exam.patient
-    exam.delete()
+    if not _delete_if_unchanged(exam, request.POST.get("version", "")):
+        messages.error(request, f"Not deleted: the exam of {exam.exam_date:%Y-%m-%d} was changed by someone else "
+                                "since you opened it; check it and delete it again if it should go.")
+        return redirect(patient)
     messages.success(request, f"Exam of {exam.exam_date:%Y-%m-%d} deleted.")
     return redirect(patient)
 
@@ -189,11 +205,29 @@ def flag_add(request, project_id, patient_id):
 
 
 @login_required
+def flag_edit(request, project_id, patient_id, flag_id):
+    project = get_project_for_user(request, project_id, roles=REGISTRY_EDITORS)
+    patient = _patient(project, patient_id)
+    flag = get_object_or_404(ExclusionFlag, patient=patient, pk=flag_id)
+    form = ExclusionFlagForm(request.POST or None, instance=flag, patient=patient)
+    if request.method == "POST" and form.is_valid() and save_versioned(form, "this exclusion flag"):
+        messages.success(request, f"Exclusion flag saved: {flag.get_reason_display()}.")
+        return redirect(patient)
+    return render(request, "studies/form.html", {
+        "project": project, "form": form, "title": f"Exclusion flag of patient {patient}",
+        "cancel_url": patient.get_absolute_url(),
+    })
+
+
+@login_required
 @require_POST
 def flag_delete(request, project_id, patient_id, flag_id):
     project = get_project_for_user(request, project_id, roles=REGISTRY_EDITORS)
     flag = get_object_or_404(ExclusionFlag, patient__project=project, patient_id=patient_id, pk=flag_id)
-    flag.delete()
+    if not _delete_if_unchanged(flag, request.POST.get("version", "")):
+        messages.error(request, "Not removed: someone else changed this exclusion flag since you opened the page; "
+                                "check it and remove it again if it should go.")
+        return redirect(flag.patient)
     messages.success(request, "Exclusion flag removed.")
     return redirect(flag.patient)
 
@@ -268,13 +302,27 @@ def members(request, project_id):
         if not can_manage:
             return HttpResponse("Only project admins manage members.", status=403)
         if form.is_valid():
-            membership = form.save()
-            messages.success(request, f"{membership.user} added as {membership.get_role_display()}.")
+            messages.info(request, form.add_member())
             return redirect("studies:members", project.pk)
+    memberships = project.memberships.select_related("user").order_by("user__username")
+    rows = [(m, MembershipRoleForm(instance=m, prefix=f"m{m.pk}") if can_manage else None) for m in memberships]
     return render(request, "studies/members.html", {
-        "project": project, "memberships": project.memberships.select_related("user").order_by("user__username"),
-        "form": form, "can_manage": can_manage,
+        "project": project, "rows": rows, "form": form, "can_manage": can_manage,
     })
+
+
+@login_required
+@require_POST
+def member_role(request, project_id, membership_id):
+    """Change a member's role (versioned: a role changed by someone else since the page was opened is kept)."""
+    project = get_project_for_user(request, project_id, roles=MEMBER_MANAGERS)
+    membership = get_object_or_404(Membership.objects.select_related("user"), project=project, pk=membership_id)
+    form = MembershipRoleForm(request.POST, instance=membership, prefix=f"m{membership.pk}")
+    if form.is_valid() and save_versioned(form, f"the role of {membership.user}"):
+        messages.success(request, f"{membership.user} is now {membership.get_role_display()}.")
+    else:
+        messages.error(request, "Role not changed: " + " ".join(e for errs in form.errors.values() for e in errs))
+    return redirect("studies:members", project.pk)
 
 
 @login_required
@@ -282,7 +330,10 @@ def members(request, project_id):
 def member_remove(request, project_id, membership_id):
     project = get_project_for_user(request, project_id, roles=MEMBER_MANAGERS)
     membership = get_object_or_404(Membership, project=project, pk=membership_id)
-    membership.delete()
+    if not _delete_if_unchanged(membership, request.POST.get("version", "")):
+        messages.error(request, f"Not removed: the membership of {membership.user} changed since you opened the "
+                                "page; check it and remove it again if it should go.")
+        return redirect("studies:members", project.pk)
     messages.success(request, f"{membership.user} removed from {project}.")
     return redirect("studies:members", project.pk)
 

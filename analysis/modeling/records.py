@@ -15,6 +15,7 @@ from analysis.models import LevelMeasurement, MeasurementRun
 from studies.models import Cohort, CohortMember, Exam, ExclusionFlag
 
 __all__ = [
+    "PROJECT_DEFAULT_SOURCE",
     "CohortFrozenError",
     "apply_splits",
     "assign_splits",
@@ -23,7 +24,14 @@ __all__ = [
     "freeze_cohort",
     "records_for_exams",
     "resolve_source",
+    "reviewed_run_ids",
+    "source_choices",
 ]
+
+# The measurement source that means "per exam, the newest reviewed run if any, else the newest automatic run"
+# (of whatever tool). Recorded as such in model versions; their data snapshots name the exact runs.
+PROJECT_DEFAULT_SOURCE = "default"
+PROJECT_DEFAULT_LABEL = "project default: per exam the newest reviewed run, else the newest automatic run"
 
 
 class CohortFrozenError(ValueError):
@@ -37,49 +45,82 @@ def resolve_source(exams, source=None):
     ----------
     exams : QuerySet of Exam
     source : str, optional
-        A source name; None picks the only source the exams have runs of (an error when there are several:
-        mixing tools silently would mix HU scales).
+        A source name (only that tool's runs are used), or None / "" / ``PROJECT_DEFAULT_SOURCE`` for the
+        project default: per exam the newest reviewed run if any, else the newest automatic run.
 
     Returns
     -------
     str
+        The source name, or ``PROJECT_DEFAULT_SOURCE``.
+
+    Raises
+    ------
+    ValueError
+        When the exams have no runs (of that source).
     """
     sources = sorted(set(MeasurementRun.objects.filter(exam__in=exams).values_list("source", flat=True)))
-    if source is not None:
-        if source not in sources:
-            raise ValueError(
-                f"no measurement runs of source {source!r} for these exams (sources present: "
-                f"{', '.join(sources) or 'none'})"
-            )
-        return source
-    if not sources:
-        raise ValueError("these exams have no measurement runs; measure them or import HU values first")
-    if len(sources) > 1:
-        raise ValueError(f"exams have measurement runs of several sources ({', '.join(sources)}); choose one")
-    return sources[0]
+    if source in (None, "", PROJECT_DEFAULT_SOURCE):
+        if not sources:
+            raise ValueError("these exams have no measurement runs; measure them or import HU values first")
+        return PROJECT_DEFAULT_SOURCE
+    if source not in sources:
+        raise ValueError(
+            f"no measurement runs of source {source!r} for these exams (sources present: "
+            f"{', '.join(sources) or 'none'})"
+        )
+    return source
+
+
+def source_choices(exams):
+    """``[(source, number of exams with a run of it), ...]`` for a form's choice of measurement source."""
+    from django.db.models import Count
+
+    rows = (MeasurementRun.objects.filter(exam__in=exams).values("source")
+            .annotate(n=Count("exam", distinct=True)).order_by("source"))
+    return [(row["source"], row["n"]) for row in rows]
+
+
+def reviewed_run_ids(exams):
+    """Ids of the runs of ``exams`` that a reviewer accepted.
+
+    A run counts as reviewed when its ``parameters`` carry ``"reviewed": true`` (runs are immutable, so a
+    review that accepts or relabels a run records that in the run it creates). The review workflow may extend
+    this function; everything that chooses runs asks it.
+    """
+    return set(MeasurementRun.objects.filter(exam__in=exams, parameters__reviewed=True).values_list("pk", flat=True))
 
 
 def chosen_runs(exams, source):
-    """The measurement run used per exam: the latest run of ``source``.
+    """The measurement run used per exam.
 
     Parameters
     ----------
     exams : QuerySet of Exam
     source : str
+        A source name: the exam's newest run of that source. ``PROJECT_DEFAULT_SOURCE``: the exam's newest
+        reviewed run if it has one, else its newest run of any source ("automatic": the pipeline's or an
+        imported tool's, unreviewed).
 
     Returns
     -------
     dict
-        ``{exam_id: run_id}`` for the exams that have a run of that source.
+        ``{exam_id: run_id}`` for the exams that have such a run.
     """
-    runs = (
-        MeasurementRun.objects.filter(exam__in=exams, source=source)
-        .order_by("exam_id", "-created_at", "-pk")
-        .values_list("exam_id", "pk")
-    )
+    runs = MeasurementRun.objects.filter(exam__in=exams)
+    if source != PROJECT_DEFAULT_SOURCE:
+        runs = runs.filter(source=source)
+    runs = runs.order_by("exam_id", "-created_at", "-pk").values_list("exam_id", "pk")
     chosen = {}
     for exam_id, run_id in runs.iterator(chunk_size=5000):
         chosen.setdefault(exam_id, run_id)
+    if source == PROJECT_DEFAULT_SOURCE:
+        newest_reviewed = {}
+        reviewed = reviewed_run_ids(exams)
+        if reviewed:
+            for exam_id, run_id in (MeasurementRun.objects.filter(pk__in=reviewed)
+                                    .order_by("exam_id", "-created_at", "-pk").values_list("exam_id", "pk")):
+                newest_reviewed.setdefault(exam_id, run_id)
+        chosen.update(newest_reviewed)
     return chosen
 
 

@@ -47,6 +47,7 @@ def code_version():
 def _snapshot(table, records, cohort, source, model):
     """Which exams, which labels, which runs, which splits, and which exams were left out and why."""
     chosen = set(table.exam_ids.tolist())
+    by_exam = {r.exam_id: r for r in records}
     return {
         "cohort_id": cohort.pk if cohort else None,
         "cohort": cohort.name if cohort else None,
@@ -61,6 +62,9 @@ def _snapshot(table, records, cohort, source, model):
         "qct_bmd": table.y_bmd.tolist(),
         "category": [str(c) for c in table.y_category],
         "measurement_run_ids": table.run_ids.tolist(),
+        # Age and sex as used, so that a later correction marks the version stale (analysis.modeling.staleness).
+        "age": [by_exam[e].age for e in table.exam_ids.tolist()],
+        "sex": [by_exam[e].sex for e in table.exam_ids.tolist()],
         "excluded": [d.to_dict() for d in table.dropped],
         "n_records": len(records),
         "n_used": len(chosen),

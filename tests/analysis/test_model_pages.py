@@ -57,7 +57,9 @@ def test_only_pi_and_admin_launch_training(client, trained):
     response = client.post(reverse("analysis:train", args=[project.pk]), {"seed": "1", "cohort": "main"})
     job = Job.objects.get(kind="analysis.train_grid")
     assert response.status_code == 302 and response["Location"] == job.get_absolute_url()
-    assert job.params == {"project_id": project.pk, "cohort_name": "main", "seed": 1, "user_id": job.created_by_id}
+    # No source chosen: None, the project default (newest reviewed, else newest automatic run per exam).
+    assert job.params == {"project_id": project.pk, "cohort_name": "main", "seed": 1, "user_id": job.created_by_id,
+                          "measurement_source": None}
 
 
 def test_left_out_exams_are_named_by_patient_and_date(client, trained):

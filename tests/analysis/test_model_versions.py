@@ -49,7 +49,9 @@ def test_snapshot_records_exams_labels_runs_splits_and_exclusions(demo):
     assert snap["qct_bmd"] == [labels[e] for e in snap["exam_ids"]]
     runs = dict(MeasurementRun.objects.filter(source=SYNTHETIC_SOURCE).values_list("exam_id", "pk"))
     assert snap["measurement_run_ids"] == [runs[e] for e in snap["exam_ids"]]
-    assert snap["measurement_source"] == SYNTHETIC_SOURCE and set(snap["split"]) == {"train", "validation", "test"}
+    # No source named: the project default (per exam the newest reviewed, else newest automatic run), which here
+    # is the exam's one synthetic run (the run ids above).
+    assert snap["measurement_source"] == "default" and set(snap["split"]) == {"train", "validation", "test"}
     reasons = {d["exam_id"]: d["reason"] for d in snap["excluded"]}
     assert reasons[excluded.exams.get().pk] == "excluded: vertebral_fracture"
     assert len(snap["exam_ids"]) + len(snap["excluded"]) == N

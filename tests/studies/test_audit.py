@@ -28,9 +28,10 @@ def test_changes_through_pages_are_audited(coordinator_client, project):
     qct = QCTResult.objects.get(exam=exam)
     assert entries(Exam, LogEntry.Action.CREATE).filter(object_pk=str(exam.pk)).exists()
 
+    # An edit carries the versions the form was opened at (both rows are new: version 1).
     c.post(reverse("studies:exam_edit", args=[project.pk, patient.pk, exam.pk]), {
-        "exam-exam_date": "2022-05-03", "exam-age_at_exam": "66", "exam-region": "chest",
-        "qct-bmd_l1": "70", "qct-bmd_l2": "", "qct-bmd_l3": ""})
+        "exam-exam_date": "2022-05-03", "exam-age_at_exam": "66", "exam-region": "chest", "exam-version": "1",
+        "qct-bmd_l1": "70", "qct-bmd_l2": "", "qct-bmd_l3": "", "qct-version": "1"})
     change = entries(QCTResult, LogEntry.Action.UPDATE).get(object_pk=str(qct.pk))
     assert change.actor == c.user
     assert change.changes_dict["bmd_l1"] == ["90.0", "70.0"]
