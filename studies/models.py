@@ -282,6 +282,13 @@ class Job(models.Model):
         return reverse("studies:job_detail", args=[self.pk])
 
     @property
+    def kind_label(self):
+        """The kind's human name ("Train the model grid"), from ``studies.job_kinds``."""
+        from .job_kinds import kind_of  # job_kinds imports this module
+
+        return kind_of(self.kind).label
+
+    @property
     def is_finished(self):
         return self.state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
