@@ -242,6 +242,15 @@ def child_pids(pid):
     return sorted(children)
 
 
+def process_gone(pid):
+    """Whether ``pid`` no longer runs (gone, or a zombie waiting for its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ")[-1].startswith("Z")
+    except FileNotFoundError:
+        return True
+
+
 def wait_for(predicate, timeout=120.0, interval=0.2, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -13,7 +13,7 @@ from rq import Worker
 
 from studies import jobs
 from studies.models import Job, JobState
-from tests.conftest import child_pids, wait_for
+from tests.conftest import child_pids, process_gone, wait_for
 
 WAIT_S = 180  # generous: CI machines are loaded, and workers take seconds to start
 
@@ -27,14 +27,6 @@ def runs(path):
     """(starts, completions) written by test.steps."""
     lines = path.read_text().split() if path.exists() else []
     return lines.count("start"), lines.count("done")
-
-
-def process_gone(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ")[-1].startswith("Z")  # a zombie has stopped running
-    except FileNotFoundError:
-        return True
 
 
 def horse_of(worker):
