@@ -184,7 +184,6 @@ def readable_error(exc):
         text = _PATH.sub(r"\1", text)
         if len(text) > 1000:
             text = text[:997] + "..."
-        text = text[0].upper() + text[1:]
         return text if text.endswith((".", "!", "?")) else text + "."
     return (f"The job stopped on an internal error ({type(exc).__name__}); a project admin can see the details "
             "on this page.")

@@ -33,7 +33,7 @@ def test_attempt_of_another_number_is_not_run(project):
 
 def test_readable_error_hides_paths_and_internal_exceptions():
     assert jobs.readable_error(ValueError("cannot read /srv/bmdsite/var/storage/uploads/abc.zip: not a zip")) \
-        == "Cannot read abc.zip: not a zip."
+        == "cannot read abc.zip: not a zip."
     assert jobs.readable_error(ValueError("PACS http://pacs.example.org/dicom-web/studies answered 503")) \
         == "PACS http://pacs.example.org/dicom-web/studies answered 503."
     assert jobs.readable_error(KeyError("project_id")) == (

@@ -12,7 +12,7 @@ from tests.factories import UserFactory
 TRACEBACK = ('Traceback (most recent call last):\n  File "/srv/bmdsite/analysis/modeling/versions.py", line 212, '
              'in train_cohort\nValueError: exams have measurement runs of several sources (bmdsite, synthetic); '
              'choose one')
-SENTENCE = "Exams have measurement runs of several sources (bmdsite, synthetic); choose one."
+SENTENCE = "exams have measurement runs of several sources (bmdsite, synthetic); choose one."
 
 
 def login(client, project, role):
@@ -23,8 +23,10 @@ def login(client, project, role):
 
 
 def failed(project, kind="analysis.train_grid", **params):
-    return Job.objects.create(project=project, kind=kind, state=JobState.FAILED, error=SENTENCE,
-                              traceback=TRACEBACK, params=params or {"project_id": project.pk, "seed": 0})
+    job = Job.objects.create(project=project, kind=kind, state=JobState.FAILED, error=SENTENCE,
+                             params=params or {"project_id": project.pk, "seed": 0})
+    Job.objects.filter(pk=job.pk).update(traceback=TRACEBACK)
+    return job
 
 
 def post(client, name, job):
@@ -32,13 +34,15 @@ def post(client, name, job):
 
 
 def test_annotator_can_neither_retry_nor_cancel_training(client, project):
-    job = failed(project)
+    job = Job.objects.create(project=project, kind="analysis.train_grid", state=JobState.FAILED, error=SENTENCE,
+                             params={"project_id": project.pk})
     login(client, project, "annotator")
     assert post(client, "job_retry", job).status_code == 403
     job.refresh_from_db()
     assert job.state == JobState.FAILED and job.attempts == 0
     queued = Job.objects.create(project=project, kind="analysis.train_grid", params={"project_id": project.pk})
-    assert post(client, "job_cancel", queued).status_code == 403
+    response = client.post(f"/jobs/{queued.pk}/cancel/")
+    assert response.status_code == 403
     queued.refresh_from_db()
     assert queued.state == JobState.QUEUED
 
