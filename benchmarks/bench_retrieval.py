@@ -130,7 +130,8 @@ def main():
           f"(target < 3 s) -> {'PASS' if t_asm < 3 else 'FAIL'}")
     print(f"assembly peak memory   {peak / 1e6:.1f} MB = {peak / volume_bytes:.2f} x volume ({volume_bytes / 1e6:.1f} MB) "
           f"(target < 3x) -> {'PASS' if peak < 3 * volume_bytes else 'FAIL'}")
+    return 0 if ratio >= 0.8 and t_asm < 3 and peak < 3 * volume_bytes else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -65,7 +65,8 @@ def main():
     print(f"baseline, fitting the 18 models alone: median {statistics.median(baselines):.2f} s; "
           f"grid / baseline = {wall / statistics.median(baselines):.1f}x")
     print("PASS" if wall < TARGET_S else "FAIL")
+    return 0 if wall < TARGET_S else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -299,10 +299,17 @@ class JobState(models.TextChoices):
     RUNNING = "running", "Running"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
 
 
 class Job(models.Model):
-    """One background job as the user sees it; the RQ job id links it to the queue."""
+    """One background job as the user sees it; the RQ job id links it to the queue.
+
+    ``attempts`` numbers the attempts (0 for the first run); a retry or a cancellation starts a new one, and
+    every write of a running attempt (claim, progress, result, failure) is a conditional update on
+    (id, attempts, state), so an attempt that was superseded can never write again (see ``studies.jobs``).
+    ``error`` is one sentence a member can read; ``traceback`` is for project admins only.
+    """
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, null=True, blank=True, related_name="jobs")
     kind = models.CharField(max_length=60)
@@ -315,9 +322,12 @@ class Job(models.Model):
     progress = models.FloatField(default=0.0)
     message = models.CharField(max_length=300, blank=True)
     error = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
     result = models.JSONField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # When the current attempt was (re-)enqueued: the reconciler gives a queued row this long to reach Redis.
+    queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -340,8 +350,15 @@ class Job(models.Model):
         return reverse("studies:job_detail", args=[self.pk])
 
     @property
+    def kind_label(self):
+        """The kind's human name ("Train the model grid"), from ``studies.job_kinds``."""
+        from .job_kinds import kind_of  # job_kinds imports this module
+
+        return kind_of(self.kind).label
+
+    @property
     def is_finished(self):
-        return self.state in (JobState.SUCCEEDED, JobState.FAILED)
+        return self.state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
     @property
     def duration_s(self):

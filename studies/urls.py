@@ -28,5 +28,6 @@ urlpatterns = [
     path("jobs/", views.job_list, name="job_list"),
     path("jobs/<int:job_id>/", views.job_detail, name="job_detail"),
     path("jobs/<int:job_id>/retry/", views.job_retry, name="job_retry"),
+    path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job_cancel"),
     path("", include("studies.pacs.urls")),
 ]

@@ -15,8 +15,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from . import jobs
-from .access import get_project_for_user, projects_for, role_in
+from . import job_kinds, jobs
+from .access import get_project_for_user, projects_for
 from .exporters import write_cohort_csv
 from .forms import (
     CSVUploadForm,
@@ -38,6 +38,7 @@ from .models import (
     Exam,
     ExclusionFlag,
     Job,
+    JobState,
     Membership,
     Patient,
     QCTResult,
@@ -339,6 +340,7 @@ def member_remove(request, project_id, membership_id):
 
 
 def _job_for_user(request, job_id):
+    """The job if the user may see it: a member of its project, or whoever started a job outside projects."""
     job = get_object_or_404(Job.objects.select_related("project"), pk=job_id)
     if job.project is None:
         if not request.user.is_superuser and job.created_by_id != request.user.pk:
@@ -352,19 +354,30 @@ def _job_for_user(request, job_id):
 def job_list(request):
     visible = Job.objects.filter(Q(project__in=projects_for(request.user)) | Q(created_by=request.user))
     jobs.reconcile(visible)
-    return render(request, "studies/job_list.html", {"jobs": visible.select_related("project")[:200]})
+    queues, queue_error = jobs.queue_health(visible)
+    return render(request, "studies/job_list.html", {
+        "jobs": visible.select_related("project")[:200], "queues": queues, "queue_error": queue_error,
+    })
 
 
 @login_required
 def job_detail(request, job_id):
     job = _job_for_user(request, job_id)
-    if job.state == "running" and jobs.reconcile(Job.objects.filter(pk=job.pk)):
+    if not job.is_finished and jobs.reconcile(Job.objects.filter(pk=job.pk)):
         job.refresh_from_db()
     template = "studies/_job_status.html" if request.GET.get("partial") else "studies/job_detail.html"
-    can_retry = job.state == "failed" and (
-        job.created_by_id == request.user.pk or (job.project and role_in(request.user, job.project) in REGISTRY_EDITORS)
-    )
-    return render(request, template, {"job": job, "can_retry": can_retry})
+    can_act = job_kinds.may_act(request.user, job)
+    return render(request, template, {
+        "job": job,
+        "project": job.project,
+        "can_act": can_act,
+        "can_retry": can_act and job.state in (JobState.FAILED, JobState.CANCELLED),
+        "can_cancel": can_act and job.state in (JobState.QUEUED, JobState.RUNNING),
+        "show_traceback": job_kinds.may_see_traceback(request.user, job),
+        "parameters": job_kinds.parameter_rows(job) if can_act else [],
+        "results": job_kinds.result_rows(job) if can_act else [],
+        "produced": job_kinds.produced_links(job),
+    })
 
 
 @login_required
@@ -372,7 +385,18 @@ def job_detail(request, job_id):
 def job_retry(request, job_id):
     job = _job_for_user(request, job_id)
     try:
-        jobs.retry(job)
+        jobs.retry(job, user=request.user)
+    except jobs.JobError as exc:
+        messages.error(request, str(exc))
+    return redirect(job)
+
+
+@login_required
+@require_POST
+def job_cancel(request, job_id):
+    job = _job_for_user(request, job_id)
+    try:
+        jobs.cancel(job, user=request.user)
     except jobs.JobError as exc:
         messages.error(request, str(exc))
     return redirect(job)

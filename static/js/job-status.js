@@ -3,7 +3,7 @@ const box = document.getElementById("job-status");
 if (box) {
   const poll = async () => {
     const state = box.querySelector("[data-state]")?.dataset.state;
-    if (state === "succeeded" || state === "failed") return;
+    if (state === "succeeded" || state === "failed" || state === "cancelled") return;
     try {
       const response = await fetch(box.dataset.url, { headers: { "X-Requested-With": "fetch" } });
       if (response.ok) box.innerHTML = await response.text();

@@ -15,7 +15,7 @@ def test_train_grid_job_stores_versions_and_freezes_the_cohort(rq_worker, settin
     worker = rq_worker(burst=True, extra_env={"STORAGE_ROOT": str(tmp_path)})
     worker.wait(timeout=180)
     job.refresh_from_db()
-    assert job.state == JobState.SUCCEEDED, job.error or worker.stdout.read()
+    assert job.state == JobState.SUCCEEDED, job.error or worker.output()
     versions = ModelVersion.objects.filter(project=project)
     assert sorted(job.result["model_versions"]) == sorted(versions.values_list("pk", flat=True))
     assert sorted(versions.values_list("task", "algorithm")) == [

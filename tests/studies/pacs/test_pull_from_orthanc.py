@@ -13,6 +13,7 @@ from analysis.imaging.dicom import assemble_series, read_series_folder
 from studies.pacs.client import Endpoint, PacsClient
 from studies.pacs.ingest import IngestError, pull_series, pull_study
 from studies.pacs.models import PseudonymMap, StoredSeries
+from tests.conftest import missing_service
 from tests.studies.pacs.conftest import stored_files
 
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
@@ -32,7 +33,7 @@ def _quiet_pydicom():
 def loaded(orthanc):
     """LIDC (STOW-RS in shuffled order) and the 7 transfer syntaxes, loaded once."""
     if not LIDC.is_dir():
-        pytest.skip("shared test data missing")
+        missing_service(f"shared test data {LIDC} missing")  # a failure with CI=true, as every service
     lidc = sorted(LIDC.glob("*.dcm"))
     random.Random(7).shuffle(lidc)  # explicit seed: any order must give the same volume
     stored, failed = orthanc.stow(lidc)
