@@ -1,5 +1,7 @@
 from django.contrib import admin
 
+from .pacs.forms import PacsConnectionAdminForm
+
 from .models import (
     AccessLog,
     Cohort,
@@ -65,7 +67,7 @@ class PacsConnectionAdmin(admin.ModelAdmin):
     """The secret is write-only: set it on the PACS connection page, never shown or edited here."""
 
     list_display = ["name", "base_url", "auth"]
-    exclude = ["secret"]
+    form = PacsConnectionAdminForm
 
 
 @admin.register(StoredSeries)

@@ -4,8 +4,32 @@ from django import forms
 
 from studies.models import Cohort, Exam
 
-from .client import PacsError, check_base_url
+from .client import PacsError, check_base_url, check_pacs_address
 from .models import PacsAuth, PacsConnection
+
+
+def clean_pacs_url(value: str) -> str:
+    """A DICOMweb root URL fit to be stored: well formed, and its host resolved to allowed addresses only
+    (the client checks again at each connection: DNS may answer differently later)."""
+    try:
+        url = check_base_url(value.strip())
+        check_pacs_address(url)
+        return url
+    except PacsError as exc:
+        raise forms.ValidationError(str(exc)) from None
+
+
+class PacsConnectionAdminForm(forms.ModelForm):
+    """The Django admin's form for connections: the same URL check as the PACS pages."""
+
+    base_url = forms.URLField(label="DICOMweb root URL", max_length=500, assume_scheme="https")
+
+    class Meta:
+        model = PacsConnection
+        exclude = ["secret"]
+
+    def clean_base_url(self):
+        return clean_pacs_url(self.cleaned_data["base_url"])
 
 
 class PacsConnectionForm(forms.ModelForm):
@@ -31,10 +55,7 @@ class PacsConnectionForm(forms.ModelForm):
             del self.fields["clear_secret"]
 
     def clean_base_url(self):
-        try:
-            return check_base_url(self.cleaned_data["base_url"].strip())
-        except PacsError as exc:
-            raise forms.ValidationError(str(exc)) from None
+        return clean_pacs_url(self.cleaned_data["base_url"])
 
     def clean(self):
         data = super().clean()
