@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+from .uids import is_route_uid
+
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER_S = 30.0
@@ -447,6 +449,11 @@ class PacsClient:
                           modality=_value(s, "00080060", ""), description=_value(s, "0008103E", ""),
                           number=_int(_value(s, "00200011")), n_instances=_int(_value(s, "00201209")))
                 for s in found]
+        for hit in hits:
+            # The UID goes into the next request's URL: only digits and dots may.
+            if not is_route_uid(hit.series_uid):
+                raise PacsError(f"series search in study {study_uid}: {self.endpoint.label} answered a series "
+                                f"whose SeriesInstanceUID {hit.series_uid!r} is not a DICOM UID")
         return sorted(hits, key=lambda h: (h.number is None, h.number or 0, h.series_uid))
 
     def series_metadata(self, study_uid: str, series_uid: str) -> list[dict]:
