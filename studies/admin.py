@@ -52,10 +52,18 @@ class JobAdmin(admin.ModelAdmin):
 
 @admin.register(AccessLog)
 class AccessLogAdmin(admin.ModelAdmin):
+    """Read-only, superusers included: the access log is append-only (the model refuses changes too)."""
+
     list_display = ["at", "user", "project", "action", "detail"]
     list_filter = ["action"]
 
+    def has_add_permission(self, request):
+        return False
+
     def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False
 
 
