@@ -197,13 +197,18 @@ SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 # comes from the site itself: no inline scripts (plotly.js and the site's modules are static files; chart
 # data travels in <script type="application/json">, which is not executed). The image viewer compiles
 # WebAssembly ('wasm-unsafe-eval', which allows wasm but not JavaScript eval) and starts workers from blob:
-# URLs; WebGL needs nothing here. plotly.js sets style attributes on the SVG it draws, hence
-# 'unsafe-inline' for style attributes only (style-src-attr), never for <style> elements or scripts.
+# URLs; WebGL needs nothing here. Styles: plotly.js creates one empty <style> element and fills it through
+# the CSSOM (allowed: the hash of the empty string), and at load adds its map library's stylesheet as an
+# inline <style> (allowed by the hash of that text in plotly.js 4.1.1; another plotly.js version may need
+# its own, which tests/browser/test_csp_browser.py reports as a violation). No 'unsafe-inline' anywhere.
+CSP_STYLE_HASHES = [
+    "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='",  # "" (plotly's style rule sheet)
+    "'sha256-ji27qzEtxXZW+7dun6UwjHXJ18e6WAin1VvNtkzIE/o='",  # plotly.js 4.1.1's maplibre-gl stylesheet
+]
 CONTENT_SECURITY_POLICY = {
     "default-src": ["'self'"],
     "script-src": ["'self'", "'wasm-unsafe-eval'"],
-    "style-src": ["'self'"],
-    "style-src-attr": ["'unsafe-inline'"],
+    "style-src": ["'self'", *CSP_STYLE_HASHES],
     "img-src": ["'self'", "data:", "blob:"],
     "font-src": ["'self'", "data:"],
     "connect-src": ["'self'"],
