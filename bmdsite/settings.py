@@ -91,8 +91,12 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web process read while a worker writes; the timeout rides out short write locks.
+    # Transactions begin IMMEDIATE (take the write lock at BEGIN, waiting up to the timeout): a deferred
+    # transaction that reads and then writes cannot wait for another writer, SQLite answers "database is
+    # locked" at once, which concurrent saves turned into 500s (benchmarks/bench_load.py, 5 users).
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+         "transaction_mode": "IMMEDIATE"}
     )
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # A file, not memory, so that job workers started by the tests see the test database.
