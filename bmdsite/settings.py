@@ -49,6 +49,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # After WhiteNoise (static files keep their own caching headers), before anything reads the body.
+    "bmdsite.middleware.RequestSizeLimitMiddleware",
+    "bmdsite.middleware.SecurityHeadersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -88,8 +91,12 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web process read while a worker writes; the timeout rides out short write locks.
+    # Transactions begin IMMEDIATE (take the write lock at BEGIN, waiting up to the timeout): a deferred
+    # transaction that reads and then writes cannot wait for another writer, SQLite answers "database is
+    # locked" at once, which concurrent saves turned into 500s (benchmarks/bench_load.py, 5 users).
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+         "transaction_mode": "IMMEDIATE"}
     )
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # A file, not memory, so that job workers started by the tests see the test database.
@@ -156,7 +163,24 @@ STORAGES = {
         )
     },
 }
+
+# Limits. A request body over MAX_UPLOAD_BYTES (files included) is answered 413 with a page that says the
+# limit, before any of it is read; form fields without files are capped at DATA_UPLOAD_MAX_MEMORY_SIZE.
+# Uploaded files up to FILE_UPLOAD_MAX_MEMORY_SIZE stay in memory, larger ones go to a temporary file.
+MAX_UPLOAD_BYTES = env.int("MAX_UPLOAD_BYTES", default=2 * 1024 ** 3)
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=5 * 1024 * 1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# Zip imports of DICOM files: a zip bomb must not fill the disk. A thin-slice CT series is about 0.5 GiB
+# uncompressed and deflates 2-5 times; refuse past 4 GiB in all, or a member that expands more than 100
+# times (checked from the zip's directory before extracting and on the bytes written while extracting).
+IMPORT_ZIP_MAX_UNCOMPRESSED_BYTES = env.int("IMPORT_ZIP_MAX_UNCOMPRESSED_BYTES", default=4 * 1024 ** 3)
+IMPORT_ZIP_MAX_RATIO = env.int("IMPORT_ZIP_MAX_RATIO", default=100)
+IMPORT_ZIP_MAX_MEMBERS = env.int("IMPORT_ZIP_MAX_MEMBERS", default=20000)
+
+# PACS connections may point at private networks (hospital PACS live there) but never at link-local,
+# cloud-metadata, multicast or unspecified addresses. Loopback is refused too unless allowed here: on in
+# development (DEBUG) and in the tests (which run Orthanc on 127.0.0.1), off in production.
+PACS_ALLOW_LOOPBACK = env.bool("PACS_ALLOW_LOOPBACK", default=DEBUG)
 
 # Security. Production values by default; DEBUG (development) relaxes the transport ones.
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -170,6 +194,34 @@ CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=not DEBUG)
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+
+# Content-Security-Policy sent with every page (bmdsite.middleware.SecurityHeadersMiddleware). Everything
+# comes from the site itself: no inline scripts (plotly.js and the site's modules are static files; chart
+# data travels in <script type="application/json">, which is not executed). The image viewer compiles
+# WebAssembly ('wasm-unsafe-eval', which allows wasm but not JavaScript eval) and starts workers from blob:
+# URLs; WebGL needs nothing here. Styles: plotly.js creates one empty <style> element and fills it through
+# the CSSOM (allowed: the hash of the empty string), and at load adds its map library's stylesheet as an
+# inline <style> (allowed by the hash of that text in plotly.js 4.1.1; another plotly.js version may need
+# its own, which tests/browser/test_csp_browser.py reports as a violation). No 'unsafe-inline' anywhere.
+CSP_STYLE_HASHES = [
+    "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='",  # "" (plotly's style rule sheet)
+    "'sha256-ji27qzEtxXZW+7dun6UwjHXJ18e6WAin1VvNtkzIE/o='",  # plotly.js 4.1.1's maplibre-gl stylesheet
+]
+CONTENT_SECURITY_POLICY = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'", "'wasm-unsafe-eval'"],
+    "style-src": ["'self'", *CSP_STYLE_HASHES],
+    "img-src": ["'self'", "data:", "blob:"],
+    "font-src": ["'self'", "data:"],
+    "connect-src": ["'self'"],
+    "worker-src": ["'self'", "blob:"],
+    "object-src": ["'none'"],
+    "base-uri": ["'self'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
 
 # Audit: record who changed what; keep the JSON of before/after values.
 AUDITLOG_INCLUDE_ALL_MODELS = False

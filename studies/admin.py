@@ -1,5 +1,7 @@
 from django.contrib import admin
 
+from .pacs.forms import PacsConnectionAdminForm
+
 from .models import (
     AccessLog,
     Cohort,
@@ -50,10 +52,18 @@ class JobAdmin(admin.ModelAdmin):
 
 @admin.register(AccessLog)
 class AccessLogAdmin(admin.ModelAdmin):
+    """Read-only, superusers included: the access log is append-only (the model refuses changes too)."""
+
     list_display = ["at", "user", "project", "action", "detail"]
     list_filter = ["action"]
 
+    def has_add_permission(self, request):
+        return False
+
     def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False
 
 
@@ -65,7 +75,7 @@ class PacsConnectionAdmin(admin.ModelAdmin):
     """The secret is write-only: set it on the PACS connection page, never shown or edited here."""
 
     list_display = ["name", "base_url", "auth"]
-    exclude = ["secret"]
+    form = PacsConnectionAdminForm
 
 
 @admin.register(StoredSeries)

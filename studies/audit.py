@@ -17,10 +17,11 @@ auditlog.register(QCTResult)
 auditlog.register(ExclusionFlag)
 auditlog.register(CohortMember)
 
-# PACS (studies.pacs): the connection's secret never enters the audit log; the pseudonym map is PHI and every
-# change to it is recorded.
+# PACS (studies.pacs): the connection's secret never enters the audit log. Every change to the pseudonym map
+# is recorded, without the real PatientID (PHI): the audit log is shown in the Django admin to every staff
+# user, while the map itself is for project admins and logs each view (migration 0003 scrubs older entries).
 from .pacs.models import PacsConnection, PseudonymMap, StoredSeries  # noqa: E402
 
 auditlog.register(PacsConnection, exclude_fields=["secret"])
 auditlog.register(StoredSeries, exclude_fields=["meta", "geometry"])
-auditlog.register(PseudonymMap)
+auditlog.register(PseudonymMap, exclude_fields=["real_patient_id"])

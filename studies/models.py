@@ -367,8 +367,21 @@ class Job(models.Model):
         return ((self.finished_at or timezone.now()) - self.started_at).total_seconds()
 
 
+class AppendOnlyError(Exception):
+    """An entry of an append-only log (the access log) was about to be changed or deleted."""
+
+
+class AppendOnlyQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AppendOnlyError(f"{self.model._meta.verbose_name} entries are append-only: not updated")
+
+    def delete(self):
+        raise AppendOnlyError(f"{self.model._meta.verbose_name} entries are append-only: not deleted")
+
+
 class AccessLog(models.Model):
-    """Who looked at or exported patient data (PHI views and exports)."""
+    """Who looked at or exported patient data (PHI views and exports). Append-only: entries are created and
+    never changed or deleted, by the admin (no change or delete permission) nor in code (these guards)."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True)
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="access_log")
@@ -376,9 +389,19 @@ class AccessLog(models.Model):
     detail = models.CharField(max_length=300, blank=True)
     at = models.DateTimeField(default=timezone.now)
 
+    objects = AppendOnlyQuerySet.as_manager()
+
     class Meta:
         ordering = ["-at"]
 
     def __str__(self):
         return f"{self.at:%Y-%m-%d %H:%M} {self.user} {self.action} {self.detail}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AppendOnlyError("access log entries are append-only: not changed")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("access log entries are append-only: not deleted")
 from .pacs.models import *  # noqa

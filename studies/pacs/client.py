@@ -7,6 +7,11 @@ Safety rules (SPEC section 3.2, issue "Images in"):
 - redirects are never followed (``allow_redirects=False`` is forced); a 3xx answer is a clear error;
 - credentials are attached by :class:`HostBoundAuth`, which checks the origin of each request itself;
 - ``trust_env`` is off, so no proxy from the environment and no ``.netrc`` credentials are used;
+- the address is vetted when the connection is made (:func:`vetted_addresses`): the host name is resolved,
+  every address it gives must be allowed (never link-local, cloud metadata, multicast, unspecified or
+  reserved; loopback only where ``PACS_ALLOW_LOOPBACK`` is on; private networks are fine, hospital PACS live
+  there), and the socket connects to the vetted address itself, so a second DNS answer (rebinding) cannot
+  send the request elsewhere. The connection form runs the same check when the URL is saved;
 - the secret appears in no message, repr or log line of this module.
 
 Transient failures (timeouts, refused or dropped connections, a multipart answer cut short, HTTP 5xx and
@@ -21,14 +26,18 @@ dataset that we would only write back to disk.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
+
+from .uids import is_route_uid
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +71,8 @@ class Endpoint:
     max_retries: int = 3
     backoff_s: float = 0.5
     name: str = ""
+    # Whether a loopback PACS may be contacted; None: the PACS_ALLOW_LOOPBACK setting.
+    allow_loopback: bool | None = None
 
     @classmethod
     def from_connection(cls, connection, **overrides) -> Endpoint:
@@ -111,6 +122,125 @@ def check_base_url(url: str) -> str:
     if parts.query or parts.fragment:
         raise PacsError("the DICOMweb root URL takes no query string or fragment")
     return url.rstrip("/")
+
+
+# -- where a PACS may be --------------------------------------------------------------------------------
+# Cloud instance-metadata services (AWS, its ECS task and IPv6 endpoints, GCP, Azure, Alibaba, Oracle): a
+# request there from a server hands its credentials to whoever chose the URL. Most are link-local (refused
+# anyway); the others sit in private, shared or public ranges and are listed here.
+METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
+    "169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "168.63.129.16", "192.0.0.192"))
+METADATA_HOSTS = frozenset({"metadata", "metadata.google.internal", "metadata.goog", "instance-data",
+                            "instance-data.ec2.internal"})
+
+
+def _allow_loopback_setting() -> bool:
+    from django.conf import settings
+
+    return bool(getattr(settings, "PACS_ALLOW_LOOPBACK", False)) if settings.configured else False
+
+
+def address_refusal(address: str, *, allow_loopback: bool) -> str:
+    """Why a PACS may not be at ``address`` (an IP literal), or "" when it may."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone (fe80::1%eth0) says nothing more
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 reaches the IPv4 address
+    if ip in METADATA_ADDRESSES:
+        return f"{ip} is a cloud metadata address"
+    if ip.is_link_local:
+        return f"{ip} is a link-local address (where cloud metadata services answer)"
+    if ip.is_multicast:
+        return f"{ip} is a multicast address"
+    if ip.is_unspecified:
+        return f"{ip} is the unspecified address"
+    if ip.is_loopback:
+        return "" if allow_loopback else f"{ip} is a loopback address (allowed only with PACS_ALLOW_LOOPBACK)"
+    if ip.is_reserved or (ip.version == 4 and ip == ipaddress.IPv4Address("255.255.255.255")):
+        return f"{ip} is a reserved address"
+    return ""
+
+
+def vetted_addresses(host: str, port: int, *, allow_loopback: bool) -> list[str]:
+    """The addresses of ``host`` to connect to, every one of them allowed for a PACS.
+
+    Raises
+    ------
+    PacsError
+        When the name is a metadata service's or any address it resolves to is refused (a name that answers
+        with an allowed and a refused address is not trusted with either).
+    socket.gaierror
+        When the name does not resolve.
+    """
+    name = host.strip("[]").rstrip(".").lower()
+    if name in METADATA_HOSTS:
+        raise PacsError(f"refused to contact {name}: a cloud metadata service, not a PACS")
+    infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    for address in addresses:
+        reason = address_refusal(address, allow_loopback=allow_loopback)
+        if reason:
+            shown = name if name == address else f"{name} ({address})"
+            raise PacsError(f"refused to contact {shown}: {reason}; a PACS is never there")
+    return addresses
+
+
+def check_pacs_address(url: str, *, allow_loopback: bool | None = None) -> None:
+    """Resolve the host of a DICOMweb URL now and refuse it as the client would (for the connection form)."""
+    scheme, host, port = _origin(url)
+    if allow_loopback is None:
+        allow_loopback = _allow_loopback_setting()
+    try:
+        vetted_addresses(host, port, allow_loopback=allow_loopback)
+    except socket.gaierror as exc:
+        raise PacsError(f"the host name {host} does not resolve from this server ({exc.strerror})") from None
+
+
+def _vetting_adapter(allow_loopback: bool):
+    """A requests adapter whose connections go only to vetted addresses (looked up once, at connect time)."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+    from urllib3.exceptions import NameResolutionError
+
+    class Vetted:
+        def _new_conn(self):
+            name = self._dns_host
+            try:
+                addresses = vetted_addresses(name, self.port, allow_loopback=allow_loopback)
+            except socket.gaierror as exc:
+                raise NameResolutionError(self.host, self, exc) from exc
+            failure = None
+            for address in addresses:
+                # Connect to the address that was checked, not to the name: a second lookup could answer
+                # with another one. Host header and TLS (SNI, certificate) still use the name.
+                self._dns_host = address
+                try:
+                    return super()._new_conn()
+                except Exception as exc:  # noqa: BLE001 (urllib3's own connect errors; the last one is raised)
+                    failure = exc
+                finally:
+                    self._dns_host = name
+            raise failure
+
+    class VettedHTTPConnection(Vetted, HTTPConnection):
+        pass
+
+    class VettedHTTPSConnection(Vetted, HTTPSConnection):
+        pass
+
+    class VettedHTTPConnectionPool(HTTPConnectionPool):
+        ConnectionCls = VettedHTTPConnection
+
+    class VettedHTTPSConnectionPool(HTTPSConnectionPool):
+        ConnectionCls = VettedHTTPSConnection
+
+    class VettingAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": VettedHTTPConnectionPool,
+                                                       "https": VettedHTTPSConnectionPool}
+
+    return VettingAdapter()
 
 
 # -- the fenced session ---------------------------------------------------------------------------------
@@ -165,6 +295,12 @@ def make_session(endpoint: Endpoint):
 
     session = FencedSession()
     session.trust_env = False  # no proxies from the environment, no .netrc credentials
+    allow_loopback = endpoint.allow_loopback
+    if allow_loopback is None:
+        allow_loopback = _allow_loopback_setting()
+    adapter = _vetting_adapter(allow_loopback)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
     if endpoint.auth not in ("none", "", None):
         if endpoint.auth not in ("basic", "bearer"):
             raise PacsError(f"unknown authentication {endpoint.auth!r}")
@@ -313,6 +449,11 @@ class PacsClient:
                           modality=_value(s, "00080060", ""), description=_value(s, "0008103E", ""),
                           number=_int(_value(s, "00200011")), n_instances=_int(_value(s, "00201209")))
                 for s in found]
+        for hit in hits:
+            # The UID goes into the next request's URL: only digits and dots may.
+            if not is_route_uid(hit.series_uid):
+                raise PacsError(f"series search in study {study_uid}: {self.endpoint.label} answered a series "
+                                f"whose SeriesInstanceUID {hit.series_uid!r} is not a DICOM UID")
         return sorted(hits, key=lambda h: (h.number is None, h.number or 0, h.series_uid))
 
     def series_metadata(self, study_uid: str, series_uid: str) -> list[dict]:

@@ -2,10 +2,36 @@
 
 from django import forms
 
+from studies import validation
 from studies.models import Cohort, Exam
 
-from .client import PacsError, check_base_url
+from .client import PacsError, check_base_url, check_pacs_address
 from .models import PacsAuth, PacsConnection
+from .uids import is_route_uid
+
+
+def clean_pacs_url(value: str) -> str:
+    """A DICOMweb root URL fit to be stored: well formed, and its host resolved to allowed addresses only
+    (the client checks again at each connection: DNS may answer differently later)."""
+    try:
+        url = check_base_url(value.strip())
+        check_pacs_address(url)
+        return url
+    except PacsError as exc:
+        raise forms.ValidationError(str(exc)) from None
+
+
+class PacsConnectionAdminForm(forms.ModelForm):
+    """The Django admin's form for connections: the same URL check as the PACS pages."""
+
+    base_url = forms.URLField(label="DICOMweb root URL", max_length=500, assume_scheme="https")
+
+    class Meta:
+        model = PacsConnection
+        exclude = ["secret"]
+
+    def clean_base_url(self):
+        return clean_pacs_url(self.cleaned_data["base_url"])
 
 
 class PacsConnectionForm(forms.ModelForm):
@@ -31,10 +57,7 @@ class PacsConnectionForm(forms.ModelForm):
             del self.fields["clear_secret"]
 
     def clean_base_url(self):
-        try:
-            return check_base_url(self.cleaned_data["base_url"].strip())
-        except PacsError as exc:
-            raise forms.ValidationError(str(exc)) from None
+        return clean_pacs_url(self.cleaned_data["base_url"])
 
     def clean(self):
         data = super().clean()
@@ -81,11 +104,20 @@ def _exam_choices(project):
 
 class LinkExamForm(forms.Form):
     study_uid = forms.CharField(max_length=64, widget=forms.HiddenInput)
-    exam = forms.ModelChoiceField(Exam.objects.none())
+    exam = forms.ModelChoiceField(Exam.objects.none(), widget=forms.Select(attrs={"aria-label": "Registry exam"}))
 
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["exam"].queryset = _exam_choices(project)
+
+    def clean_study_uid(self):
+        # The exam form's rule for the same field: what is linked here is stored in the registry.
+        value = self.cleaned_data["study_uid"].strip()
+        try:
+            validation.check_uid(value)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return value
 
 
 class SelectionForm(forms.Form):
@@ -124,6 +156,13 @@ class LocalImportForm(forms.Form):
                              help_text="Site admins only: a folder the server can read.")
     exam = forms.ModelChoiceField(Exam.objects.none(), required=False)
     series_uid = forms.CharField(required=False, max_length=64, label="Series UID (override the selection)")
+
+    def clean_series_uid(self):
+        value = self.cleaned_data["series_uid"].strip()
+        if value and not is_route_uid(value):
+            raise forms.ValidationError(f"SeriesInstanceUID (0020,000E) {value!r} is not a DICOM UID (digits and "
+                                        "dots, at most 64 characters)")
+        return value
 
     def __init__(self, *args, project, allow_folder, **kwargs):
         super().__init__(*args, **kwargs)

@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +41,6 @@ from .models import PseudonymMap, StoredSeries
 from .selection import Selection, SeriesCandidate, candidate_from_headers, json_header, select_series
 
 log = logging.getLogger(__name__)
-
-# Limits for uploaded zips: a zip bomb must not fill the disk.
-MAX_ZIP_MEMBERS = 20000
-MAX_ZIP_UNCOMPRESSED_BYTES = 8 * 1024 ** 3
 
 
 class IngestError(Exception):
@@ -372,28 +369,78 @@ def pull_study(project, client: PacsClient, study_uid: str, *, series_uid: str |
 
 
 # -- local import ---------------------------------------------------------------------------------------------
+# Members that expand to less than this are not held to the ratio: a small file of zeros compresses a
+# thousand times and is harmless; the total size limit bounds many of them.
+ZIP_RATIO_FLOOR_BYTES = 1 << 20
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 1024 ** 3:.1f} GiB" if n_bytes >= 1024 ** 3 else f"{n_bytes / 1024 ** 2:.1f} MiB"
+
+
 def _extract_zip(zip_path: Path, into: Path):
-    """Extract a zip safely: no absolute paths or ``..``, no links, bounded member count and size."""
+    """Extract a zip safely: no absolute paths or ``..``, no links, bounded member count, total size and
+    compression ratio (``IMPORT_ZIP_*`` settings).
+
+    The sizes the zip declares are checked before anything is written; the bytes actually written are
+    counted while extracting, against the same limits, so a zip whose directory understates its members is
+    stopped as well. Errors name the member; the caller removes what was extracted.
+    """
+    max_members = settings.IMPORT_ZIP_MAX_MEMBERS
+    max_total = settings.IMPORT_ZIP_MAX_UNCOMPRESSED_BYTES
+    max_ratio = settings.IMPORT_ZIP_MAX_RATIO
+    label = f"<{zip_path.name}>"
     try:
         zf = zipfile.ZipFile(zip_path)
     except zipfile.BadZipFile as exc:
-        raise IngestError(f"<{zip_path.name}>", "bad_zip", f"{zip_path.name} is not a readable zip file") from exc
+        raise IngestError(label, "bad_zip", f"{zip_path.name} is not a readable zip file") from exc
+
+    def too_large(total):
+        return IngestError(label, "zip_too_large",
+                           f"{zip_path.name} expands to more than {_size(max_total)} (IMPORT_ZIP_MAX_UNCOMPRESSED_BYTES)"
+                           + (f": {_size(total)} declared" if total else ""))
+
+    def too_compressed(member, size):
+        ratio = size / max(member.compress_size, 1)
+        return IngestError(label, "zip_bomb",
+                           f"member {member.filename} of {zip_path.name} expands {ratio:,.0f} times "
+                           f"({_size(member.compress_size)} to {_size(size)}{' so far' if size < member.file_size else ''}"
+                           f"); at most {max_ratio} times is accepted (IMPORT_ZIP_MAX_RATIO)")
+
     with zf:
         members = [m for m in zf.infolist() if not m.is_dir()]
-        if len(members) > MAX_ZIP_MEMBERS:
-            raise IngestError(f"<{zip_path.name}>", "zip_too_large", f"more than {MAX_ZIP_MEMBERS} files")
-        if sum(m.file_size for m in members) > MAX_ZIP_UNCOMPRESSED_BYTES:
-            raise IngestError(f"<{zip_path.name}>", "zip_too_large",
-                              f"more than {MAX_ZIP_UNCOMPRESSED_BYTES / 1024 ** 3:.0f} GiB uncompressed")
-        for k, member in enumerate(members):
+        if len(members) > max_members:
+            raise IngestError(label, "zip_too_large", f"{zip_path.name} holds {len(members)} files, more than "
+                                                      f"{max_members} (IMPORT_ZIP_MAX_MEMBERS)")
+        declared = sum(m.file_size for m in members)
+        if declared > max_total:
+            raise too_large(declared)
+        for member in members:
             name = Path(member.filename)
             if name.is_absolute() or ".." in name.parts or (member.external_attr >> 16) & 0o170000 == 0o120000:
-                raise IngestError(f"<{zip_path.name}>", "unsafe_zip", f"unsafe member name {member.filename!r}")
+                raise IngestError(label, "unsafe_zip", f"unsafe member name {member.filename!r}")
+            if member.file_size > ZIP_RATIO_FLOOR_BYTES and member.file_size > max_ratio * max(member.compress_size, 1):
+                raise too_compressed(member, member.file_size)
+        written = 0
+        for k, member in enumerate(members):
+            name = Path(member.filename)
             if name.name.startswith(".") or name.parts[0] == "__MACOSX":
                 continue
             target = into / f"{k:06d}-{name.name}"
-            with zf.open(member) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst, length=1 << 20)
+            size = 0
+            try:
+                with zf.open(member) as src, open(target, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        size += len(chunk)
+                        written += len(chunk)
+                        if written > max_total:
+                            raise too_large(0)
+                        if size > ZIP_RATIO_FLOOR_BYTES and size > max_ratio * max(member.compress_size, 1):
+                            raise too_compressed(member, size)
+                        dst.write(chunk)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                raise IngestError(label, "bad_zip", f"member {member.filename} of {zip_path.name} is damaged "
+                                                    f"({exc})") from exc
 
 
 def _copy_folder(folder: Path, into: Path):

@@ -1,6 +1,9 @@
-from django.urls import path
+from django.urls import path, register_converter
 
 from . import views
+from .uids import DicomUidConverter
+
+register_converter(DicomUidConverter, "uid")
 
 urlpatterns = [
     path("pacs/connections/", views.connection_list, name="pacs_connections"),
@@ -9,7 +12,7 @@ urlpatterns = [
     path("pacs/connections/<int:connection_id>/test/", views.connection_test, name="pacs_connection_test"),
     path("p/<int:project_id>/pacs/search/", views.search, name="pacs_search"),
     path("p/<int:project_id>/pacs/link/", views.link_exam, name="pacs_link_exam"),
-    path("p/<int:project_id>/pacs/<int:connection_id>/study/<str:study_uid>/", views.study, name="pacs_study"),
+    path("p/<int:project_id>/pacs/<int:connection_id>/study/<uid:study_uid>/", views.study, name="pacs_study"),
     path("p/<int:project_id>/pacs/cohort-pull/", views.cohort_pull, name="pacs_cohort_pull"),
     path("p/<int:project_id>/pacs/import/", views.local_import, name="pacs_import"),
     path("p/<int:project_id>/pacs/series/", views.series_list, name="pacs_series"),

@@ -13,6 +13,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from studies import jobs
@@ -24,6 +25,7 @@ from . import ingest
 from .client import Endpoint, PacsClient, PacsError
 from .forms import CohortPullForm, LinkExamForm, LocalImportForm, PacsConnectionForm, SearchForm, SelectionForm
 from .models import PacsConnection, PseudonymMap, StoredSeries
+from .uids import is_route_uid
 
 PACS_JOB_KINDS = ("pacs.pull_series", "pacs.pull_exam", "pacs.import_local")
 
@@ -69,12 +71,26 @@ def connection_test(request, connection_id):
 
 
 # -- search and link (registry editors) -----------------------------------------------------------------------
+SEARCH_SESSION_KEY = "pacs_search:{project_id}"
+
+
 @login_required
 def search(request, project_id):
+    """Search a PACS. The criteria (a real PatientID is PHI) are POSTed and kept in the server-side session,
+    then the page is shown by a redirect to its plain URL: no PHI in a URL, so none in access logs, browser
+    history or Referer headers; reloading the page runs the last search again."""
     project = get_project_for_user(request, project_id, roles=REGISTRY_EDITORS)
-    form = SearchForm(request.GET or None)
+    key = SEARCH_SESSION_KEY.format(project_id=project.pk)
+    if request.method == "POST":
+        form = SearchForm(request.POST)
+        if form.is_valid():
+            request.session[key] = {name: request.POST.get(name, "") for name in form.fields}
+            return redirect("studies:pacs_search", project.pk)
+    else:
+        saved = request.session.get(key)
+        form = SearchForm(saved) if saved else SearchForm()
     studies, error = None, ""
-    if form.is_valid():
+    if request.method == "GET" and form.is_bound and form.is_valid():
         data = form.cleaned_data
         log_access(request.user, project, "pacs_search",
                    f"{data['connection'].name}: patient id {'given' if data['patient_id'] else 'none'}, "
@@ -87,10 +103,20 @@ def search(request, project_id):
             error = str(exc)
     linked = dict(Exam.objects.filter(patient__project=project).exclude(study_uid="")
                   .values_list("study_uid", "pk")) if studies else {}
+    rows = [(hit, is_route_uid(hit.study_uid), linked.get(hit.study_uid)) for hit in studies or []]
     return render(request, "studies/pacs/search.html", {
-        "project": project, "form": form, "studies": studies, "error": error, "linked": linked,
-        "link_form": LinkExamForm(project=project), "query": request.GET.urlencode(),
+        "project": project, "form": form, "studies": studies, "rows": rows, "error": error,
+        "link_form": LinkExamForm(project=project),
     })
+
+
+def _safe_next(request, default: str) -> str:
+    """The ``next`` URL of a form when it stays on this site (same host, same or safer scheme), else ``default``."""
+    target = request.POST.get("next") or ""
+    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
+                                                  require_https=request.is_secure()):
+        return target
+    return default
 
 
 @login_required
@@ -104,8 +130,9 @@ def link_exam(request, project_id):
         exam.save(update_fields=["study_uid"])
         messages.success(request, f"Study {exam.study_uid} linked to exam {exam}.")
     else:
-        messages.error(request, "Not linked: choose an exam.")
-    return redirect(request.POST.get("next") or reverse("studies:pacs_search", args=[project.pk]))
+        problems = "; ".join(e for errors in form.errors.values() for e in errors)
+        messages.error(request, f"Not linked: {problems}")
+    return redirect(_safe_next(request, reverse("studies:pacs_search", args=[project.pk])))
 
 
 # -- series selection and pull ---------------------------------------------------------------------------------

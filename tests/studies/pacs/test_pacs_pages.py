@@ -125,13 +125,15 @@ def test_secret_is_never_shown_logged_or_audited(site_admin, secured_orthanc, ca
 def test_search_finds_the_study_and_links_it_to_an_exam(coordinator_client, project, connection):
     study, _, patient_id = lidc_uids()
     url = reverse("studies:pacs_search", args=[project.pk])
-    page = coordinator_client.get(url, {"connection": connection.pk, "patient_id": patient_id, "modality": "CT"})
+    # The search is POSTed (the PatientID stays out of URLs) and shown by a redirect to the plain page.
+    coordinator_client.post(url, {"connection": connection.pk, "patient_id": patient_id, "modality": "CT"})
+    page = coordinator_client.get(url)
     html = page.content.decode()
     assert patient_id in html  # the row shows the PACS patient id (PHI, logged below)
     assert page.context["studies"][0].study_uid == study and len(page.context["studies"]) == 1
     assert AccessLog.objects.filter(project=project, action="pacs_search").exists()
     # Nothing entered: refused rather than listing the whole PACS.
-    empty = coordinator_client.get(url, {"connection": connection.pk, "modality": "CT"})
+    empty = coordinator_client.post(url, {"connection": connection.pk, "modality": "CT"})
     assert "Give a patient id or a date range" in empty.content.decode()
 
     exam = ExamFactory(patient=PatientFactory(project=project))
