@@ -30,11 +30,12 @@ def model_detail(request, project_id, version_id):
     project = get_project_for_user(request, project_id)
     version = get_object_or_404(ModelVersion, project=project, pk=version_id)
     headers = dashboards.CLASSIFICATION_HEADERS if version.task == "classification" else dashboards.REGRESSION_HEADERS
-    evaluation = version.evaluations.first()
+    evaluation = version.evaluations.defer("resamples").first()
     snapshot = version.data_snapshot
     return render(request, "analysis/model_detail.html", {
         "project": project, "version": version, "headers": headers, "rows": dashboards.metric_rows(version),
         "panels": dashboards.version_panels(version), "calibration": dashboards.calibration_panel(version),
+        "reliability": dashboards.reliability_panels(version),
         "n_resamples": evaluation.n_resamples if evaluation else 0,
         "n_used": len(snapshot.get("exam_ids", [])), "left_out": dashboards.left_out_rows(version),
     })

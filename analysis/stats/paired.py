@@ -34,6 +34,7 @@ from analysis.stats.roc import _check_labels_scores, _z_quantile, jsonable, midr
 __all__ = [
     "compare_states",
     "decode_array",
+    "decoded_state",
     "delong_from_placements",
     "delong_placements",
     "encode_array",
@@ -49,8 +50,21 @@ def encode_array(values):
 
 
 def decode_array(text):
-    """Inverse of :func:`encode_array`."""
+    """Inverse of :func:`encode_array` (an array already decoded is returned as it is)."""
+    if isinstance(text, np.ndarray):
+        return text
     return np.frombuffer(base64.b64decode(text), dtype="<f8")
+
+
+def decoded_state(state):
+    """A copy of a :func:`resample_state` with its arrays decoded once (for pairing one model many times)."""
+    if not state:
+        return state
+    out = dict(state, boot=decode_array(state["boot"]))
+    if state.get("delong"):
+        out["delong"] = dict(state["delong"], v10=decode_array(state["delong"]["v10"]),
+                             v01=decode_array(state["delong"]["v01"]))
+    return out
 
 
 def _class_index(y_true, classes):

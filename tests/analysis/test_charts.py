@@ -112,29 +112,30 @@ def test_confusion_heatmap_shows_the_counts():
         charts.confusion_figure([[1, 2], [3, 4]], CATEGORIES)
 
 
-def test_calibration_chart_draws_the_cohort_fit_and_a_seeded_sample_of_patients():
-    # Noiseless phantom cohort: HU = 180 - 4 n + offset_i at every level, so the pooled fit is k = -4 and the
-    # intercept is 180 + mean(offset) exactly (every patient contributes the same ten levels).
+def test_calibration_chart_draws_the_level_means_their_fit_the_pooled_fit_and_a_sample_of_patients():
+    # Noiseless phantom cohort: HU = 180 - 4 n + offset_i at every level, so the level means lie on
+    # 180 + mean(offset) - 4 n exactly (mean offset 0): the fit to the means is k = -4, intercept 180, R^2 = 1;
+    # the pooled fit has the same line (every patient contributes the same ten levels) with a smaller R^2.
     offsets = np.linspace(-30.0, 30.0, 25)
     n = np.arange(1, 11, dtype=float)
     hu = 180.0 - 4.0 * n[None, :] + offsets[:, None]
     curve = ThoracolumbarCalibration().fit(hu).curve_data()
     figure = charts.calibration_figure(curve, max_patients=10, random_state=3)
-    measured, hu_cal, fit = figure["data"]
+    measured, means, fit, pooled = figure["data"]
     assert fit["x"] == n.tolist()
     np.testing.assert_allclose(fit["y"], 180.0 - 4.0 * n, atol=1e-9)
-    assert "-4.00·n + 180.0" in fit["name"] and "R² =" in fit["name"]
+    assert "-4.00·n + 180.0" in fit["name"] and "R² = 1.000" in fit["name"] and "level means" in fit["name"]
+    np.testing.assert_allclose(means["y"], 180.0 - 4.0 * n, atol=1e-9)
+    np.testing.assert_allclose(means["error_y"]["array"], np.full(10, offsets.std(ddof=1)), atol=1e-9)
+    assert pooled["name"].startswith("pooled fit (all points): HU = -4.00·n + 180.0")
     # Ten patients of 25, each as its ten measured points followed by a gap.
-    assert measured["name"] == "measured HU, 10 of 25 patients"
+    assert measured["name"] == "per-patient HU, 10 of 25 patients"
     assert len(measured["x"]) == 10 * 11 and measured["x"].count(None) == 10
     chosen = sorted({int(t) for t in measured["text"] if t})
     expected = np.sort(np.random.default_rng(3).choice(25, 10, replace=False)).tolist()
     assert chosen == expected
     for i, pid in enumerate(chosen):
         np.testing.assert_allclose(measured["y"][11 * i: 11 * i + 10], hu[pid], atol=1e-9)
-    # HU_cal at T12, L1, L2 (n = 8, 9, 10) equals the measured value on a noiseless line.
-    assert sorted(set(hu_cal["x"])) == [8.0, 9.0, 10.0]
-    np.testing.assert_allclose(hu_cal["y"][:3], hu[chosen[0], 7:10], atol=1e-9)
     ticks = figure["layout"]["xaxis"]["ticktext"]
     assert [t.split("<br>")[0] for t in ticks] == list(CALIBRATION_LEVELS)
 
