@@ -427,3 +427,17 @@ def left_out_rows(version):
     left_out = version.data_snapshot.get("excluded", [])
     exams = Exam.objects.filter(pk__in=[d["exam_id"] for d in left_out]).select_related("patient").in_bulk()
     return [{**d, "exam": exams.get(d["exam_id"])} for d in left_out]
+
+
+def cohort_split_counts(project):
+    """Each cohort of the project with its number of exams per split and whether it is frozen."""
+    from django.db.models import Count, Q
+
+    from studies.models import Cohort
+
+    cohorts = Cohort.objects.filter(project=project).order_by("name").annotate(
+        **{f"n_{s}": Count("members", filter=Q(members__split=s)) for s in SPLIT_ORDER},
+        n_unassigned=Count("members", filter=Q(members__split="")),
+    )
+    return [{"name": c.name, "frozen": c.frozen, "description": c.description,
+             "counts": [getattr(c, f"n_{s}") for s in SPLIT_ORDER], "unassigned": c.n_unassigned} for c in cohorts]

@@ -43,3 +43,15 @@ class CohortTableForm(forms.Form):
         super().__init__(*args, **kwargs)
         names = list(Cohort.objects.filter(project=project).order_by("name").values_list("name", flat=True))
         self.fields["cohort"].choices = [(n, n) for n in names]
+
+
+class SplitsForm(forms.Form):
+    """The study's splits for a cohort (new or not yet frozen)."""
+
+    cohort = forms.CharField(max_length=100, help_text="an existing cohort that is not frozen, or a new name")
+    test_from = forms.DateField(label="Test split from", help_text="exams on or after this date (YYYY-MM-DD)",
+                                widget=forms.DateInput(attrs={"type": "date"}))
+    validation_share = forms.FloatField(initial=0.2, min_value=0.01, max_value=0.99,
+                                        help_text="share of the development exams; train gets round((1 - share) n)")
+    stratify = forms.BooleanField(required=False, label="stratify by QCT category")
+    seed = forms.IntegerField(initial=0, min_value=0)

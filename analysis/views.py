@@ -12,7 +12,7 @@ from studies.access import get_project_for_user
 from studies.models import TRAINING_LAUNCHERS, Cohort
 
 from . import dashboards
-from .forms import CohortTableForm, CompareForm
+from .forms import CohortTableForm, CompareForm, SplitsForm
 from .models import ModelVersion
 
 @login_required
@@ -110,3 +110,32 @@ def exam_measurements(request, project_id, exam_id):
         "project": project, "exam": exam, "runs": runs, "can_measure": can_measure and has_series,
         "has_series": has_series,
     })
+
+
+@login_required
+def cohort_splits(request, project_id):
+    """The study's splits of a cohort: exams from a date on are test, the rest random train/validation."""
+    from analysis.modeling.cohort_splits import make_splits
+
+    project = get_project_for_user(request, project_id)
+    can_split = request.project_role in TRAINING_LAUNCHERS
+    form = SplitsForm(request.POST or None, initial={"cohort": "study", "test_from": "2023-03-01"})
+    status = 200
+    if request.method == "POST":
+        if not can_split:
+            raise PermissionDenied("Only PIs and admins make splits.")
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                cohort, counts = make_splits(project, data["cohort"], test_from=data["test_from"],
+                                             validation_share=data["validation_share"], stratify=data["stratify"],
+                                             random_state=data["seed"])
+            except ValueError as exc:
+                form.add_error(None, str(exc))
+            else:
+                messages.success(request, f"Cohort {cohort.name!r}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+                return redirect("analysis:cohort_splits", project.pk)
+        status = 400
+    return render(request, "analysis/cohort_splits.html", {
+        "project": project, "form": form, "can_split": can_split, "cohorts": dashboards.cohort_split_counts(project),
+    }, status=status)
