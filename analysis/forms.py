@@ -55,3 +55,19 @@ class SplitsForm(forms.Form):
                                         help_text="share of the development exams; train gets round((1 - share) n)")
     stratify = forms.BooleanField(required=False, label="stratify by QCT category")
     seed = forms.IntegerField(initial=0, min_value=0)
+
+
+class ReportForm(forms.Form):
+    """Which versions the study report lays out (default: the latest training run) and which algorithms its
+    figures draw (the paper: BDT for the ROC curves, SGD for the scatter and Bland-Altman plots)."""
+
+    v = _VersionChoices(queryset=ModelVersion.objects.none(), label="Versions", required=False,
+                        widget=forms.SelectMultiple(attrs={"size": 8}))
+    classifier = forms.ChoiceField(choices=[(a, a) for a in ("BDT", "LR", "RF")], initial="BDT",
+                                   label="Classifier in the figures")
+    regressor = forms.ChoiceField(choices=[(a, a) for a in ("BDT", "SGD", "RF")], initial="SGD",
+                                  label="Regressor in the figures")
+
+    def __init__(self, *args, project, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["v"].queryset = ModelVersion.objects.filter(project=project).order_by("pk")

@@ -12,7 +12,7 @@ from studies.access import get_project_for_user
 from studies.models import TRAINING_LAUNCHERS, Cohort
 
 from . import dashboards
-from .forms import CohortTableForm, CompareForm, SplitsForm
+from .forms import CohortTableForm, CompareForm, ReportForm, SplitsForm
 from .models import ModelVersion
 
 @login_required
@@ -139,3 +139,47 @@ def cohort_splits(request, project_id):
     return render(request, "analysis/cohort_splits.html", {
         "project": project, "form": form, "can_split": can_split, "cohorts": dashboards.cohort_split_counts(project),
     }, status=status)
+
+
+def _report(request, project):
+    """The report form and the report (None when the form is invalid) of a request."""
+    from . import report
+
+    data = request.GET.copy()
+    data.setdefault("classifier", "BDT")
+    data.setdefault("regressor", "SGD")
+    form = ReportForm(data, project=project)
+    if not form.is_valid():
+        return form, None
+    versions = list(form.cleaned_data["v"]) or report.default_versions(project)
+    return form, report.study_report(project, versions, classifier=form.cleaned_data["classifier"],
+                                     regressor=form.cleaned_data["regressor"])
+
+
+@login_required
+def study_report(request, project_id):
+    """The seed study's tables 1-5 and figures 4-8 for a set of versions (``?print=1``: printable)."""
+    project = get_project_for_user(request, project_id)
+    form, result = _report(request, project)
+    query = request.GET.copy()
+    query.pop("print", None)
+    return render(request, "analysis/report.html", {
+        "project": project, "form": form, "report": result, "printable": request.GET.get("print") == "1",
+        "query": query.urlencode(),
+    }, status=200 if result is not None else 400)
+
+
+@login_required
+def study_report_csv(request, project_id, table_id):
+    """One table of the study report as CSV (the same rows as the page)."""
+    from django.http import Http404, HttpResponse
+
+    from . import report
+
+    project = get_project_for_user(request, project_id)
+    form, result = _report(request, project)
+    if result is None or table_id not in result["tables"]:
+        raise Http404("No such table in this report.")
+    response = HttpResponse(report.table_csv(result["tables"][table_id]), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{table_id}.csv"'
+    return response
