@@ -441,3 +441,34 @@ def cohort_split_counts(project):
     )
     return [{"name": c.name, "frozen": c.frozen, "description": c.description,
              "counts": [getattr(c, f"n_{s}") for s in SPLIT_ORDER], "unassigned": c.n_unassigned} for c in cohorts]
+
+
+def list_metrics(versions):
+    """The headline metric of each version per split, for the model list: macro AUC for classifiers, MAE
+    (mg/cm3) for regressors, read from the stored evaluations without loading their JSON.
+
+    Returns
+    -------
+    dict
+        ``{version_id: {"metric": "AUC" | "MAE", "cells": [train, validation, test]}}`` with formatted values
+        ("–" where not evaluated).
+    """
+    from django.db.models.fields.json import KT
+
+    values = {}
+    rows = (Evaluation.objects.filter(model_version__in=versions)
+            .annotate(auc=KT("metrics__macro_auc"), mae=KT("metrics__mae"))
+            .values_list("model_version_id", "split", "auc", "mae"))
+    for version_id, split, auc, mae in rows:
+        values[(version_id, split)] = (auc, mae)
+    out = {}
+    for v in versions:
+        classification = v.task == "classification"
+        cells = []
+        for split in SPLIT_ORDER:
+            auc, mae = values.get((v.pk, split), (None, None))
+            value = auc if classification else mae
+            cells.append("–" if value in (None, "") else f"{float(value):.3f}" if classification
+                         else f"{float(value):.2f}")
+        out[v.pk] = {"metric": "AUC" if classification else "MAE", "cells": cells}
+    return out

@@ -18,7 +18,10 @@ from .models import ModelVersion
 @login_required
 def model_list(request, project_id):
     project = get_project_for_user(request, project_id)
-    versions = ModelVersion.objects.filter(project=project).select_related("cohort")
+    versions = list(ModelVersion.objects.filter(project=project).select_related("cohort"))
+    metrics = dashboards.list_metrics(versions)
+    for v in versions:
+        v.list_metric = metrics[v.pk]
     cohorts = Cohort.objects.filter(project=project)
     can_train = request.project_role in TRAINING_LAUNCHERS
     return render(request, "analysis/model_list.html",

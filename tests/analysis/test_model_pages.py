@@ -76,3 +76,14 @@ def test_left_out_exams_are_named_by_patient_and_date(client, trained):
     exam = Exam.objects.select_related("patient").get(pk=left_out[0]["exam_id"])
     assert f"{exam.patient.pseudonym}</a> {exam.exam_date:%Y-%m-%d}" in page
     assert left_out[0]["reason"] in page
+
+
+def test_model_list_has_metric_columns_per_split(client, trained):
+    # Issue 10: the list shows each version's headline metric per split, read from the stored evaluations.
+    project, (lr, sgd) = trained
+    login(client, project, "annotator")
+    page = client.get(reverse("analysis:model_list", args=[project.pk])).content.decode()
+    auc = [f"{lr.evaluations.get(split=s).metrics['macro_auc']:.3f}" for s in ("train", "validation", "test")]
+    mae = [f"{sgd.evaluations.get(split=s).metrics['mae']:.2f}" for s in ("train", "validation", "test")]
+    assert "<td>AUC</td>" + "".join(f'<td class="num">{x}</td>' for x in auc) in page
+    assert "<td>MAE</td>" + "".join(f'<td class="num">{x}</td>' for x in mae) in page
