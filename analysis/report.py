@@ -138,14 +138,14 @@ def _effect_table(versions, evaluations):
             try:
                 r = compare_states(ea.resamples, eb.resamples)
             except ValueError as exc:
-                rows.append([region_label(v), v.task, v.algorithm, SPLIT_LABELS.get(split, split), "", "", str(exc),
-                             "", "", ""])
+                rows.append([region_label(v), f"{v.task}, {v.algorithm}", SPLIT_LABELS.get(split, split), "", "",
+                             str(exc), "", "", ""])
                 continue
             digits = 3 if v.task == "classification" else 2
             metric = "macro AUC" if v.task == "classification" else "MAE (mg/cm3)"
             delong = r.get("delong")
             rows.append([
-                region_label(v), metric, v.algorithm, SPLIT_LABELS.get(split, split),
+                region_label(v), f"{metric}, {v.algorithm}", SPLIT_LABELS.get(split, split),
                 f"{r['estimate_b']:.{digits}f}", f"{r['estimate_a']:.{digits}f}",
                 charts.format_ci(r["diff"], r["ci_low"], r["ci_high"], digits), charts.format_p(r["p"]),
                 charts.format_ci(delong["diff"], delong["ci_low"], delong["ci_high"]) if delong else "",
@@ -156,8 +156,8 @@ def _effect_table(versions, evaluations):
             "note": "Difference = calibrated − chest. Macro AUC and MAE: paired stratified bootstrap on the same "
                     "resamples of the same cases (percentile CI, two-sided p); osteoporosis vs not: paired DeLong "
                     "test. Only feature augmentation cannot change with k (see the model pages).",
-            "columns": ["Calibrated model", "Metric", "Method", "Split", "Chest", "Calibrated",
-                        "Difference (95% CI)", "P (bootstrap)", "Osteoporosis vs not: AUC difference (DeLong)",
+            "columns": ["Calibrated model", "Metric, method", "Split", "Chest", "Calibrated",
+                        "Difference (95% CI)", "P (bootstrap)", "Osteoporosis vs not: AUC difference (DeLong CI)",
                         "P (DeLong)"],
             "rows": rows}
 

@@ -32,7 +32,7 @@ def trained(db, settings, tmp_path):
 
 def page_table(page, table_id):
     """Header and rows of a table on the page, cell texts unescaped."""
-    body = re.search(rf'<table class="grid fit" data-table="{table_id}">(.*?)</table>', page, re.S).group(1)
+    body = re.search(rf'<table class="grid fit report" data-table="{table_id}">(.*?)</table>', page, re.S).group(1)
     head = [html.unescape(c) for c in re.findall(r"<th>(.*?)</th>", body, re.S)]
     rows = [[html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", row, re.S)]
             for row in re.findall(r"<tr>(.*?)</tr>", body.split("</thead>")[1], re.S)]
@@ -80,8 +80,8 @@ def test_calibration_effect_is_the_paired_bootstrap_on_the_common_cases(client, 
     login(client, project, "pi")
     page = client.get(reverse("analysis:study_report", args=[project.pk])).content.decode()
     _, rows = page_table(page, "table-effect")
-    row = next(r for r in rows if r[0] == "T5-T10-Cal (abdomen transfer)" and r[1] == "macro AUC"
-               and r[3] == "Validation")
+    row = next(r for r in rows if r[0] == "T5-T10-Cal (abdomen transfer)" and r[1] == "macro AUC, BDT"
+               and r[2] == "Validation")
     # Expected: the paired stratified bootstrap (40 stored resamples, seed 0) of calibrated minus chest on the
     # validation cases in exam-id order.
     a = {p.exam_id: p for p in calibrated.predictions.filter(split="validation").select_related("exam__qct")}
@@ -92,9 +92,9 @@ def test_calibration_effect_is_the_paired_bootstrap_on_the_common_cases(client, 
                                         [[a[e].probabilities[c] for c in CATEGORIES] for e in common],
                                         [[b[e].probabilities[c] for c in CATEGORIES] for e in common], CATEGORIES,
                                         n_resamples=40, random_state=0)
-    assert row[4] == f"{result['macro_auc_b']:.3f}" and row[5] == f"{result['macro_auc_a']:.3f}"
-    assert row[6] == format_ci(result["diff"], result["ci_low"], result["ci_high"])
-    assert row[7] == format_p(result["p"])
+    assert row[3] == f"{result['macro_auc_b']:.3f}" and row[4] == f"{result['macro_auc_a']:.3f}"
+    assert row[5] == format_ci(result["diff"], result["ci_low"], result["ci_high"])
+    assert row[6] == format_p(result["p"])
 
 
 def test_printable_version_and_access(client, trained):
