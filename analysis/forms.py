@@ -6,6 +6,9 @@ from studies.models import Cohort, Split
 
 from .models import ModelVersion
 
+# Large JSON columns that version pickers and lists never show (every exam id, label and run of a version).
+LIST_DEFERRED = ("data_snapshot", "feature_names")
+
 
 class _VersionChoices(forms.ModelMultipleChoiceField):
     def label_from_instance(self, obj):
@@ -22,7 +25,7 @@ class CompareForm(forms.Form):
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, **kwargs)
         # Only this project's versions are choices: an id of another project is "not one of the choices".
-        self.fields["v"].queryset = ModelVersion.objects.filter(project=project).order_by("pk")
+        self.fields["v"].queryset = ModelVersion.objects.filter(project=project).order_by("pk").defer(*LIST_DEFERRED)
 
     def clean_v(self):
         versions = list(self.cleaned_data["v"])
@@ -70,4 +73,4 @@ class ReportForm(forms.Form):
 
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["v"].queryset = ModelVersion.objects.filter(project=project).order_by("pk")
+        self.fields["v"].queryset = ModelVersion.objects.filter(project=project).order_by("pk").defer(*LIST_DEFERRED)

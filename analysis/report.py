@@ -60,7 +60,7 @@ def default_versions(project):
     candidates = ModelVersion.objects.filter(
         project=project, external=False, cohort=newest.cohort, random_seed=newest.random_seed,
         created_at__gte=newest.created_at - dt.timedelta(minutes=10),
-    ).order_by("-created_at", "-pk")
+    ).order_by("-created_at", "-pk").defer("data_snapshot", "feature_names")
     chosen = {}
     for v in candidates:
         chosen.setdefault((_region_key(v), v.task, v.algorithm), v)
@@ -253,7 +253,13 @@ def study_report(project, versions, *, classifier="BDT", regressor="SGD"):
     from analysis.dashboards import calibration_panel
 
     versions = sorted(versions, key=_order)
-    evaluations = {(e.model_version_id, e.split): e for e in Evaluation.objects.filter(model_version__in=versions)}
+    # Resample states only where the calibration's effect pairs versions (chest and calibrated chest).
+    evaluations = {(e.model_version_id, e.split): e
+                   for e in Evaluation.objects.filter(model_version__in=versions).defer("resamples")}
+    paired = [v.pk for v in versions if v.feature_set in ("chest", "chest_cal")]
+    for pk, split, resamples in Evaluation.objects.filter(model_version__in=paired).values_list(
+            "model_version_id", "split", "resamples"):
+        evaluations[(pk, split)].resamples = resamples
     cohorts = sorted({v.cohort.name for v in versions if v.cohort_id})
     tables = {}
     if cohorts:

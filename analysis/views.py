@@ -12,13 +12,13 @@ from studies.access import get_project_for_user
 from studies.models import TRAINING_LAUNCHERS, Cohort
 
 from . import dashboards
-from .forms import CohortTableForm, CompareForm, ReportForm, SplitsForm
+from .forms import LIST_DEFERRED, CohortTableForm, CompareForm, ReportForm, SplitsForm
 from .models import ModelVersion
 
 @login_required
 def model_list(request, project_id):
     project = get_project_for_user(request, project_id)
-    versions = list(ModelVersion.objects.filter(project=project).select_related("cohort"))
+    versions = list(ModelVersion.objects.filter(project=project).select_related("cohort").defer(*LIST_DEFERRED))
     metrics = dashboards.list_metrics(versions)
     for v in versions:
         v.list_metric = metrics[v.pk]

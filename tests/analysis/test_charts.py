@@ -184,3 +184,31 @@ def test_format_ci_uses_to_when_an_end_is_negative():
     assert charts.format_ci(0.948, 0.908, 0.984) == "0.948 (0.908–0.984)"
     assert charts.format_ci(-0.91, -2.3, 0.48, 2) == "-0.91 (-2.30 to 0.48)"
     assert charts.format_ci(None) == "–"
+
+
+def test_every_kind_of_figure_passes_plotlys_validators():
+    # Figures are plain dicts for speed; plotly's validators (go.Figure) must accept every kind we draw, so a
+    # misspelt property fails here rather than silently in the browser.
+    from analysis.stats.reliability import reliability
+
+    rng = np.random.default_rng(0)
+    ref, pred = rng.uniform(40, 200, 30), rng.uniform(40, 200, 30)
+    ba = {"bias": 1.0, "bias_ci_low": 0.0, "bias_ci_high": 2.0, "loa_low": -20.0, "loa_low_ci_low": -25.0,
+          "loa_low_ci_high": -15.0, "loa_high": 22.0, "loa_high_ci_low": 18.0, "loa_high_ci_high": 26.0}
+    y = np.array(CATEGORIES)[rng.integers(0, 3, 30)]
+    proba = rng.dirichlet(np.ones(3), 30)
+    cal = ThoracolumbarCalibration().fit(180.0 - 4.0 * np.arange(1, 11)[None, :] + rng.normal(0, 5, (12, 10)))
+    figures = [
+        charts.roc_figure([{"name": "a", "fpr": [0, 0.5, 1], "tpr": [0, 0.7, 1], "auc": 0.7, "ci_low": 0.6,
+                            "ci_high": 0.8, "colour": "#000000", "dash": "dash"}], title="t"),
+        charts.scatter_figure([{"name": "a", "reference": ref, "predicted": pred, "pearson_r": 0.1,
+                                "labels": [f"P{i}" for i in range(30)]}]),
+        charts.bland_altman_figure(ref, pred, ba, labels=[f"P{i}" for i in range(30)]),
+        charts.confusion_figure([[1, 2, 3], [4, 5, 6], [7, 8, 9]], CATEGORIES),
+        charts.calibration_figure(cal.summary(max_patients=5)),
+        charts.reliability_figure(reliability(y, proba, CATEGORIES)),
+    ]
+    for figure in figures:
+        charts.validate_figure(figure)
+    with pytest.raises(ValueError):
+        charts.validate_figure({"data": [{"type": "scatter", "colour": "red"}], "layout": {}})
