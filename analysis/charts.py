@@ -6,8 +6,8 @@ hands to ``Plotly.newPlot``. Nothing here computes a statistic: AUCs, CIs, Pears
 limits come from :mod:`analysis.stats` (through the stored evaluations), so a chart always shows the same
 numbers as the table beside it.
 
-Figures use plotly's empty ``"none"`` template: the default template would add about 7 kB to every
-figure on a page with eight of them, and plotly.js's own defaults read well.
+Figures carry no template: plotly.py's default template would add about 7 kB to every figure on a page
+with eight of them, and plotly.js's own defaults read well.
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ __all__ = [
     "confusion_figure",
     "format_ci",
     "format_p",
+    "reliability_figure",
     "roc_curves_from_metrics",
     "roc_figure",
     "scatter_figure",
+    "validate_figure",
 ]
 
 # Colours per category as in static/css/site.css, so a curve and a badge of one class match.
@@ -45,11 +47,13 @@ def _legend_below(n_entries, plot_height=340):
 
 
 def _figure(traces, layout):
-    """A plain figure dict built through plotly's validators (a typo in a property fails here, not in JS)."""
-    import plotly.graph_objects as go
+    """A plain figure dict ``{"data", "layout"}`` (JSON-ready) with the site's common layout.
 
+    Built as plain dicts: plotly's validating ``go.Figure`` costs about 30 ms per figure, which a report with
+    20 charts cannot afford on page view. :func:`validate_figure` runs plotly's validators; the tests run it
+    on every kind of figure, so a typo in a property still fails in Python, not in the browser.
+    """
     base = {
-        "template": "none",
         "margin": {"l": 60, "r": 20, "t": 50, "b": 55},
         "height": 420,
         "font": {"family": "system-ui, -apple-system, 'Segoe UI', sans-serif", "size": 13},
@@ -59,7 +63,15 @@ def _figure(traces, layout):
     # Titles sit at the left: the mode bar takes the top right corner.
     layout = {**layout, "title": {"x": 0.01, "xanchor": "left", **layout.get("title", {})}}
     base.update(layout)
-    return jsonable(go.Figure(data=traces, layout=base).to_plotly_json())
+    return jsonable({"data": list(traces), "layout": base})
+
+
+def validate_figure(figure):
+    """Run plotly's validators on a figure dict (raises ValueError on an unknown or invalid property)."""
+    import plotly.graph_objects as go
+
+    go.Figure(data=figure["data"], layout=figure["layout"])
+    return figure
 
 
 def format_ci(value, low=None, high=None, digits=3):
@@ -327,17 +339,17 @@ def confusion_figure(matrix, classes, *, title=""):
 
 
 def calibration_figure(curve, *, max_patients=40, random_state=0, title=""):
-    """HU against vertebra level n = 1..10 (T5..L2): a sample of patients and the cohort fit line.
+    """The calibration curve as in the seed study: per-level mean HU T5..L2 with its linear fit.
 
     Parameters
     ----------
     curve : dict
-        :meth:`analysis.modeling.calibration.ThoracolumbarCalibration.curve_data` output (``k``,
-        ``intercept``, ``r2``, ``levels``, ``n``, ``patients``). ``patients`` may be empty: the chart then
-        shows the cohort line only.
+        :meth:`analysis.modeling.calibration.ThoracolumbarCalibration.summary` (as stored with a model
+        version) or ``curve_data`` output: ``k``, ``intercept``, ``r2`` (fit to the per-level means),
+        ``levels``, ``n``, optionally ``level_mean``, ``level_sd``, ``pooled`` and ``patients``
+        (``{"patient_id", "n", "hu"}`` each).
     max_patients : int
-        Patients drawn at most; a larger cohort is sampled without replacement (seeded), so the chart stays
-        readable and small.
+        Patients drawn at most behind the curve (a seeded sample without replacement when there are more).
     random_state : int
         Seed of that sample.
     title : str
@@ -345,58 +357,97 @@ def calibration_figure(curve, *, max_patients=40, random_state=0, title=""):
     Returns
     -------
     dict
-        Plotly figure: the sampled patients' measured HU as one line trace (patients separated by gaps),
-        their calibrated HU_cal at the output levels as open markers, then the cohort line
-        ``k * n + intercept`` over all levels.
+        Plotly figure: the sampled patients' measured HU as one thin line trace (patients separated by
+        gaps), the per-level means with error bars of one SD, the fit to the means ``k * n + intercept``
+        with its R^2, and the pooled fit (dashed, labelled as pooled).
     """
     n_axis = [float(v) for v in curve["n"]]
     patients = list(curve.get("patients") or [])
+    total = int(curve.get("n_patients") or len(patients))
     if len(patients) > max_patients:
         keep = np.sort(np.random.default_rng(random_state).choice(len(patients), max_patients, replace=False))
         patients = [patients[i] for i in keep]
-    index = dict(zip(curve["levels"], n_axis))
     traces = []
     if patients:
-        x, y, text, cal_x, cal_y, cal_text = [], [], [], [], [], []
+        x, y, text = [], [], []
         for p in patients:
             x += list(p["n"]) + [None]
             y += list(p["hu"]) + [None]
             text += [str(p["patient_id"])] * len(p["n"]) + [""]
-            for level, value in (p.get("hu_cal") or {}).items():
-                if value is not None:
-                    cal_x.append(index[level])
-                    cal_y.append(value)
-                    cal_text.append(str(p["patient_id"]))
         shown = len(patients)
-        total = len(curve.get("patients") or [])
         traces.append({
-            "type": "scatter", "mode": "lines+markers", "x": x, "y": y, "text": text, "connectgaps": False,
-            "name": f"measured HU, {shown} of {total} patients" if shown < total else f"measured HU, {total} patients",
-            "line": {"color": "rgba(95,107,122,0.35)", "width": 1}, "marker": {"size": 4, "color": "#5f6b7a"},
-            "hovertemplate": "exam %{text}<br>n = %{x}<br>%{y:.1f} HU<extra></extra>",
+            "type": "scatter", "mode": "lines", "x": x, "y": y, "text": text, "connectgaps": False,
+            "name": f"per-patient HU, {shown} of {total} patients" if shown < total else f"per-patient HU, {total} patients",
+            "line": {"color": "rgba(95,107,122,0.3)", "width": 1},
+            "hovertemplate": "%{text}<br>n = %{x}<br>%{y:.1f} HU<extra></extra>",
         })
-        if cal_x:
-            traces.append({
-                "type": "scatter", "mode": "markers", "x": cal_x, "y": cal_y, "text": cal_text,
-                "name": "HU_cal from thoracic levels",
-                "marker": {"symbol": "circle-open", "size": 7, "color": "#a15c00"},
-                "hovertemplate": "exam %{text}<br>n = %{x}<br>HU_cal %{y:.1f}<extra></extra>",
-            })
+    if curve.get("level_mean") is not None:
+        means = [None if m is None else float(m) for m in curve["level_mean"]]
+        sds = [0.0 if v is None else float(v) for v in (curve.get("level_sd") or [None] * len(means))]
+        traces.append({
+            "type": "scatter", "mode": "markers", "x": n_axis, "y": means,
+            "error_y": {"type": "data", "array": sds, "visible": True, "color": "#5f6b7a", "thickness": 1.5},
+            "name": "mean HU per level (± 1 SD)", "marker": {"color": "#1d2530", "size": 8},
+            "hovertemplate": "n = %{x}<br>mean %{y:.1f} HU<extra></extra>",
+        })
     k, intercept, r2 = curve["k"], curve["intercept"], curve.get("r2")
-    fit = [k * n + intercept for n in n_axis]
     r2_text = f", R² = {r2:.3f}" if r2 is not None else ""
     traces.append({
-        "type": "scatter", "mode": "lines", "x": n_axis, "y": fit,
-        "name": f"cohort fit: HU = {k:.2f}·n + {intercept:.1f}{r2_text}",
+        "type": "scatter", "mode": "lines", "x": n_axis, "y": [k * n + intercept for n in n_axis],
+        "name": f"fit to the level means: HU = {k:.2f}·n + {intercept:.1f}{r2_text}",
         "line": {"color": "#1f5fa8", "width": 3},
-        "hovertemplate": "n = %{x}<br>%{y:.1f} HU<extra>cohort fit</extra>",
+        "hovertemplate": "n = %{x}<br>%{y:.1f} HU<extra>fit to the means</extra>",
     })
+    pooled = curve.get("pooled")
+    if pooled:
+        traces.append({
+            "type": "scatter", "mode": "lines", "x": n_axis, "y": [pooled["k"] * n + pooled["intercept"] for n in n_axis],
+            "name": f"pooled fit (all points): HU = {pooled['k']:.2f}·n + {pooled['intercept']:.1f}, "
+                    f"R² = {pooled['r2']:.3f}",
+            "line": {"color": "#a15c00", "width": 2, "dash": "dash"},
+            "hovertemplate": "n = %{x}<br>%{y:.1f} HU<extra>pooled fit</extra>",
+        })
     return _figure(traces, {
         "title": {"text": title},
         "xaxis": {"title": {"text": "Vertebra level (n)"}, "tickmode": "array", "tickvals": n_axis,
                   "ticktext": [f"{level}<br>{int(n)}" for level, n in zip(curve["levels"], n_axis)]},
         "yaxis": {"title": {"text": "Mean trabecular HU"}},
         **_legend_below(len(traces), plot_height=380),
+    })
+
+
+def reliability_figure(reliability, *, title=""):
+    """Reliability curves: observed share of each class against the mean predicted probability per bin.
+
+    Parameters
+    ----------
+    reliability : dict
+        :func:`analysis.stats.reliability.reliability` output (stored with the evaluation).
+    title : str
+
+    Returns
+    -------
+    dict
+        Plotly figure: one line per class (legend with its Brier score), then the diagonal of perfect
+        reliability.
+    """
+    traces = []
+    for name, c in reliability["classes"].items():
+        traces.append({
+            "type": "scatter", "mode": "lines+markers", "x": c["mean_predicted"], "y": c["observed"],
+            "text": [f"{k} cases" for k in c["count"]], "name": f"{name}: Brier {c['brier']:.3f}",
+            "line": {"color": CATEGORY_COLOURS.get(name), "width": 2},
+            "hovertemplate": "predicted %{x:.2f}<br>observed %{y:.2f}<br>%{text}<extra>" + name + "</extra>",
+        })
+    traces.append({
+        "type": "scatter", "mode": "lines", "x": [0.0, 1.0], "y": [0.0, 1.0], "name": "perfect reliability",
+        "line": {"color": "#9aa4b1", "width": 1, "dash": "dot"}, "hoverinfo": "skip",
+    })
+    return _figure(traces, {
+        "title": {"text": title},
+        "xaxis": {"title": {"text": "Mean predicted probability"}, "range": [-0.01, 1.01], "constrain": "domain"},
+        "yaxis": {"title": {"text": "Observed share"}, "range": [-0.01, 1.01], "scaleanchor": "x"},
+        **_legend_below(len(traces)),
     })
 
 

@@ -8,13 +8,12 @@ to a template. Every figure travels as ``{"id", "label", "figure"}`` for ``templ
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from itertools import combinations
 
 from analysis import charts
 from analysis.categories import OSTEOPOROSIS
-from analysis.models import Evaluation, LevelMeasurement
+from analysis.models import Evaluation
 
 __all__ = [
     "CLASSIFICATION_HEADERS",
@@ -28,6 +27,7 @@ __all__ = [
     "evaluated_cases",
     "metric_cells",
     "metric_rows",
+    "reliability_panels",
     "version_panels",
 ]
 
@@ -70,7 +70,7 @@ def metric_cells(task, metrics):
 def metric_rows(version):
     """One row per evaluated split: ``{"split", "n", "error", "cells"}``."""
     rows = []
-    for evaluation in sorted(version.evaluations.all(), key=lambda e: _split_key(e.split)):
+    for evaluation in sorted(version.evaluations.defer("resamples"), key=lambda e: _split_key(e.split)):
         m = evaluation.metrics
         row = {"split": evaluation.split, "n": evaluation.n, "error": m.get("error", "")}
         if not row["error"]:
@@ -94,33 +94,36 @@ class CaseSet:
         return len(self.exam_ids)
 
 
-def evaluated_cases(version, split):
+def evaluated_cases(version, split, *, probabilities=False):
     """The cases :func:`analysis.modeling.versions.evaluate_version` evaluates on ``split``.
 
     Predictions of the split whose exam has a QCT value and no exclusion flag (on the exam or its patient),
     with the registry's current QCT values: the points of the scatter and Bland-Altman charts.
+    ``probabilities=True`` reads the classifiers' probabilities too (empty dicts otherwise).
     """
     from studies.models import ExclusionFlag
 
-    predictions = list(
-        version.predictions.filter(split=split).select_related("exam__qct", "exam__patient").order_by("exam_id")
+    # Plain values, not model instances: a report draws ten of these sets and instances cost ten times more.
+    rows = list(
+        version.predictions.filter(split=split).order_by("exam_id").values_list(
+            "exam_id", "exam__patient_id", "exam__patient__pseudonym", "exam__qct__qct_bmd", "exam__qct__category",
+            "predicted_bmd", "probabilities" if probabilities else "exam_id")
     )
-    exam_ids = [p.exam_id for p in predictions]
+    exam_ids = [r[0] for r in rows]
     excluded_exams = set(ExclusionFlag.objects.filter(exam__in=exam_ids).values_list("exam_id", flat=True))
     excluded_patients = set(
         ExclusionFlag.objects.filter(exam=None, patient__exams__in=exam_ids).values_list("patient_id", flat=True)
     )
     cases = CaseSet()
-    for p in predictions:
-        qct = getattr(p.exam, "qct", None)
-        if p.exam_id in excluded_exams or p.exam.patient_id in excluded_patients or qct is None or qct.qct_bmd is None:
+    for exam_id, patient_id, pseudonym, qct_bmd, category, predicted_bmd, probabilities in rows:
+        if exam_id in excluded_exams or patient_id in excluded_patients or qct_bmd is None:
             continue
-        cases.exam_ids.append(p.exam_id)
-        cases.labels.append(f"{p.exam.patient.pseudonym} (exam {p.exam_id})")
-        cases.qct_bmd.append(qct.qct_bmd)
-        cases.categories.append(qct.category)
-        cases.predicted_bmd.append(p.predicted_bmd)
-        cases.probabilities.append(p.probabilities)
+        cases.exam_ids.append(exam_id)
+        cases.labels.append(pseudonym)
+        cases.qct_bmd.append(qct_bmd)
+        cases.categories.append(category)
+        cases.predicted_bmd.append(predicted_bmd)
+        cases.probabilities.append(probabilities if isinstance(probabilities, dict) else {})
     return cases
 
 
@@ -172,7 +175,7 @@ def version_panels(version):
         "confusion_rows" ((class, counts) per true class), "note"}`` in train, validation, test order.
     """
     panels = []
-    for evaluation in sorted(version.evaluations.all(), key=lambda e: _split_key(e.split)):
+    for evaluation in sorted(version.evaluations.defer("resamples"), key=lambda e: _split_key(e.split)):
         m, split = evaluation.metrics, evaluation.split
         label = SPLIT_LABELS.get(split, split)
         panel = {"split": split, "label": label, "n": evaluation.n, "error": m.get("error", ""), "charts": [],
@@ -214,150 +217,147 @@ def version_panels(version):
     return panels
 
 
-def _training_hu(version, split):
-    """``{exam_id: {level: HU}}`` of the version's ``split`` exams, from their recorded measurement runs.
-
-    Levels without a value or with a QA flag that blocks a level in the feature tables are left out, as the
-    calibration fit leaves them out.
-    """
-    from analysis.modeling.features import BLOCKING_FLAGS
-    from analysis.segmentation.levels import CALIBRATION_LEVELS
-
-    snapshot = version.data_snapshot
-    runs = [run for run, s in zip(snapshot.get("measurement_run_ids", []), snapshot.get("split", [])) if s == split]
-    hu = {}
-    # Chunks: an IN list of a whole cohort's run ids would exceed SQLite's limit on query parameters.
-    for start in range(0, len(runs), 5000):
-        levels = LevelMeasurement.objects.filter(
-            run_id__in=runs[start:start + 5000], level__in=CALIBRATION_LEVELS
-        ).values_list("run__exam_id", "level", "mean_hu", "flags")
-        for exam_id, level, mean_hu, flags in levels:
-            row = hu.setdefault(exam_id, {})
-            if mean_hu is not None and math.isfinite(mean_hu) and not BLOCKING_FLAGS.intersection(flags or ()):
-                row[level] = mean_hu
-    return hu
-
-
 def calibration_panel(version):
-    """The thoraco-lumbar calibration chart of a ``chest_cal`` version (None for other versions).
-
-    The cohort line is the stored fit (k, intercept, R^2). The per-patient points are rebuilt from the
-    measurement runs of the version's training exams and refitted; they are drawn only when that refit
-    reproduces the stored k and intercept, i.e. when they are the very points the line was fitted on (the
-    fit may also have used training exams that the feature table then left out, whose runs the version does
-    not record).
+    """The thoraco-lumbar calibration of a ``chest_cal`` version (None for other versions), from what training
+    stored: the fit to the per-level means, the spread per level, the pooled fit and a sample of patients.
 
     Returns
     -------
     dict or None
-        ``{"chart", "calibration" (stored JSON), "points_shown" (bool), "n_patients", "note"}``.
+        ``{"chart", "calibration" (stored JSON), "levels": [{"level", "n", "count", "mean", "sd", "p25",
+        "p75"}], "variant", "variant_text", "n_patients"}``.
     """
+    from analysis.modeling.calibration import CALIBRATION_VARIANT_LABELS
+
     stored = version.calibration
     if not stored:
         return None
-    from analysis.modeling.calibration import ThoracolumbarCalibration
-    from analysis.segmentation.levels import CALIBRATION_LEVELS
-
-    levels = list(CALIBRATION_LEVELS)
-    curve = {"k": stored["k"], "intercept": stored["intercept"], "r2": stored.get("r2"), "levels": levels,
-             "n": [float(i) for i in range(1, len(levels) + 1)], "patients": []}
-    fitted_on = stored.get("fitted_on", "train")
-    hu = _training_hu(version, fitted_on)
-    note = ""
-    points_shown = False
-    try:
-        refit = ThoracolumbarCalibration(variant=stored.get("variant", "cohort_slope")).fit(hu)
-    except ValueError as exc:
-        refit, note = None, f"Per-patient points not shown: {exc}."
-    if refit is not None:
-        same = all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-                   for a, b in ((refit.k_, stored["k"]), (refit.intercept_, stored["intercept"])))
-        if same:
-            curve = refit.curve_data()
-            points_shown = True
-            note = (f"Points: the {refit.n_patients_fit_} {fitted_on}-split patients with both regions that the "
-                    f"cohort line was fitted on, rebuilt from their measurement runs (the refit reproduces k).")
-        else:
-            note = (f"Cohort line only: the {fitted_on}-split exams this version recorded give k = {refit.k_:.3f} "
-                    f"HU/level when refitted, not the stored {stored['k']:.3f}; the fit also used exams the "
-                    f"feature table left out, so their points cannot be rebuilt here.")
-    figure = charts.calibration_figure(curve, max_patients=CALIBRATION_SAMPLE, random_state=0,
-                                       title=f"HU by vertebra level, {stored.get('variant', '')} calibration")
+    variant = version.calibration_variant or stored.get("variant", "")
+    levels = []
+    if stored.get("level_mean") is not None:
+        for i, level in enumerate(stored["levels"]):
+            levels.append({"level": level, "n": i + 1, "count": stored["level_count"][i],
+                           "mean": stored["level_mean"][i], "sd": stored["level_sd"][i],
+                           "p25": stored["level_p25"][i], "p75": stored["level_p75"][i]})
+    figure = charts.calibration_figure(stored, max_patients=CALIBRATION_SAMPLE, random_state=0,
+                                       title="Mean trabecular HU by vertebra level (training split)")
     return {"chart": _chart("fig-calibration", "Thoraco-lumbar calibration curve", figure), "calibration": stored,
-            "points_shown": points_shown, "n_patients": len(curve["patients"]), "sample": CALIBRATION_SAMPLE,
-            "note": note}
+            "levels": levels, "variant": variant, "variant_label": CALIBRATION_VARIANT_LABELS.get(variant, variant),
+            "n_patients": len(stored.get("patients") or []), "sample": CALIBRATION_SAMPLE}
+
+
+def reliability_panels(version):
+    """Per evaluated split of a classification version: the reliability chart and the Brier score per class.
+
+    Returns
+    -------
+    list of dict
+        ``{"split", "label", "chart", "rows": [{"class", "brier"}], "brier_multiclass"}``; empty for
+        regression or evaluations stored before reliability was recorded.
+    """
+    if version.task != "classification":
+        return []
+    panels = []
+    for evaluation in sorted(version.evaluations.defer("resamples"), key=lambda e: _split_key(e.split)):
+        rel = evaluation.metrics.get("reliability")
+        if not rel:
+            continue
+        label = SPLIT_LABELS.get(evaluation.split, evaluation.split)
+        panels.append({
+            "split": evaluation.split, "label": label,
+            "chart": _chart(f"fig-{evaluation.split}-reliability", f"Reliability curves, {label.lower()} split",
+                            charts.reliability_figure(rel, title=f"Reliability, {label.lower()} (n = {evaluation.n})")),
+            "rows": [{"class": name, "brier": c["brier"]} for name, c in rel["classes"].items()],
+            "brier_multiclass": rel["brier_multiclass"],
+        })
+    return panels
 
 
 # Comparison of versions ---------------------------------------------------------------------------------------
 
 
-def _predictions_by_exam(version, split):
-    """``{exam_id: Prediction}`` of the split: the cases :func:`compare_versions` pairs."""
-    return {p.exam_id: p for p in version.predictions.filter(split=split).select_related("exam__qct", "exam__patient")}
+def _case_names(versions, split):
+    """``{version_id: {exam_id: patient pseudonym}}`` of the versions' predictions on the split (one query)."""
+    from analysis.models import Prediction
+
+    names = {v.pk: {} for v in versions}
+    rows = Prediction.objects.filter(model_version__in=versions, split=split).values_list(
+        "model_version_id", "exam_id", "exam__patient__pseudonym")
+    for version_id, exam_id, pseudonym in rows.iterator(chunk_size=5000):
+        names[version_id][exam_id] = pseudonym
+    return names
 
 
-def _overlay(task, versions, by_version, common):
-    """ROC (osteoporosis vs not) or predicted-vs-QCT scatter of each version on the cases common to all."""
-    from analysis.stats.regression import regression_metrics
-    from analysis.stats.roc import delong_auc, roc_points
-
-    if len(common) < 3:
+def _overlay(task, versions, evaluations, split):
+    """ROC (osteoporosis vs not, from the stored evaluations) or predicted-vs-QCT scatter (stored predictions)
+    of each version, when every version was evaluated on the same cases."""
+    keys = {(evaluations[v.pk].resamples or {}).get("case_key") if v.pk in evaluations else None for v in versions}
+    if len(keys) != 1 or None in keys:
         return None
-    first = by_version[versions[0].pk]
     if task == "classification":
-        positive = [first[e].exam.qct.category == OSTEOPOROSIS for e in common]
         curves = []
         for v in versions:
-            try:
-                score = [by_version[v.pk][e].probabilities[OSTEOPOROSIS] for e in common]
-                auc = delong_auc(positive, score)
-                fpr, tpr, _ = roc_points(positive, score)
-            except (KeyError, TypeError, ValueError):
-                # No probabilities stored (an external model that gave categories only) or one class only.
+            binary = evaluations[v.pk].metrics.get("binary")
+            if not binary:
                 return None
-            curves.append({"name": f"#{v.pk} {v.name}", "fpr": fpr.tolist(), "tpr": tpr.tolist(), "auc": auc.auc,
-                           "ci_low": auc.ci_low, "ci_high": auc.ci_high})
-        figure = charts.roc_figure(curves, title=f"Osteoporosis vs not, {len(common)} common cases")
-        return _chart("fig-compare-roc", "Overlaid ROC curves", figure)
-    reference = [first[e].exam.qct.qct_bmd for e in common]
+            curves.append({"name": f"#{v.pk} {v.name}", "fpr": binary["roc_fpr"], "tpr": binary["roc_tpr"],
+                           "auc": binary["auc"], "ci_low": binary["auc_ci_low"], "ci_high": binary["auc_ci_high"]})
+        n = evaluations[versions[0].pk].n
+        return _chart("fig-compare-roc", "Overlaid ROC curves",
+                      charts.roc_figure(curves, title=f"Osteoporosis vs not, {n} common cases"))
     series = []
     for v in versions:
-        predicted = [by_version[v.pk][e].predicted_bmd for e in common]
-        r = regression_metrics(reference, predicted, n_resamples=0).pearson_r
-        series.append({"name": f"#{v.pk} {v.name}", "reference": reference, "predicted": predicted, "pearson_r": r})
-    figure = charts.scatter_figure(series, title=f"Predicted vs QCT BMD, {len(common)} common cases")
-    return _chart("fig-compare-scatter", "Overlaid predicted-vs-QCT scatter", figure)
+        cases = evaluated_cases(v, split)
+        series.append({"name": f"#{v.pk} {v.name}", "reference": cases.qct_bmd, "predicted": cases.predicted_bmd,
+                       "pearson_r": evaluations[v.pk].metrics.get("pearson_r")})
+    n = evaluations[versions[0].pk].n
+    return _chart("fig-compare-scatter", "Overlaid predicted-vs-QCT scatter",
+                  charts.scatter_figure(series, title=f"Predicted vs QCT BMD, {n} common cases"))
 
 
-def _pair_cells(task, result):
+def pair_cells(task, result):
+    """Formatted cells of one stored paired comparison (:func:`analysis.stats.paired.compare_states`)."""
+    cells = [f"{result['estimate_a']:.3f}" if task == "classification" else f"{result['estimate_a']:.2f}",
+             f"{result['estimate_b']:.3f}" if task == "classification" else f"{result['estimate_b']:.2f}",
+             charts.format_ci(result["diff"], result["ci_low"], result["ci_high"],
+                              3 if task == "classification" else 2),
+             charts.format_p(result["p"])]
     if task == "classification":
-        return [f"{result['auc_a']:.3f}", f"{result['auc_b']:.3f}",
-                charts.format_ci(result["diff"], result["ci_low"], result["ci_high"]),
-                f"{result['z']:.3f}", f"{result['p']:.3g}"]
-    return [f"{result['mae_a']:.2f}", f"{result['mae_b']:.2f}",
-            charts.format_ci(result["diff"], result["ci_low"], result["ci_high"], 2), "", f"{result['p_value']:.3g}"]
+        d = result.get("delong")
+        cells += ([charts.format_ci(d["diff"], d["ci_low"], d["ci_high"]), f"{d['z']:.2f}", charts.format_p(d["p"])]
+                  if d else ["–", "–", "–"])
+    return cells
 
 
-def comparison(versions, split, *, n_resamples=2000, random_state=0):
+PAIR_HEADERS = {
+    "classification": ["Macro AUC A", "Macro AUC B", "A − B (95% CI)", "p (bootstrap)",
+                       "Osteoporosis vs not: A − B (95% CI)", "DeLong z", "p (DeLong)"],
+    "regression": ["MAE A (mg/cm3)", "MAE B (mg/cm3)", "A − B (95% CI)", "p (bootstrap)"],
+}
+
+
+def comparison(versions, split):
     """Side-by-side metrics, an overlay chart and the paired test of every pair of versions on one split.
+
+    Everything comes from what training or evaluation stored: the metrics of each version, and per version
+    the statistic on every bootstrap resample and the DeLong placements (``Evaluation.resamples``), so a page
+    pairing 45 versions (990 pairs) computes no metric.
 
     Parameters
     ----------
     versions : sequence of ModelVersion
         Two or more versions of one project and one task.
     split : str
-    n_resamples, random_state : int
-        Paired bootstrap of the MAE difference (regression).
 
     Returns
     -------
     dict
-        ``{"task", "headers", "rows" (per version: stored metrics of the split), "chart" (overlay on the
-        cases all versions predicted, or None), "common" (those exam ids), "common_labels", "pairs" (per
-        pair: the result of :func:`analysis.modeling.versions.compare_versions`, formatted cells, the cases
-        only one of the two predicted), "pair_headers", "test"}``.
+        ``{"task", "headers", "rows" (per version: stored metrics of the split), "chart" (overlay, or None
+        when the versions were not evaluated on the same cases), "common" (exam ids all versions predicted),
+        "common_labels" (their patient ids), "pairs" (per pair: cells, the patients only one of the two
+        predicted, or the reason there is no paired result), "pair_headers", "test"}``.
     """
-    from analysis.modeling.versions import compare_versions
+    from analysis.stats.paired import compare_states, decoded_state
 
     versions = list(versions)
     tasks = {v.task for v in versions}
@@ -365,6 +365,7 @@ def comparison(versions, split, *, n_resamples=2000, random_state=0):
         raise ValueError("choose versions of one task (classification or regression), not both")
     task = tasks.pop()
     evaluations = {e.model_version_id: e for e in Evaluation.objects.filter(model_version__in=versions, split=split)}
+    n_resamples = {e.n_resamples for e in evaluations.values()}
     rows = []
     for v in versions:
         e = evaluations.get(v.pk)
@@ -374,34 +375,38 @@ def comparison(versions, split, *, n_resamples=2000, random_state=0):
         rows.append({"version": v, "n": e.n if e else 0, "error": error,
                      "cells": metric_cells(task, e.metrics) if e and not error else []})
 
-    by_version = {v.pk: _predictions_by_exam(v, split) for v in versions}
-    common = sorted(set.intersection(*(set(p) for p in by_version.values())))
-    first = by_version[versions[0].pk]
-    common_labels = [f"{first[e].exam.patient.pseudonym} (exam {e})" for e in common]
+    names = _case_names(versions, split)
+    common = sorted(set.intersection(*(set(names[v.pk]) for v in versions)))
+    first = names[versions[0].pk]
+    common_labels = [first[e] for e in common]
+    states = {pk: decoded_state(e.resamples) for pk, e in evaluations.items() if not e.metrics.get("error")}
     pairs = []
     for a, b in combinations(versions, 2):
-        pa, pb = by_version[a.pk], by_version[b.pk]
-        pair = {"a": a, "b": b, "only_a": sorted(set(pa) - set(pb)), "only_b": sorted(set(pb) - set(pa)),
-                "n_common": len(set(pa) & set(pb)), "error": "", "cells": [], "result": None}
+        na, nb = names[a.pk], names[b.pk]
+        pair = {"a": a, "b": b, "only_a": sorted(na[e] for e in set(na) - set(nb)),
+                "only_b": sorted(nb[e] for e in set(nb) - set(na)), "n_common": len(set(na) & set(nb)),
+                "error": "", "cells": [], "result": None}
         try:
-            pair["result"] = compare_versions(a, b, split=split, n_resamples=n_resamples, random_state=random_state)
-            pair["cells"] = _pair_cells(task, pair["result"])
+            pair["result"] = compare_states(states.get(a.pk), states.get(b.pk))
+            pair["cells"] = pair_cells(task, pair["result"])
         except ValueError as exc:
             pair["error"] = str(exc)
         pairs.append(pair)
+    resamples = "/".join(str(n) for n in sorted(n_resamples)) or "the stored"
     if task == "classification":
-        pair_headers = ["AUC A", "AUC B", "A − B (95% CI)", "DeLong z", "p"]
-        test = ("Paired DeLong test (DeLong 1988; Sun and Xu 2014) of the osteoporosis-vs-not AUC, on the cases "
-                "both versions predicted in the split; the AUC is the probability of osteoporosis.")
+        test = (f"Paired stratified bootstrap of the 3-class one-vs-rest macro AUC ({resamples} resamples of the "
+                f"cases, stratified by QCT category, the same resamples for both versions; percentile CI, two-sided "
+                f"bootstrap p), beside the paired DeLong test (DeLong 1988) of the osteoporosis-vs-not AUC. Both "
+                f"need the two versions evaluated on the same cases.")
     else:
-        pair_headers = ["MAE A (mg/cm3)", "MAE B (mg/cm3)", "A − B (95% CI)", "", "p"]
-        test = (f"Paired bootstrap of the MAE difference ({n_resamples} resamples of the cases both versions "
-                f"predicted in the split, seed {random_state}); percentile CI, two-sided bootstrap p.")
+        test = (f"Paired bootstrap of the MAE difference ({resamples} resamples of the cases, the same for both "
+                f"versions); percentile CI, two-sided bootstrap p. Needs the two versions evaluated on the same "
+                f"cases.")
     return {
         "task": task, "split": split,
         "headers": CLASSIFICATION_HEADERS if task == "classification" else REGRESSION_HEADERS,
-        "rows": rows, "chart": _overlay(task, versions, by_version, common), "common": common,
-        "common_labels": common_labels, "pairs": pairs, "pair_headers": pair_headers, "test": test,
+        "rows": rows, "chart": _overlay(task, versions, evaluations, split), "common": common,
+        "common_labels": common_labels, "pairs": pairs, "pair_headers": PAIR_HEADERS[task], "test": test,
     }
 
 
@@ -425,3 +430,48 @@ def left_out_rows(version):
     left_out = version.data_snapshot.get("excluded", [])
     exams = Exam.objects.filter(pk__in=[d["exam_id"] for d in left_out]).select_related("patient").in_bulk()
     return [{**d, "exam": exams.get(d["exam_id"])} for d in left_out]
+
+
+def cohort_split_counts(project):
+    """Each cohort of the project with its number of exams per split and whether it is frozen."""
+    from django.db.models import Count, Q
+
+    from studies.models import Cohort
+
+    cohorts = Cohort.objects.filter(project=project).order_by("name").annotate(
+        **{f"n_{s}": Count("members", filter=Q(members__split=s)) for s in SPLIT_ORDER},
+        n_unassigned=Count("members", filter=Q(members__split="")),
+    )
+    return [{"name": c.name, "frozen": c.frozen, "description": c.description,
+             "counts": [getattr(c, f"n_{s}") for s in SPLIT_ORDER], "unassigned": c.n_unassigned} for c in cohorts]
+
+
+def list_metrics(versions):
+    """The headline metric of each version per split, for the model list: macro AUC for classifiers, MAE
+    (mg/cm3) for regressors, read from the stored evaluations without loading their JSON.
+
+    Returns
+    -------
+    dict
+        ``{version_id: {"metric": "AUC" | "MAE", "cells": [train, validation, test]}}`` with formatted values
+        ("–" where not evaluated).
+    """
+    from django.db.models.fields.json import KT
+
+    values = {}
+    rows = (Evaluation.objects.filter(model_version__in=versions)
+            .annotate(auc=KT("metrics__macro_auc"), mae=KT("metrics__mae"))
+            .values_list("model_version_id", "split", "auc", "mae"))
+    for version_id, split, auc, mae in rows:
+        values[(version_id, split)] = (auc, mae)
+    out = {}
+    for v in versions:
+        classification = v.task == "classification"
+        cells = []
+        for split in SPLIT_ORDER:
+            auc, mae = values.get((v.pk, split), (None, None))
+            value = auc if classification else mae
+            cells.append("–" if value in (None, "") else f"{float(value):.3f}" if classification
+                         else f"{float(value):.2f}")
+        out[v.pk] = {"metric": "AUC" if classification else "MAE", "cells": cells}
+    return out

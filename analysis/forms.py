@@ -8,6 +8,9 @@ from studies.models import TRAINING_JOB_KIND, Cohort, Exam, Job, JobState, Split
 
 from .models import ModelVersion
 
+# Large JSON columns that version pickers and lists never show (every exam id, label and run of a version).
+LIST_DEFERRED = ("data_snapshot", "feature_names")
+
 
 class _VersionChoices(forms.ModelMultipleChoiceField):
     def label_from_instance(self, obj):
@@ -24,7 +27,7 @@ class CompareForm(forms.Form):
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, **kwargs)
         # Only this project's versions are choices: an id of another project is "not one of the choices".
-        self.fields["v"].queryset = ModelVersion.objects.filter(project=project).order_by("pk")
+        self.fields["v"].queryset = ModelVersion.objects.filter(project=project).order_by("pk").defer(*LIST_DEFERRED)
 
     def clean_v(self):
         versions = list(self.cleaned_data["v"])
@@ -105,3 +108,31 @@ class TrainForm(forms.Form):
                                  + "; wait for it to finish before starting another.")
             self.running_job = running
             return None
+
+
+class SplitsForm(forms.Form):
+    """The study's splits for a cohort (new or not yet frozen)."""
+
+    cohort = forms.CharField(max_length=100, help_text="an existing cohort that is not frozen, or a new name")
+    test_from = forms.DateField(label="Test split from", help_text="exams on or after this date (YYYY-MM-DD)",
+                                widget=forms.DateInput(attrs={"type": "date"}))
+    validation_share = forms.FloatField(initial=0.2, min_value=0.01, max_value=0.99,
+                                        help_text="share of the development exams; train gets round((1 - share) n)")
+    stratify = forms.BooleanField(required=False, label="stratify by QCT category")
+    seed = forms.IntegerField(initial=0, min_value=0)
+
+
+class ReportForm(forms.Form):
+    """Which versions the study report lays out (default: the latest training run) and which algorithms its
+    figures draw (the paper: BDT for the ROC curves, SGD for the scatter and Bland-Altman plots)."""
+
+    v = _VersionChoices(queryset=ModelVersion.objects.none(), label="Versions", required=False,
+                        widget=forms.SelectMultiple(attrs={"size": 8}))
+    classifier = forms.ChoiceField(choices=[(a, a) for a in ("BDT", "LR", "RF")], initial="BDT",
+                                   label="Classifier in the figures")
+    regressor = forms.ChoiceField(choices=[(a, a) for a in ("BDT", "SGD", "RF")], initial="SGD",
+                                  label="Regressor in the figures")
+
+    def __init__(self, *args, project, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["v"].queryset = ModelVersion.objects.filter(project=project).order_by("pk").defer(*LIST_DEFERRED)

@@ -166,6 +166,10 @@ class Evaluation(models.Model):
     n = models.PositiveIntegerField()
     metrics = models.JSONField()
     n_resamples = models.PositiveIntegerField(default=0)
+    # analysis.stats.paired.resample_state: the statistic on every bootstrap resample and the DeLong
+    # placements, so comparison pages pair two versions without recomputing anything (about 20 kB; pages
+    # that do not pair versions defer it).
+    resamples = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

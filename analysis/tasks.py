@@ -10,7 +10,7 @@ from studies.jobs import task
 @task("analysis.train_grid")
 def train_grid(*, project_id, progress, cohort_name="main", seed=0, feature_sets=("chest", "abdomen", "chest_cal"),
                tasks=("classification", "regression"), n_resamples=2000, measurement_source=None,
-               calibration_variant="cohort_slope", user_id=None):
+               calibration_variants=None, user_id=None):
     """Train the model grid on a cohort; every fitted model becomes a model version."""
     from django.contrib.auth import get_user_model
 
@@ -21,7 +21,7 @@ def train_grid(*, project_id, progress, cohort_name="main", seed=0, feature_sets
     user = get_user_model().objects.filter(pk=user_id).first() if user_id else None
     versions, grid = train_cohort(
         project, cohort_name=cohort_name, feature_sets=tuple(feature_sets), tasks=tuple(tasks), random_state=seed,
-        n_resamples=n_resamples, measurement_source=measurement_source, calibration_variant=calibration_variant,
+        n_resamples=n_resamples, measurement_source=measurement_source, calibration_variants=calibration_variants,
         user=user, progress=progress,
     )
     return {

@@ -10,6 +10,9 @@ urlpatterns = [
     path("p/<int:project_id>/models/<int:version_id>/", views.model_detail, name="model_detail"),
     path("p/<int:project_id>/models/compare/", views.model_compare, name="model_compare"),
     path("p/<int:project_id>/cohort-table/", views.cohort_table, name="cohort_table"),
+    path("p/<int:project_id>/cohorts/splits/", views.cohort_splits, name="cohort_splits"),
+    path("p/<int:project_id>/report/", views.study_report, name="study_report"),
+    path("p/<int:project_id>/report/<slug:table_id>.csv", views.study_report_csv, name="study_report_csv"),
     path("p/<int:project_id>/exams/<int:exam_id>/measurements/", views.exam_measurements,
          name="exam_measurements"),
 ]

@@ -4,9 +4,13 @@ Three feature sets (SPEC section 2), each with ``sex_male`` (1 for M, 0 for F) a
 
 - ``chest``: mean trabecular HU of T5-T10 (``hu_T5`` .. ``hu_T10``);
 - ``abdomen``: mean trabecular HU of T12-L2 (``hu_T12``, ``hu_L1``, ``hu_L2``);
-- ``chest_cal``: the chest features plus the calibrated lumbar HU ``hu_cal_T12``, ``hu_cal_L1``,
-  ``hu_cal_L2`` of :class:`~analysis.modeling.calibration.ThoracolumbarCalibration`, whose cohort slope is
-  fitted on the *training split only* (the validation and test patients never inform k).
+- ``chest_cal``: the chest exam calibrated with the thoraco-lumbar line of
+  :class:`~analysis.modeling.calibration.ThoracolumbarCalibration`, whose cohort slope is fitted on the
+  *training split only* (the validation and test patients never inform k). What the table holds depends on
+  the calibration variant (``analysis.modeling.calibration.CALIBRATION_VARIANTS``): for
+  ``abdomen_transfer`` and ``learned_mapping`` the chest columns, with ``FeatureTable.lumbar_map`` (a fitted
+  :class:`~analysis.modeling.calibration.LumbarFromChest`) turning them into abdomen-model inputs; for
+  ``feature_augmentation`` the chest columns plus ``hu_cal_T12``, ``hu_cal_L1``, ``hu_cal_L2``.
 
 An exam enters a table only when everything the table needs is there and trustworthy. Every other exam is
 returned in ``FeatureTable.dropped`` with the reason, in this order of precedence: excluded by a registry
@@ -40,6 +44,7 @@ __all__ = [
     "FeatureTable",
     "build_feature_table",
     "fit_calibration",
+    "fit_lumbar_mapping",
 ]
 
 # A level with one of these QA flags is not used as a feature: its mean HU is not a trustworthy reading of
@@ -114,6 +119,10 @@ class FeatureTable:
     dropped : list of DroppedExam
     calibration : ThoracolumbarCalibration or None
         The fitted calibration (``chest_cal`` only).
+    calibration_variant : str
+        ``chest_cal`` only: one of ``CALIBRATION_VARIANTS``; "" otherwise.
+    lumbar_map : LumbarFromChest or None
+        ``chest_cal`` with a transfer variant: chest columns -> abdomen-model columns.
     """
 
     feature_set: str
@@ -127,10 +136,17 @@ class FeatureTable:
     y_category: np.ndarray
     dropped: list
     calibration: object = None
+    calibration_variant: str = ""
+    lumbar_map: object = None
 
     @property
     def spec(self):
         return FEATURE_SETS[self.feature_set]
+
+    @property
+    def key(self):
+        """``"chest"``, ``"abdomen"`` or ``"chest_cal:<variant>"``: one table per calibration variant."""
+        return f"{self.feature_set}:{self.calibration_variant}" if self.calibration_variant else self.feature_set
 
     def __len__(self):
         return self.X.shape[0]
@@ -193,6 +209,49 @@ def fit_calibration(records, *, variant="cohort_slope", split="train", blocking_
     return ThoracolumbarCalibration(variant=variant).fit(_hu_mapping(chosen, blocking_flags))
 
 
+def fit_lumbar_mapping(records, *, method, calibration, split="train", blocking_flags=BLOCKING_FLAGS):
+    """The map from chest features to abdomen-model features of a transfer variant.
+
+    Parameters
+    ----------
+    records : sequence of ExamRecord
+    method : {"abdomen_transfer", "learned_mapping"}
+    calibration : ThoracolumbarCalibration
+        Fitted on the same split.
+    split : str
+        ``learned_mapping`` is fitted on this split's non-excluded exams that have sex, age, every T5-T10
+        and every T12-L2 level usable.
+    blocking_flags : set of str
+
+    Returns
+    -------
+    LumbarFromChest
+        Fitted.
+    """
+    from analysis.modeling.calibration import LumbarFromChest
+
+    mapping = LumbarFromChest(method=method, calibration=calibration)
+    if method != "learned_mapping":
+        return mapping.fit(np.empty((0, 2 + len(CHEST_LEVELS))))
+    X, Y = [], []
+    for record in records:
+        if record.split != split or record.exclusions or record.run_id is None:
+            continue
+        if record.age is None or record.sex not in ("F", "M"):
+            continue
+        values = [_usable_hu(record, level, blocking_flags)[0] for level in CHEST_LEVELS + ABDOMEN_LEVELS]
+        if any(v is None for v in values):
+            continue
+        X.append([1.0 if record.sex == "M" else 0.0, float(record.age)] + values[: len(CHEST_LEVELS)])
+        Y.append(values[len(CHEST_LEVELS):])
+    if len(X) < 2 + len(CHEST_LEVELS) + 1:
+        raise ValueError(
+            f"the learned mapping needs at least {3 + len(CHEST_LEVELS)} {split}-split patients with every "
+            f"T5-T10 and T12-L2 level measured; {len(X)} have them"
+        )
+    return mapping.fit(np.array(X), np.array(Y))
+
+
 def _drop_reason(record, spec, *, require_label, require_split, blocking_flags):
     if record.exclusions:
         return "excluded: " + ", ".join(record.exclusions)
@@ -225,7 +284,8 @@ def build_feature_table(
     feature_set,
     *,
     calibration=None,
-    calibration_variant="cohort_slope",
+    calibration_variant=None,
+    lumbar_map=None,
     calibration_split="train",
     require_label=True,
     require_split=True,
@@ -239,8 +299,11 @@ def build_feature_table(
     feature_set : {"chest", "abdomen", "chest_cal"}
     calibration : ThoracolumbarCalibration, optional
         A fitted calibration to apply (``chest_cal`` at prediction time). Default: fitted here on
-        ``calibration_split`` with ``calibration_variant``.
-    calibration_variant : {"cohort_slope", "per_patient_slope"}
+        ``calibration_split`` (cohort slope, each patient's intercept from their own T5-T10).
+    calibration_variant : {"abdomen_transfer", "learned_mapping", "feature_augmentation"}, optional
+        How the calibration reaches the model (``chest_cal`` only; default ``abdomen_transfer``).
+    lumbar_map : LumbarFromChest, optional
+        A fitted map to apply (transfer variants at prediction time); default fitted here.
     calibration_split : str
         The split the calibration is fitted on (the training split).
     require_label : bool
@@ -274,18 +337,29 @@ def build_feature_table(
         X[i, 1] = float(record.age)
         X[i, 2:] = [record.hu[level] for level in spec.levels]
 
+    variant = ""
     if spec.calibrated:
+        from analysis.modeling.calibration import CALIBRATION_VARIANTS, DEFAULT_CALIBRATION_VARIANT
+
+        variant = calibration_variant or DEFAULT_CALIBRATION_VARIANT
+        if variant not in CALIBRATION_VARIANTS:
+            raise ValueError(f"unknown calibration variant {variant!r}; choose from {', '.join(CALIBRATION_VARIANTS)}")
         if calibration is None:
-            calibration = fit_calibration(
-                records, variant=calibration_variant, split=calibration_split, blocking_flags=blocking_flags
-            )
-        # Only the thoracic values reach the calibration: it stands in for the lumbar levels a chest CT lacks.
-        thoracic = [{level: record.hu[level] for level in spec.levels} for record in kept]
-        hu_cal = calibration.transform(thoracic) if kept else np.empty((0, len(calibration.output_levels)))
-        X = np.hstack([X, hu_cal])
-        names += [str(n) for n in calibration.get_feature_names_out()]
+            calibration = fit_calibration(records, split=calibration_split, blocking_flags=blocking_flags)
+        if variant == "feature_augmentation":
+            # Only the thoracic values reach the calibration: it stands in for the lumbar levels a chest CT
+            # lacks.
+            thoracic = [{level: record.hu[level] for level in spec.levels} for record in kept]
+            hu_cal = calibration.transform(thoracic) if kept else np.empty((0, len(calibration.output_levels)))
+            X = np.hstack([X, hu_cal])
+            names += [str(n) for n in calibration.get_feature_names_out()]
+        elif lumbar_map is None:
+            lumbar_map = fit_lumbar_mapping(records, method=variant, calibration=calibration,
+                                            split=calibration_split, blocking_flags=blocking_flags)
     else:
         calibration = None
+    if variant == "feature_augmentation" or not spec.calibrated:
+        lumbar_map = None
 
     return FeatureTable(
         feature_set=feature_set,
@@ -299,4 +373,6 @@ def build_feature_table(
         y_category=np.array([r.category for r in kept], dtype=object),
         dropped=dropped,
         calibration=calibration,
+        calibration_variant=variant,
+        lumbar_map=lumbar_map,
     )

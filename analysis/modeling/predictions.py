@@ -82,8 +82,10 @@ def predict_exams(version, exams=None, *, source=None, store=True):
     exams = Exam.objects.filter(patient__project=version.project) if exams is None else exams
     exams = exams.order_by("pk")
     records = records_for_exams(exams, source or version.measurement_source)
+    steps = getattr(model.pipeline, "named_steps", {})
     table = build_feature_table(
-        records, version.feature_set, calibration=model.calibration, require_label=False, require_split=False
+        records, version.feature_set, calibration=model.calibration, require_label=False, require_split=False,
+        calibration_variant=model.calibration_variant or None, lumbar_map=steps.get("lumbar"),
     )
     output = predict(model, table.X)
     thresholds = version.project.thresholds

@@ -1,6 +1,7 @@
 """The seed study's model grid: fit, predict, evaluate, compare (no Django here).
 
-Grid (SPEC section 2, seed tables 2 and 3): for each feature table (chest, abdomen, chest_cal),
+Grid (SPEC section 2, seed tables 2 and 3): for each feature table (chest, abdomen, and chest_cal once per
+calibration variant),
 
 - classifiers of the 3 categories: bagging of decision trees (``BDT``), logistic regression (``LR``),
   random forest (``RF``);
@@ -8,7 +9,9 @@ Grid (SPEC section 2, seed tables 2 and 3): for each feature table (chest, abdom
   regression (``SGD``), random forest (``RF``).
 
 Each model is a scikit-learn ``Pipeline(StandardScaler, estimator)`` fitted on the training split only, so
-the z-scoring uses training means and SDs and nothing of the validation or test exams. Every random element
+the z-scoring uses training means and SDs and nothing of the validation or test exams. The calibrated chest
+models of the transfer variants (``abdomen_transfer``, ``learned_mapping``) fit nothing of their own: they are
+``Pipeline(LumbarFromChest, <the abdomen model of the same task and algorithm>)`` (:func:`transfer_model`). Every random element
 gets ``random_state`` explicitly and ``n_jobs=1``, so the same data and seed give the same fitted model and
 the same predictions bit for bit (and the same artefact bytes, see :func:`dump_artefact`).
 
@@ -46,6 +49,7 @@ __all__ = [
     "predict",
     "split_metrics",
     "train_grid",
+    "transfer_model",
 ]
 
 TASKS = ("classification", "regression")
@@ -137,6 +141,7 @@ class FittedModel:
     classes: list | None = None
     calibration: object = None
     fit_seconds: float = 0.0
+    calibration_variant: str = ""
 
 
 def fit_model(table, task, algorithm, *, random_state=0, hyperparameters=None, train_split="train"):
@@ -155,6 +160,10 @@ def fit_model(table, task, algorithm, *, random_state=0, hyperparameters=None, t
     -------
     FittedModel
     """
+    if table.lumbar_map is not None:
+        raise ValueError(
+            f"the {table.calibration_variant} table applies the abdomen model; build it with transfer_model"
+        )
     mask = table.split_mask(train_split)
     if not mask.any():
         raise ValueError(f"feature table {table.feature_set!r} has no exams in split {train_split!r}")
@@ -183,6 +192,45 @@ def fit_model(table, task, algorithm, *, random_state=0, hyperparameters=None, t
         classes=classes,
         calibration=table.calibration,
         fit_seconds=seconds,
+        calibration_variant=table.calibration_variant,
+    )
+
+
+def transfer_model(abdomen_model, table):
+    """The calibrated chest model of a transfer variant: the table's lumbar map, then the abdomen model.
+
+    Parameters
+    ----------
+    abdomen_model : FittedModel
+        Fitted on the ``abdomen`` table (measured T12-L2, its own scaler).
+    table : FeatureTable
+        A ``chest_cal`` table with ``lumbar_map`` (variant ``abdomen_transfer`` or ``learned_mapping``).
+
+    Returns
+    -------
+    FittedModel
+        ``feature_set="chest_cal"``, the chest columns as input; nothing is refitted, so its predictions on
+        lumbar HU equal the abdomen model's.
+    """
+    from sklearn.pipeline import Pipeline
+
+    if abdomen_model.feature_set != "abdomen":
+        raise ValueError(f"transfer needs the abdomen model, got a {abdomen_model.feature_set!r} model")
+    if table.lumbar_map is None:
+        raise ValueError(f"table {table.key!r} has no lumbar map (not a transfer variant)")
+    pipeline = Pipeline([("lumbar", table.lumbar_map), ("abdomen", abdomen_model.pipeline)])
+    return FittedModel(
+        task=abdomen_model.task,
+        algorithm=abdomen_model.algorithm,
+        feature_set=table.feature_set,
+        feature_names=list(table.feature_names),
+        pipeline=pipeline,
+        hyperparameters=dict(abdomen_model.hyperparameters),
+        random_state=abdomen_model.random_state,
+        classes=abdomen_model.classes,
+        calibration=table.calibration,
+        fit_seconds=0.0,
+        calibration_variant=table.calibration_variant,
     )
 
 
@@ -222,11 +270,14 @@ def split_metrics(task, classes, y_category, y_bmd, output, n_resamples, random_
     ``y_category``; regression from ``output["bmd"]`` against ``y_bmd`` (mg/cm3)."""
     if task == "classification":
         from analysis.stats.classification import multiclass_metrics
+        from analysis.stats.reliability import reliability
 
-        return multiclass_metrics(
+        metrics = multiclass_metrics(
             y_category, output["proba"], classes, n_resamples=n_resamples, random_state=random_state,
             binary_positive=OSTEOPOROSIS,
         ).to_dict()
+        metrics["reliability"] = reliability(y_category, output["proba"], classes)
+        return metrics
     from analysis.stats.regression import regression_metrics
 
     return regression_metrics(y_bmd, output["bmd"], n_resamples=n_resamples, random_state=random_state).to_dict()
@@ -270,6 +321,32 @@ def evaluate_model(model, table, *, n_resamples=2000, random_state=0, splits=SPL
     return results
 
 
+def split_resamples(task, classes, exam_ids, y_category, y_bmd, output, n_resamples, random_state):
+    """:func:`analysis.stats.paired.resample_state` of one split (what paired comparisons read later)."""
+    from analysis.stats.paired import resample_state
+
+    if task == "classification":
+        return resample_state(task, exam_ids, y_category, output, classes=classes, positive=OSTEOPOROSIS,
+                              n_resamples=n_resamples, random_state=random_state)
+    return resample_state(task, exam_ids, y_bmd, output, n_resamples=n_resamples, random_state=random_state)
+
+
+def evaluate_resamples(model, table, output, *, n_resamples=2000, random_state=0, splits=SPLITS):
+    """``{split: resample state}`` of a model on a feature table (splits whose metrics are defined)."""
+    states = {}
+    for split in splits:
+        mask = table.split_mask(split)
+        if not mask.any():
+            continue
+        sub = {key: value[mask] for key, value in output.items()}
+        try:
+            states[split] = split_resamples(model.task, model.classes, table.exam_ids[mask], table.y_category[mask],
+                                            table.y_bmd[mask], sub, n_resamples, random_state)
+        except ValueError:
+            continue
+    return states
+
+
 def compare_predictions(task, y_true, a, b, *, classes=CATEGORIES, n_resamples=2000, random_state=0):
     """Paired comparison of two models on the same cases.
 
@@ -288,7 +365,8 @@ def compare_predictions(task, y_true, a, b, *, classes=CATEGORIES, n_resamples=2
     -------
     dict
         Classification: the paired DeLong test of the "osteoporosis vs not" AUC (``diff = auc_a - auc_b``,
-        ``z``, ``p``), ``{"method": "delong_paired", ...}``. Regression: the paired bootstrap of
+        ``z``, ``p``), ``{"method": "delong_paired", ...}``, and under ``"macro_auc"`` the paired stratified
+        bootstrap of the 3-class macro AUC (:func:`analysis.stats.paired.paired_macro_auc_bootstrap`). Regression: the paired bootstrap of
         ``MAE_a - MAE_b``, ``{"method": "paired_bootstrap_mae", ...}``.
     """
     if task == "classification":
@@ -296,8 +374,12 @@ def compare_predictions(task, y_true, a, b, *, classes=CATEGORIES, n_resamples=2
 
         j = list(classes).index(OSTEOPOROSIS)
         positive = np.asarray(y_true) == OSTEOPOROSIS
+        from analysis.stats.paired import paired_macro_auc_bootstrap
+
         result = delong_paired(positive, np.asarray(a)[:, j], np.asarray(b)[:, j])
-        return {"method": "delong_paired", "task": "osteoporosis vs not", **result.to_dict()}
+        macro = paired_macro_auc_bootstrap(y_true, a, b, classes, n_resamples=n_resamples, random_state=random_state)
+        macro.pop("diffs")
+        return {"method": "delong_paired", "task": "osteoporosis vs not", **result.to_dict(), "macro_auc": macro}
     from analysis.stats.regression import paired_mae_comparison
 
     result = paired_mae_comparison(y_true, a, b, n_resamples=n_resamples, random_state=random_state)
@@ -325,6 +407,7 @@ def dump_artefact(model):
         "random_state": model.random_state,
         "pipeline": model.pipeline,
         "calibration": model.calibration,
+        "calibration_variant": model.calibration_variant,
         "versions": {"scikit-learn": sklearn.__version__, "numpy": np.__version__},
     }
     return pickle.dumps(bundle, protocol=4)
@@ -347,6 +430,7 @@ def load_artefact(data):
         random_state=bundle["random_state"],
         classes=bundle["classes"],
         calibration=bundle["calibration"],
+        calibration_variant=bundle.get("calibration_variant", ""),
     )
 
 
@@ -360,6 +444,7 @@ class GridEntry:
     metrics: dict
     fit_seconds: float
     eval_seconds: float
+    resamples: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -384,11 +469,11 @@ def train_grid(
     algorithms=None,
     random_state=0,
     n_resamples=2000,
-    calibration_variant="cohort_slope",
+    calibration_variants=None,
     hyperparameters=None,
     progress=None,
 ):
-    """Fit and evaluate the grid: every feature set x task x algorithm.
+    """Fit and evaluate the grid: every feature table x task x algorithm.
 
     Parameters
     ----------
@@ -401,8 +486,10 @@ def train_grid(
     random_state : int
         Seed of every model and every bootstrap.
     n_resamples : int
-    calibration_variant : str
-        Variant of the ``chest_cal`` calibration.
+    calibration_variants : sequence of str, optional
+        Variants of ``chest_cal``, one table (and one model per task and algorithm) each; default all of
+        ``CALIBRATION_VARIANTS``. The transfer variants reuse the abdomen models (fitted even when
+        ``"abdomen"`` is not among ``feature_sets``, then not returned as entries).
     hyperparameters : dict, optional
         ``{(task, algorithm): params}`` overriding :data:`DEFAULT_HYPERPARAMETERS`.
     progress : callable, optional
@@ -411,26 +498,59 @@ def train_grid(
     Returns
     -------
     GridResult
+        ``tables`` keyed by ``FeatureTable.key``; entries in feature set, variant, task, algorithm order.
     """
+    from analysis.modeling.calibration import CALIBRATION_VARIANTS, TRANSFER_VARIANTS
+
     algorithms = algorithms or ALGORITHMS
     hyperparameters = hyperparameters or {}
-    plan = [(fs, task, alg) for fs in feature_sets for task in tasks for alg in algorithms[task]]
+    variants = tuple(calibration_variants or CALIBRATION_VARIANTS)
+    unknown = [v for v in variants if v not in CALIBRATION_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown calibration variant(s) {unknown}; choose from {', '.join(CALIBRATION_VARIANTS)}")
+    table_plan = []
+    for fs in feature_sets:
+        table_plan += [(fs, v) for v in variants] if FEATURE_SETS[fs].calibrated else [(fs, "")]
+    plan = [(fs, v, task, alg) for fs, v in table_plan for task in tasks for alg in algorithms[task]]
     tables = {}
+    fitted = {}
     result = GridResult(tables=tables)
-    for done, (fs, task, alg) in enumerate(plan):
-        if fs not in tables:
-            tables[fs] = build_feature_table(records, fs, calibration_variant=calibration_variant)
-        table = tables[fs]
+
+    def table_for(fs, variant):
+        key = f"{fs}:{variant}" if variant else fs
+        if key not in tables:
+            calibration = next((t.calibration for t in tables.values() if t.calibration is not None), None)
+            tables[key] = build_feature_table(records, fs, calibration_variant=variant or None,
+                                              calibration=calibration)
+        return tables[key]
+
+    def abdomen_model(task, alg):
+        if ("abdomen", task, alg) not in fitted:
+            fitted[("abdomen", task, alg)] = fit_model(
+                table_for("abdomen", ""), task, alg, random_state=random_state,
+                hyperparameters=hyperparameters.get((task, alg)))
+        return fitted[("abdomen", task, alg)]
+
+    for done, (fs, variant, task, alg) in enumerate(plan):
+        table = table_for(fs, variant)
         if progress:
-            progress(done / len(plan), f"{fs} {task} {alg}")
-        model = fit_model(
-            table, task, alg, random_state=random_state, hyperparameters=hyperparameters.get((task, alg))
-        )
+            progress(done / len(plan), f"{table.key} {task} {alg}")
+        if variant in TRANSFER_VARIANTS:
+            model = transfer_model(abdomen_model(task, alg), table)
+        elif fs == "abdomen":
+            model = abdomen_model(task, alg)
+        else:
+            model = fit_model(
+                table, task, alg, random_state=random_state, hyperparameters=hyperparameters.get((task, alg))
+            )
         start = time.perf_counter()
         output = predict(model, table.X)
         metrics = evaluate_model(model, table, n_resamples=n_resamples, random_state=random_state, output=output)
+        resamples = evaluate_resamples(model, table, output, n_resamples=n_resamples, random_state=random_state)
         eval_seconds = time.perf_counter() - start
-        result.entries.append(GridEntry(model, table, output, metrics, model.fit_seconds, eval_seconds))
+        result.entries.append(GridEntry(model, table, output, metrics, model.fit_seconds, eval_seconds, resamples))
+    if "abdomen" not in feature_sets:
+        tables.pop("abdomen", None)
     if progress:
         progress(1.0, f"{len(plan)} models trained")
     return result

@@ -72,11 +72,38 @@ def _snapshot(table, records, cohort, source, model):
 
 
 def _name(model, cohort):
+    from analysis.modeling.calibration import CALIBRATION_VARIANT_LABELS
+
     label = {"chest": "T5-T10", "abdomen": "T12-L2", "chest_cal": "T5-T10-Cal"}[model.feature_set]
+    if model.calibration_variant:
+        label += f" ({CALIBRATION_VARIANT_LABELS.get(model.calibration_variant, model.calibration_variant)})"
     return f"{label} {model.task} {model.algorithm} (seed {model.random_state}, {cohort.name})"
 
 
-def store_entry(entry, *, project, cohort, records, source, calibration_variant, n_resamples, user=None):
+# Patients of the calibration fit whose measured HU are stored with a calibrated version, for the per-patient
+# lines behind the calibration curve (the curve itself uses every patient of the fit).
+CALIBRATION_PATIENT_SAMPLE = 40
+
+
+def calibration_record(model, table):
+    """The ``ModelVersion.calibration`` JSON of a calibrated model (None otherwise).
+
+    Holds the fit to the per-level means (k, intercept, R^2), the pooled fit (labelled as such), the spread
+    per level, a sample of patient lines, the variant and, for ``learned_mapping``, the map's coefficients.
+    """
+    if model.calibration is None:
+        return None
+    record = model.calibration.summary(max_patients=CALIBRATION_PATIENT_SAMPLE, random_state=0)
+    record.update(variant=model.calibration_variant, fitted_on="train")
+    mapping = getattr(table, "lumbar_map", None)
+    if mapping is not None and getattr(mapping, "method", "") == "learned_mapping":
+        record["mapping"] = {"inputs": list(table.feature_names), "outputs": ["hu_T12", "hu_L1", "hu_L2"],
+                             "coef": mapping.coef_.tolist(), "intercept": mapping.intercept_.tolist(),
+                             "n_patients": mapping.n_fit_}
+    return record
+
+
+def store_entry(entry, *, project, cohort, records, source, n_resamples, user=None, calibration_variant=None):
     """Store one grid entry as a ModelVersion with evaluations and predictions; returns the version."""
     model, table = entry.model, entry.table
     artefact = dump_artefact(model)
@@ -90,14 +117,8 @@ def store_entry(entry, *, project, cohort, records, source, calibration_variant,
         feature_set=model.feature_set,
         feature_names=list(model.feature_names),
         region=table.spec.region,
-        calibration_variant=calibration_variant if table.spec.calibrated else "",
-        calibration=(
-            {"variant": model.calibration.variant, "k": model.calibration.k_,
-             "intercept": model.calibration.intercept_, "r2": model.calibration.r2_,
-             "n_patients": model.calibration.n_patients_fit_, "n_points": model.calibration.n_points_fit_,
-             "fitted_on": "train"}
-            if model.calibration is not None else None
-        ),
+        calibration_variant=model.calibration_variant if table.spec.calibrated else "",
+        calibration=calibration_record(model, table),
         measurement_source=source,
         random_seed=model.random_state,
         data_snapshot=_snapshot(table, records, cohort, source, model),
@@ -106,12 +127,13 @@ def store_entry(entry, *, project, cohort, records, source, calibration_variant,
         fit_seconds=entry.fit_seconds,
         created_by=user,
     )
-    version.artefact.save(f"{model.feature_set}-{model.task}-{model.algorithm}.pkl", ContentFile(artefact), save=False)
+    stem = model.feature_set + (f"-{model.calibration_variant}" if model.calibration_variant else "")
+    version.artefact.save(f"{stem}-{model.task}-{model.algorithm}.pkl", ContentFile(artefact), save=False)
     version.save()
     Evaluation.objects.bulk_create(
         [
             Evaluation(model_version=version, split=split, n=metrics.get("n", 0), metrics=metrics,
-                       n_resamples=n_resamples)
+                       n_resamples=n_resamples, resamples=entry.resamples.get(split))
             for split, metrics in entry.metrics.items()
         ]
     )
@@ -144,7 +166,8 @@ def train_cohort(
     random_state=0,
     n_resamples=2000,
     measurement_source=None,
-    calibration_variant="cohort_slope",
+    calibration_variants=None,
+    calibration_variant=None,
     user=None,
     progress=None,
 ):
@@ -162,7 +185,10 @@ def train_cohort(
         Bootstrap resamples of every CI.
     measurement_source : str, optional
         Source of the measurement runs (default: the only source present).
-    calibration_variant : {"cohort_slope", "per_patient_slope"}
+    calibration_variants : sequence of str, optional
+        Variants of the calibrated chest model (default all of ``CALIBRATION_VARIANTS``), one version each.
+    calibration_variant : str, optional
+        One variant only (shorthand for ``calibration_variants=(variant,)``).
     user : User, optional
     progress : callable, optional
 
@@ -170,6 +196,8 @@ def train_cohort(
     -------
     (list of ModelVersion, GridResult)
     """
+    if calibration_variant and not calibration_variants:
+        calibration_variants = (calibration_variant,)
     cohort = Cohort.objects.select_related("project").get(project=project, name=cohort_name)
     records, source = exam_records(cohort, measurement_source)
     if not any(r.split == "train" for r in records):
@@ -181,7 +209,7 @@ def train_cohort(
         algorithms=algorithms or ALGORITHMS,
         random_state=random_state,
         n_resamples=n_resamples,
-        calibration_variant=calibration_variant,
+        calibration_variants=calibration_variants,
         progress=(lambda f, m: progress(0.9 * f, m)) if progress else None,
     )
     if progress:
@@ -190,7 +218,7 @@ def train_cohort(
         freeze_cohort(cohort)
         versions = [
             store_entry(entry, project=project, cohort=cohort, records=records, source=source,
-                        calibration_variant=calibration_variant, n_resamples=n_resamples, user=user)
+                        n_resamples=n_resamples, user=user)
             for entry in grid.entries
         ]
     return versions, grid
@@ -271,7 +299,9 @@ def evaluate_version(version, *, n_resamples=2000, random_state=0):
         if p.exam_id in excluded_exams or p.exam.patient_id in excluded_patients or qct is None or qct.qct_bmd is None:
             continue
         by_split.setdefault(p.split, []).append((p, qct))
-    results = {}
+    from analysis.modeling.training import split_resamples
+
+    results, states = {}, {}
     for split, rows in by_split.items():
         categories = np.array([qct.category for _, qct in rows], dtype=object)
         bmd = np.array([qct.qct_bmd for _, qct in rows], dtype=np.float64)
@@ -283,12 +313,15 @@ def evaluate_version(version, *, n_resamples=2000, random_state=0):
             classes = None
         try:
             results[split] = split_metrics(version.task, classes, categories, bmd, output, n_resamples, random_state)
+            states[split] = split_resamples(version.task, classes, [p.exam_id for p, _ in rows], categories, bmd,
+                                            output, n_resamples, random_state)
         except ValueError as exc:
             results[split] = {"n": len(rows), "error": str(exc)}
     with transaction.atomic():
         version.evaluations.all().delete()
         Evaluation.objects.bulk_create(
-            [Evaluation(model_version=version, split=split, n=m.get("n", 0), metrics=m, n_resamples=n_resamples)
+            [Evaluation(model_version=version, split=split, n=m.get("n", 0), metrics=m, n_resamples=n_resamples,
+                        resamples=states.get(split))
              for split, m in results.items()]
         )
     return results

@@ -52,6 +52,9 @@ def jsonable(value):
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
+        # Fast path for the long lists of plain numbers that charts carry (thousands per page).
+        if all(type(v) is float or type(v) is int for v in value):
+            return [v if v - v == 0 else None for v in value]
         return [jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
         return jsonable(value.tolist())

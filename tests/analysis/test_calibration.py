@@ -39,22 +39,46 @@ def test_recovers_cohort_slope_and_patient_intercepts_exactly():
     np.testing.assert_allclose(cal.transform(chest_only), hu[:, 7:10], atol=1e-9)
 
 
-def test_r2_is_one_for_a_single_line_and_matches_pooled_fit_otherwise():
+def test_r2_is_one_for_a_single_line_and_the_line_is_fitted_to_the_level_means():
     same = _noiseless(intercepts=np.full(4, 150.0))
     assert ThoracolumbarCalibration().fit(same).r2_ == pytest.approx(1.0, abs=1e-12)
-    # Unbalanced levels and noise: k_, intercept_ and r2_ are those of np.polyfit on the pooled points.
+    # Unbalanced levels and noise. The paper's curve: k_, intercept_ and r2_ are np.polyfit on the ten
+    # per-level means (one point per level); the pooled_* values are np.polyfit on every pooled point.
     rng = np.random.default_rng(0)
     hu = _noiseless() + rng.normal(0, 3, size=(5, 10))
     hu[0, 6] = np.nan
     hu[2, :2] = np.nan
     cal = ThoracolumbarCalibration().fit(hu)
+    means = np.nanmean(hu, axis=0)
+    slope, intercept = np.polyfit(N, means, 1)
+    assert cal.k_ == pytest.approx(slope, abs=1e-9)
+    assert cal.intercept_ == pytest.approx(intercept, abs=1e-9)
+    r = np.corrcoef(N, means)[0, 1]
+    assert cal.r2_ == pytest.approx(r * r, abs=1e-9)
+    np.testing.assert_allclose(cal.level_mean_, means, atol=1e-9)
+    np.testing.assert_allclose(cal.level_sd_, np.nanstd(hu, axis=0, ddof=1), atol=1e-9)
+    assert cal.level_count_.tolist() == [4, 4, 5, 5, 5, 5, 4, 5, 5, 5]
     mask = np.isfinite(hu)
     n_pts, hu_pts = np.broadcast_to(N, hu.shape)[mask], hu[mask]
     slope, intercept = np.polyfit(n_pts, hu_pts, 1)
-    assert cal.k_ == pytest.approx(slope, abs=1e-9)
-    assert cal.intercept_ == pytest.approx(intercept, abs=1e-9)
+    assert cal.pooled_k_ == pytest.approx(slope, abs=1e-9)
+    assert cal.pooled_intercept_ == pytest.approx(intercept, abs=1e-9)
     r = np.corrcoef(n_pts, hu_pts)[0, 1]
-    assert cal.r2_ == pytest.approx(r * r, abs=1e-9)
+    assert cal.pooled_r2_ == pytest.approx(r * r, abs=1e-9)
+
+
+def test_means_fit_is_near_one_where_the_pooled_fit_is_near_zero():
+    # The numbers on the demo cohort: R^2 of the fit to the level means 0.999, of the pooled points
+    # 0.039 (patients differ far more than levels). The synthetic generator (analysis.modeling.synthetic,
+    # gradient -3 HU per level, patient offsets SD 12 HU plus BMD) gives the same picture.
+    from analysis.modeling.synthetic import generate_cohort
+
+    cal = ThoracolumbarCalibration().fit([e.hu_by_level for e in generate_cohort() if e.split == "train"])
+    assert cal.r2_ > 0.99
+    assert cal.pooled_r2_ < 0.1
+    summary = cal.summary(max_patients=5)
+    assert summary["fit"] == "per-level means" and summary["pooled"]["r2"] == pytest.approx(cal.pooled_r2_)
+    assert len(summary["patients"]) == 5 and summary["level_count"][0] == cal.n_patients_fit_
 
 
 def test_only_patients_with_both_regions_enter_the_fit():

@@ -112,29 +112,30 @@ def test_confusion_heatmap_shows_the_counts():
         charts.confusion_figure([[1, 2], [3, 4]], CATEGORIES)
 
 
-def test_calibration_chart_draws_the_cohort_fit_and_a_seeded_sample_of_patients():
-    # Noiseless phantom cohort: HU = 180 - 4 n + offset_i at every level, so the pooled fit is k = -4 and the
-    # intercept is 180 + mean(offset) exactly (every patient contributes the same ten levels).
+def test_calibration_chart_draws_the_level_means_their_fit_the_pooled_fit_and_a_sample_of_patients():
+    # Noiseless phantom cohort: HU = 180 - 4 n + offset_i at every level, so the level means lie on
+    # 180 + mean(offset) - 4 n exactly (mean offset 0): the fit to the means is k = -4, intercept 180, R^2 = 1;
+    # the pooled fit has the same line (every patient contributes the same ten levels) with a smaller R^2.
     offsets = np.linspace(-30.0, 30.0, 25)
     n = np.arange(1, 11, dtype=float)
     hu = 180.0 - 4.0 * n[None, :] + offsets[:, None]
     curve = ThoracolumbarCalibration().fit(hu).curve_data()
     figure = charts.calibration_figure(curve, max_patients=10, random_state=3)
-    measured, hu_cal, fit = figure["data"]
+    measured, means, fit, pooled = figure["data"]
     assert fit["x"] == n.tolist()
     np.testing.assert_allclose(fit["y"], 180.0 - 4.0 * n, atol=1e-9)
-    assert "-4.00·n + 180.0" in fit["name"] and "R² =" in fit["name"]
+    assert "-4.00·n + 180.0" in fit["name"] and "R² = 1.000" in fit["name"] and "level means" in fit["name"]
+    np.testing.assert_allclose(means["y"], 180.0 - 4.0 * n, atol=1e-9)
+    np.testing.assert_allclose(means["error_y"]["array"], np.full(10, offsets.std(ddof=1)), atol=1e-9)
+    assert pooled["name"].startswith("pooled fit (all points): HU = -4.00·n + 180.0")
     # Ten patients of 25, each as its ten measured points followed by a gap.
-    assert measured["name"] == "measured HU, 10 of 25 patients"
+    assert measured["name"] == "per-patient HU, 10 of 25 patients"
     assert len(measured["x"]) == 10 * 11 and measured["x"].count(None) == 10
     chosen = sorted({int(t) for t in measured["text"] if t})
     expected = np.sort(np.random.default_rng(3).choice(25, 10, replace=False)).tolist()
     assert chosen == expected
     for i, pid in enumerate(chosen):
         np.testing.assert_allclose(measured["y"][11 * i: 11 * i + 10], hu[pid], atol=1e-9)
-    # HU_cal at T12, L1, L2 (n = 8, 9, 10) equals the measured value on a noiseless line.
-    assert sorted(set(hu_cal["x"])) == [8.0, 9.0, 10.0]
-    np.testing.assert_allclose(hu_cal["y"][:3], hu[chosen[0], 7:10], atol=1e-9)
     ticks = figure["layout"]["xaxis"]["ticktext"]
     assert [t.split("<br>")[0] for t in ticks] == list(CALIBRATION_LEVELS)
 
@@ -183,3 +184,31 @@ def test_format_ci_uses_to_when_an_end_is_negative():
     assert charts.format_ci(0.948, 0.908, 0.984) == "0.948 (0.908–0.984)"
     assert charts.format_ci(-0.91, -2.3, 0.48, 2) == "-0.91 (-2.30 to 0.48)"
     assert charts.format_ci(None) == "–"
+
+
+def test_every_kind_of_figure_passes_plotlys_validators():
+    # Figures are plain dicts for speed; plotly's validators (go.Figure) must accept every kind we draw, so a
+    # misspelt property fails here rather than silently in the browser.
+    from analysis.stats.reliability import reliability
+
+    rng = np.random.default_rng(0)
+    ref, pred = rng.uniform(40, 200, 30), rng.uniform(40, 200, 30)
+    ba = {"bias": 1.0, "bias_ci_low": 0.0, "bias_ci_high": 2.0, "loa_low": -20.0, "loa_low_ci_low": -25.0,
+          "loa_low_ci_high": -15.0, "loa_high": 22.0, "loa_high_ci_low": 18.0, "loa_high_ci_high": 26.0}
+    y = np.array(CATEGORIES)[rng.integers(0, 3, 30)]
+    proba = rng.dirichlet(np.ones(3), 30)
+    cal = ThoracolumbarCalibration().fit(180.0 - 4.0 * np.arange(1, 11)[None, :] + rng.normal(0, 5, (12, 10)))
+    figures = [
+        charts.roc_figure([{"name": "a", "fpr": [0, 0.5, 1], "tpr": [0, 0.7, 1], "auc": 0.7, "ci_low": 0.6,
+                            "ci_high": 0.8, "colour": "#000000", "dash": "dash"}], title="t"),
+        charts.scatter_figure([{"name": "a", "reference": ref, "predicted": pred, "pearson_r": 0.1,
+                                "labels": [f"P{i}" for i in range(30)]}]),
+        charts.bland_altman_figure(ref, pred, ba, labels=[f"P{i}" for i in range(30)]),
+        charts.confusion_figure([[1, 2, 3], [4, 5, 6], [7, 8, 9]], CATEGORIES),
+        charts.calibration_figure(cal.summary(max_patients=5)),
+        charts.reliability_figure(reliability(y, proba, CATEGORIES)),
+    ]
+    for figure in figures:
+        charts.validate_figure(figure)
+    with pytest.raises(ValueError):
+        charts.validate_figure({"data": [{"type": "scatter", "colour": "red"}], "layout": {}})

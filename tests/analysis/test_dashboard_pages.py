@@ -26,7 +26,8 @@ def trained(db, settings, tmp_path):
     project, _ = seed_demo_project(n_patients=90, random_state=1, name="dashboard-demo")
     seed_demo_measurements(project, random_state=1)
     versions, _ = train_cohort(project, feature_sets=("abdomen", "chest_cal"),
-                               algorithms={"classification": ["LR"], "regression": ["SGD"]}, n_resamples=20)
+                               algorithms={"classification": ["LR"], "regression": ["SGD"]}, n_resamples=20,
+                               calibration_variants=("abdomen_transfer",))
     by_key = {(v.feature_set, v.task): v for v in versions}
     return project, by_key
 
@@ -89,37 +90,62 @@ def test_calibrated_version_page_shows_the_stored_fit_and_the_training_patients(
     login(client, project, "annotator")
     page = client.get(reverse("analysis:model_detail", args=[project.pk, version.pk])).content.decode()
     traces = figure(page, "fig-calibration")["data"]
-    fit = traces[-1]
+    patients, means, fit, pooled = traces
+    # The fit drawn is the stored line fitted to the level means; the means are the stored per-level means.
     np.testing.assert_allclose(fit["y"], [cal["k"] * n + cal["intercept"] for n in range(1, 11)], rtol=1e-12)
-    assert f"{cal['k']:.3f}" in page and f"{cal['r2']:.3f}" in page
-    # The demo's training exams all enter the table, so the rebuilt points reproduce the stored fit.
-    assert "the refit reproduces k" in page
-    # 34 patients of the 90-patient demo's training split have both regions (fewer than the 40 drawn at most).
-    assert traces[0]["name"] == f"measured HU, {cal['n_patients']} patients" and cal["n_patients"] <= 40
+    np.testing.assert_allclose(means["y"], cal["level_mean"], rtol=1e-12)
+    expected_k, expected_b = np.polyfit(np.arange(1, 11), cal["level_mean"], 1)
+    assert cal["k"] == pytest.approx(expected_k, abs=1e-9) and cal["intercept"] == pytest.approx(expected_b, abs=1e-9)
+    assert pooled["name"].startswith("pooled fit (all points)") and fit["name"].startswith("fit to the level means")
+    assert f"{cal['k']:.3f}" in page and f"{cal['r2']:.3f}" in page and "R² of the fit to the level means" in page
+    assert "abdomen transfer" in page and "The slope k therefore changes the predictions" in page
+    # Every training patient of the 90-patient demo has both regions; up to 40 of them are stored and drawn.
+    assert cal["n_patients"] == version.data_snapshot["n_by_split"]["train"]
+    assert patients["name"] == f"per-patient HU, {min(40, cal['n_patients'])} of {cal['n_patients']} patients"
     abdomen = v[("abdomen", "classification")]
     page = client.get(reverse("analysis:model_detail", args=[project.pk, abdomen.pk])).content.decode()
     assert "fig-calibration" not in page
+    # Classifier reliability (not the HU calibration): a chart and Brier scores per class per split.
+    rel = abdomen.evaluations.get(split="validation").metrics["reliability"]
+    assert "Reliability of the predicted probabilities" in page and "fig-validation-reliability" in page
+    assert f"{rel['classes']['osteoporosis']['brier']:.4f}" in page
 
 
-def test_comparison_p_values_are_paired_delong_on_the_common_cases(client, trained):
+def _common(a, b, split):
+    common, pa, pb = common_predictions(a, b, split)
+    return common, pa, pb
+
+
+def test_comparison_is_the_paired_bootstrap_of_macro_auc_beside_delong_on_the_common_cases(client, trained):
+    from analysis.stats.paired import paired_macro_auc_bootstrap
+
     project, v = trained
     a, b = v[("abdomen", "classification")], v[("chest_cal", "classification")]
     login(client, project, "pi")
     url = reverse("analysis:model_compare", args=[project.pk])
     page = client.get(url, {"v": [a.pk, b.pk], "split": "validation"}).content.decode()
-    common, pa, pb = common_predictions(a, b, "validation")
-    # Expected: DeLong's paired test on the probability of osteoporosis of the cases both versions predicted.
-    expected = delong_paired([pa[e].exam.qct.category == "osteoporosis" for e in common],
-                             [pa[e].probabilities["osteoporosis"] for e in common],
+    common, pa, pb = _common(a, b, "validation")
+    y = [pa[e].exam.qct.category for e in common]
+    # Expected: the paired stratified bootstrap of the macro AUC on the common cases in exam-id order with the
+    # stored 20 resamples and seed 0, and DeLong's paired test on the probability of osteoporosis.
+    macro = paired_macro_auc_bootstrap(y, [[pa[e].probabilities[c] for c in CATEGORIES] for e in common],
+                                       [[pb[e].probabilities[c] for c in CATEGORIES] for e in common], CATEGORIES,
+                                       n_resamples=20, random_state=0)
+    expected = delong_paired([c == "osteoporosis" for c in y], [pa[e].probabilities["osteoporosis"] for e in common],
                              [pb[e].probabilities["osteoporosis"] for e in common])
-    pairs = re.search(r'<table class="grid" id="compare-pairs">(.*?)</table>', page, re.S).group(1)
-    assert f"<td>{expected.z:.3f}</td><td>{expected.p:.3g}</td>" in pairs
+    pairs = re.search(r'id="compare-pairs">(.*?)</table>', page, re.S).group(1)
+    from analysis.charts import format_ci, format_p
+
+    assert (f"<td>{macro['macro_auc_a']:.3f}</td><td>{macro['macro_auc_b']:.3f}</td>"
+            f"<td>{format_ci(macro['diff'], macro['ci_low'], macro['ci_high'])}</td><td>{format_p(macro['p'])}</td>") in pairs
+    assert (f"<td>{format_ci(expected.diff, expected.ci_low, expected.ci_high)}</td><td>{expected.z:.2f}</td>"
+            f"<td>{format_p(expected.p)}</td>") in pairs
     assert f'<td class="num">{len(common)}</td>' in pairs
-    assert f"{expected.auc_a:.3f}" in pairs and f"{expected.auc_b:.3f}" in pairs
-    # The overlay uses exactly those cases, with each version's DeLong AUC in the legend.
+    # The overlay: each version's stored binary ROC and DeLong AUC (both were evaluated on the same cases).
     overlay = figure(page, "fig-compare-roc")
     assert f"AUC {expected.auc_a:.3f}" in overlay["data"][0]["name"]
-    assert f"{len(common)} case" in page
+    # Cases are named by patient id, never by internal exam id.
+    assert pa[common[0]].exam.patient.pseudonym in page and "(exam " not in page
     # Side by side: each version's stored validation metrics.
     for version in (a, b):
         m = version.evaluations.get(split="validation").metrics
@@ -128,17 +154,20 @@ def test_comparison_p_values_are_paired_delong_on_the_common_cases(client, train
 
 
 def test_regression_comparison_is_the_paired_bootstrap_of_mae(client, trained):
+    from analysis.charts import format_ci, format_p
+
     project, v = trained
     a, b = v[("abdomen", "regression")], v[("chest_cal", "regression")]
     login(client, project, "annotator")
     page = client.get(reverse("analysis:model_compare", args=[project.pk]),
                       {"v": [a.pk, b.pk], "split": "test"}).content.decode()
-    common, pa, pb = common_predictions(a, b, "test")
+    common, pa, pb = _common(a, b, "test")
     expected = paired_mae_comparison([pa[e].exam.qct.qct_bmd for e in common], [pa[e].predicted_bmd for e in common],
-                                     [pb[e].predicted_bmd for e in common], n_resamples=2000, random_state=0)
+                                     [pb[e].predicted_bmd for e in common], n_resamples=20, random_state=0)
     pairs = re.search(r'id="compare-pairs">(.*?)</table>', page, re.S).group(1)
-    assert f"<td>{expected.mae_a:.2f}</td><td>{expected.mae_b:.2f}</td>" in pairs
-    assert f"<td>{expected.p_value:.3g}</td>" in pairs
+    assert (f"<td>{expected.mae_a:.2f}</td><td>{expected.mae_b:.2f}</td>"
+            f"<td>{format_ci(expected.diff, expected.ci_low, expected.ci_high, 2)}</td>"
+            f"<td>{format_p(expected.p_value)}</td>") in pairs
     scatter = figure(page, "fig-compare-scatter")
     assert len(scatter["data"]) == 3 and scatter["data"][0]["x"] == [pa[e].exam.qct.qct_bmd for e in common]
 

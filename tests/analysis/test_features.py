@@ -71,10 +71,16 @@ def test_chest_cal_recovers_the_lumbar_line_exactly_on_noiseless_data():
     # Every patient lies on HU = b_i - 3 n: the cohort slope is -3 and HU_cal(T12, L1, L2) = b_i - 3 * (8, 9, 10).
     records = [record(i, hu=line_hu(150.0 + 10 * i, -3.0)) for i in range(1, 6)]
     chest_only = record(9, split="validation", hu=line_hu(260.0, -3.0, CHEST_LEVELS))
-    table = build_feature_table(records + [chest_only], "chest_cal")
+    table = build_feature_table(records + [chest_only], "chest_cal", calibration_variant="feature_augmentation")
     assert table.feature_names[-3:] == ["hu_cal_T12", "hu_cal_L1", "hu_cal_L2"]
     assert table.calibration.k_ == pytest.approx(-3.0, abs=1e-12)
     np.testing.assert_allclose(table.X[-1, -3:], [260 - 24, 260 - 27, 260 - 30], atol=1e-9)
+    # The default variant (abdomen_transfer) keeps the chest columns and maps them to the abdomen model's
+    # columns: sex, age, then the same HU_cal values at T12, L1, L2.
+    transfer = build_feature_table(records + [chest_only], "chest_cal")
+    assert transfer.calibration_variant == "abdomen_transfer" and transfer.key == "chest_cal:abdomen_transfer"
+    assert transfer.feature_names == ["sex_male", "age_years"] + [f"hu_{level}" for level in CHEST_LEVELS]
+    np.testing.assert_allclose(transfer.lumbar_map.transform(transfer.X[-1:]), [[0, 60, 236, 233, 230]], atol=1e-9)
 
 
 def test_calibration_is_fitted_on_the_training_split_only():

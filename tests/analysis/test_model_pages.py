@@ -16,6 +16,11 @@ def trained(db, settings, tmp_path):
         "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path)}}}
     project, _ = seed_demo_project(n_patients=90, random_state=1, name="pages-demo")
     seed_demo_measurements(project, random_state=1)
+    # Every demo patient has both regions (issue 12); one exam excluded gives the page a left-out exam to name.
+    from studies.models import ExclusionFlag
+
+    exam = project.patients.order_by("pk").first().exams.first()
+    ExclusionFlag.objects.create(patient=exam.patient, exam=exam, reason="vertebral_fracture")
     versions, _ = train_cohort(project, feature_sets=("abdomen",), algorithms={"classification": ["LR"],
                                "regression": ["SGD"]}, n_resamples=20)
     return project, versions
@@ -67,9 +72,20 @@ def test_left_out_exams_are_named_by_patient_and_date(client, trained):
     login(client, project, "annotator")
     page = client.get(reverse("analysis:model_detail", args=[project.pk, lr.pk])).content.decode()
     left_out = lr.data_snapshot["excluded"]
-    assert left_out, "the demo's chest-only exams have no abdomen levels and are left out"
+    assert left_out, "the fixture's exam with an exclusion flag is left out"
     from studies.models import Exam
 
     exam = Exam.objects.select_related("patient").get(pk=left_out[0]["exam_id"])
     assert f"{exam.patient.pseudonym}</a> {exam.exam_date:%Y-%m-%d}" in page
     assert left_out[0]["reason"] in page
+
+
+def test_model_list_has_metric_columns_per_split(client, trained):
+    # Issue 10: the list shows each version's headline metric per split, read from the stored evaluations.
+    project, (lr, sgd) = trained
+    login(client, project, "annotator")
+    page = client.get(reverse("analysis:model_list", args=[project.pk])).content.decode()
+    auc = [f"{lr.evaluations.get(split=s).metrics['macro_auc']:.3f}" for s in ("train", "validation", "test")]
+    mae = [f"{sgd.evaluations.get(split=s).metrics['mae']:.2f}" for s in ("train", "validation", "test")]
+    assert "<td>AUC</td>" + "".join(f'<td class="num">{x}</td>' for x in auc) in page
+    assert "<td>MAE</td>" + "".join(f'<td class="num">{x}</td>' for x in mae) in page

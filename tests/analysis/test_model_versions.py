@@ -64,16 +64,21 @@ def test_snapshot_records_exams_labels_runs_splits_and_exclusions(demo):
 def test_artefact_reloads_and_predicts_the_stored_predictions(demo):
     versions, _ = train_cohort(demo, feature_sets=("chest_cal",), tasks=("classification",),
                                algorithms={"classification": ["BDT"]}, random_state=1, n_resamples=20)
-    version = ModelVersion.objects.get(pk=versions[0].pk)
-    assert version.calibration["fitted_on"] == "train" and version.calibration_variant == "cohort_slope"
-    model = load_model(version)
-    screening = predict_exams(version, store=False)
-    stored = {p.exam_id: p.probabilities for p in version.predictions.all()}
-    assert len(stored) == len(version.data_snapshot["exam_ids"])
-    for row in screening.rows:
-        if row.exam_id in stored:
-            assert row.probabilities == stored[row.exam_id]
-    assert model.calibration.k_ == version.calibration["k"]
+    # One calibrated chest version per calibration variant (issue 12), each recorded with its variant.
+    assert [v.calibration_variant for v in versions] == ["abdomen_transfer", "learned_mapping",
+                                                         "feature_augmentation"]
+    for stored_version in versions:
+        version = ModelVersion.objects.get(pk=stored_version.pk)
+        assert version.calibration["fitted_on"] == "train"
+        assert version.calibration["variant"] == version.calibration_variant
+        model = load_model(version)
+        screening = predict_exams(version, store=False)
+        stored = {p.exam_id: p.probabilities for p in version.predictions.all()}
+        assert len(stored) == len(version.data_snapshot["exam_ids"])
+        for row in screening.rows:
+            if row.exam_id in stored:
+                assert row.probabilities == stored[row.exam_id]
+        assert model.calibration.k_ == version.calibration["k"]
 
 
 def test_versions_and_runs_are_immutable(demo):

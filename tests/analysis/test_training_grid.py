@@ -15,6 +15,7 @@ from analysis.modeling.training import (
     load_artefact,
     predict,
     train_grid,
+    transfer_model,
 )
 
 
@@ -26,7 +27,7 @@ def records():
 def test_two_trainings_with_the_same_seed_are_identical(records):
     a = train_grid(records, feature_sets=("chest_cal",), random_state=11, n_resamples=50)
     b = train_grid(records, feature_sets=("chest_cal",), random_state=11, n_resamples=50)
-    assert len(a.entries) == 6
+    assert len(a.entries) == 18  # 6 models x 3 calibration variants
     for ea, eb in zip(a.entries, b.entries):
         for key in ea.output:
             assert np.array_equal(ea.output[key], eb.output[key]), (ea.model.algorithm, key)
@@ -95,11 +96,18 @@ def test_regression_metrics_match_scikit_learn(records):
 
 
 def test_artefact_round_trip_predicts_identically(records):
-    table = build_feature_table(records, "chest_cal")
+    table = build_feature_table(records, "chest_cal", calibration_variant="feature_augmentation")
     model = fit_model(table, "classification", "BDT", random_state=2)
     again = load_artefact(dump_artefact(model))
     assert np.array_equal(predict(again, table.X)["proba"], predict(model, table.X)["proba"])
     assert again.calibration.k_ == model.calibration.k_
+    # A transfer variant: the artefact holds the lumbar map and the abdomen model.
+    transfer_table = build_feature_table(records, "chest_cal")
+    transfer = transfer_model(fit_model(build_feature_table(records, "abdomen"), "classification", "LR"),
+                              transfer_table)
+    again = load_artefact(dump_artefact(transfer))
+    assert again.calibration_variant == "abdomen_transfer"
+    assert np.array_equal(predict(again, transfer_table.X)["proba"], predict(transfer, transfer_table.X)["proba"])
 
 
 def test_paired_comparisons(records):

@@ -19,7 +19,8 @@ def test_version_page_renders_plotly_charts(browser, live_server, transactional_
     project, _ = seed_demo_project(n_patients=60, random_state=3, name="Browser dashboards")
     seed_demo_measurements(project, random_state=3)
     (version,), _ = train_cohort(project, feature_sets=("chest_cal",), tasks=("regression",),
-                                 algorithms={"regression": ["SGD"]}, n_resamples=10)
+                                 algorithms={"regression": ["SGD"]}, n_resamples=10,
+                                 calibration_variants=("abdomen_transfer",))
     user = MembershipFactory(project=project, role="annotator").user
 
     browser.get(live_server.url + "/accounts/login/")

@@ -1,10 +1,11 @@
 """python manage.py train_models --project NAME [--cohort main] [--seed 0] [--feature-sets chest,abdomen,chest_cal]
-[--n-resamples 2000] [--source NAME] [--tasks classification,regression] [--calibration-variant cohort_slope]"""
+[--n-resamples 2000] [--source NAME] [--tasks classification,regression] [--calibration-variants abdomen_transfer,learned_mapping,feature_augmentation]"""
 
 import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from analysis.modeling.calibration import CALIBRATION_VARIANTS
 from analysis.modeling.features import FEATURE_SETS
 from analysis.modeling.training import TASKS
 
@@ -24,7 +25,8 @@ def _ci(ci, key):
 
 def summary_line(version, split, m):
     """One line of the summary table for a version's metrics on a split."""
-    head = f"{version.pk:>5}  {version.feature_set:<9} {version.task:<14} {version.algorithm:<4} {split:<10} {m.get('n', 0):>4}"
+    features = version.feature_set + (f":{version.calibration_variant}" if version.calibration_variant else "")
+    head = f"{version.pk:>5}  {features:<30} {version.task:<14} {version.algorithm:<4} {split:<10} {m.get('n', 0):>4}"
     if "error" in m:
         return f"{head}  {m['error']}"
     if version.task == "classification":
@@ -49,8 +51,8 @@ class Command(BaseCommand):
         parser.add_argument("--tasks", default=",".join(TASKS))
         parser.add_argument("--n-resamples", type=int, default=2000)
         parser.add_argument("--source", default=None, help="measurement source (default: the only one present)")
-        parser.add_argument("--calibration-variant", default="cohort_slope",
-                            choices=("cohort_slope", "per_patient_slope"))
+        parser.add_argument("--calibration-variants", default=",".join(CALIBRATION_VARIANTS),
+                            help="variants of the calibrated chest model (T5-T10-Cal), one version each")
 
     def handle(self, *args, **o):
         from analysis.modeling.versions import train_cohort
@@ -58,6 +60,7 @@ class Command(BaseCommand):
 
         feature_sets = _csv_list(o["feature_sets"], tuple(FEATURE_SETS), "feature set(s)")
         tasks = _csv_list(o["tasks"], TASKS, "task(s)")
+        variants = _csv_list(o["calibration_variants"], CALIBRATION_VARIANTS, "calibration variant(s)")
         if o["n_resamples"] < 1:
             raise CommandError("--n-resamples must be at least 1")
         try:
@@ -71,7 +74,7 @@ class Command(BaseCommand):
             versions, grid = train_cohort(
                 project, cohort_name=o["cohort"], feature_sets=feature_sets, tasks=tasks, random_state=o["seed"],
                 n_resamples=o["n_resamples"], measurement_source=o["source"],
-                calibration_variant=o["calibration_variant"],
+                calibration_variants=variants,
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from None
