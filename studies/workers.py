@@ -63,10 +63,15 @@ class HeartbeatWorker(Worker):
             if not lost and (kwargs.get("max_jobs") or kwargs.get("max_idle_time")):
                 return worked
             # The loop ended without a stop request: RQ gave up on an error (Redis away, most often).
-            if not self._wait_for_redis(backoff):
-                return worked
-            backoff = min(backoff * 2, RECONNECT_MAX_S)
-            self._prepare_restart()
+            while True:
+                if not self._wait_for_redis(backoff):
+                    return worked
+                backoff = min(backoff * 2, RECONNECT_MAX_S)
+                try:
+                    self._prepare_restart()
+                    break
+                except RedisError as exc:  # gone again already: wait once more
+                    log.warning("worker %s: job queue lost again (%s)", self.name, exc)
             log.warning("worker %s: the job queue answers again; starting over", self.name)
 
     def _stopping(self):
