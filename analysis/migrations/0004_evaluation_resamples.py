@@ -4,7 +4,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("analysis", "0002_measurement_run_series_and_labels"),
+        ("analysis", "0003_measurementrun_segments"),
     ]
 
     operations = [
