@@ -64,6 +64,11 @@ def test_pages_and_dashboards_run_under_the_policy(browser, live_server, transac
             # Drawn, not just started: every chart has its SVG and no no-JavaScript hint is left.
             assert len(browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg")) >= boxes
             assert not browser.find_elements(By.CSS_SELECTOR, ".chart .nojs")
+            # plotly's own style rules (layered SVGs, modebar, hover) reached its sheet: allowed by the policy.
+            rules = browser.execute_script(
+                "const s = document.getElementById('plotly.js-style-global'); return s && s.sheet ? "
+                "s.sheet.cssRules.length : -1")
+            assert rules > 0, (page, rules)
         found = browser.execute_script("return window.__problems")
         if found:
             problems[page] = found
