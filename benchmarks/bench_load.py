@@ -120,8 +120,11 @@ def free_port() -> int:
 
 def start_server(kind: str, port: int, env: dict, log: Path) -> subprocess.Popen:
     if kind == "gunicorn":
+        # Keep-alive longer than a user's pause, as a front proxy would: with gunicorn's 2 s default the
+        # server closes a connection while its user reads, and the next request on it races the close
+        # (a reset, which a browser retries silently but this client counts as an error).
         cmd = [sys.executable, "-m", "gunicorn", "bmdsite.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-               "--threads", "4", "--timeout", "120", "--chdir", str(REPO)]
+               "--threads", "4", "--timeout", "120", "--keep-alive", "20", "--chdir", str(REPO)]
     else:
         cmd = [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,

@@ -396,16 +396,17 @@ def _extract_zip(zip_path: Path, into: Path):
         raise IngestError(label, "bad_zip", f"{zip_path.name} is not a readable zip file") from exc
 
     def too_large(total):
-        return IngestError(label, "zip_too_large",
-                           f"{zip_path.name} expands to more than {_size(max_total)} (IMPORT_ZIP_MAX_UNCOMPRESSED_BYTES)"
-                           + (f": {_size(total)} declared" if total else ""))
+        declared = f": {_size(total)} declared" if total else ""
+        return IngestError(label, "zip_too_large", f"{zip_path.name} expands to more than {_size(max_total)} "
+                                                   f"(IMPORT_ZIP_MAX_UNCOMPRESSED_BYTES){declared}")
 
     def too_compressed(member, size):
         ratio = size / max(member.compress_size, 1)
+        so_far = " so far" if size < member.file_size else ""
         return IngestError(label, "zip_bomb",
                            f"member {member.filename} of {zip_path.name} expands {ratio:,.0f} times "
-                           f"({_size(member.compress_size)} to {_size(size)}{' so far' if size < member.file_size else ''}"
-                           f"); at most {max_ratio} times is accepted (IMPORT_ZIP_MAX_RATIO)")
+                           f"({_size(member.compress_size)} to {_size(size)}{so_far}); at most {max_ratio} times "
+                           "is accepted (IMPORT_ZIP_MAX_RATIO)")
 
     with zf:
         members = [m for m in zf.infolist() if not m.is_dir()]

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.browser
 RECORDER = """
 window.__problems = [];
 document.addEventListener("securitypolicyviolation", (e) => {
-  window.__problems.push(`CSP ${e.effectiveDirective} blocked ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber}`);
+  window.__problems.push(
+    `CSP ${e.effectiveDirective} blocked ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber}`);
 });
 window.addEventListener("error", (e) => { window.__problems.push(`error ${e.message} at ${e.filename}:${e.lineno}`); });
 """
@@ -48,9 +49,10 @@ def test_pages_and_dashboards_run_under_the_policy(browser, live_server, transac
         f"{p}/models/{versions[0].pk}/": 7,  # scatter and Bland-Altman per split, and the calibration curve
         f"{p}/models/compare/?v={versions[0].pk}&v={versions[1].pk}&split=validation": None,
     }
-    pages = ["/", f"{p}/", f"{p}/patients/", f"{p}/patients/{patient.pk}/", f"{p}/patients/{patient.pk}/history/",
-             f"{p}/patients/{patient.pk}/exams/{exam.pk}/", f"{p}/exams/{exam.pk}/measurements/", f"{p}/models/",
-             f"{p}/cohort-table/", f"{p}/members/", f"{p}/pacs/search/", "/jobs/", "/admin/", "/admin/studies/accesslog/", *charts]
+    pages = ["/", f"{p}/", f"{p}/patients/", f"{p}/patients/{patient.pk}/",
+             f"{p}/patients/{patient.pk}/history/", f"{p}/patients/{patient.pk}/exams/{exam.pk}/",
+             f"{p}/exams/{exam.pk}/measurements/", f"{p}/models/", f"{p}/cohort-table/", f"{p}/members/",
+             f"{p}/pacs/search/", "/jobs/", "/admin/", "/admin/studies/accesslog/", *charts]
     problems = {}
     for page in pages:
         browser.get(live_server.url + page)
@@ -64,6 +66,11 @@ def test_pages_and_dashboards_run_under_the_policy(browser, live_server, transac
             # Drawn, not just started: every chart has its SVG and no no-JavaScript hint is left.
             assert len(browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg")) >= boxes
             assert not browser.find_elements(By.CSS_SELECTOR, ".chart .nojs")
+            # plotly's own style rules (layered SVGs, modebar, hover) reached its sheet: allowed by the policy.
+            rules = browser.execute_script(
+                "const s = document.getElementById('plotly.js-style-global'); return s && s.sheet ? "
+                "s.sheet.cssRules.length : -1")
+            assert rules > 0, (page, rules)
         found = browser.execute_script("return window.__problems")
         if found:
             problems[page] = found

@@ -12,7 +12,8 @@ from tests.factories import ExamFactory, MembershipFactory, PatientFactory, Proj
 # The policy as README's Security section states it, directive by directive.
 EXPECTED_CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self' "
                 "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=' "
-                "'sha256-ji27qzEtxXZW+7dun6UwjHXJ18e6WAin1VvNtkzIE/o='; img-src 'self' data: blob:; font-src 'self' data:; "
+                "'sha256-ji27qzEtxXZW+7dun6UwjHXJ18e6WAin1VvNtkzIE/o='; "
+                "img-src 'self' data: blob:; font-src 'self' data:; "
                 "connect-src 'self'; worker-src 'self' blob:; object-src 'none'; base-uri 'self'; "
                 "form-action 'self'; frame-ancestors 'none'")
 
