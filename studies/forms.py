@@ -66,7 +66,8 @@ def _display(value):
 
 def _shown(field, value):
     """A value as the form shows it: a choice by its label ("Chest", not "chest")."""
-    if isinstance(field, forms.ChoiceField) and not isinstance(field, forms.ModelChoiceField) and value not in (None, ""):
+    plain_choices = isinstance(field, forms.ChoiceField) and not isinstance(field, forms.ModelChoiceField)
+    if plain_choices and value not in (None, ""):
         labels = {str(k): str(v) for k, v in field.choices}
         if str(value) in labels:
             return labels[str(value)]

@@ -199,7 +199,8 @@ def _recategorize_row(row, project_id, thresholds, content_type, actor, via, att
             return 0
         with transaction.atomic():
             # Conditional on the version read: a row saved since then is not overwritten but read again.
-            updated = QCTResult.objects.filter(pk=row["pk"], version=row["version"]).update(qct_bmd=probe.qct_bmd, category=probe.category)
+            updated = QCTResult.objects.filter(pk=row["pk"], version=row["version"]).update(
+                qct_bmd=probe.qct_bmd, category=probe.category)
             if updated:
                 changes = {}
                 if probe.category != row["category"]:

@@ -86,15 +86,18 @@ def stale_reasons(versions):
     current, excluded_now = _current_values(used_ids | dropped_ids)
     runs_by_source = {}
     for source in {v.data_snapshot.get("measurement_source") or v.measurement_source for v in versions}:
-        runs_by_source[source] = chosen_runs(Exam.objects.filter(pk__in=used_ids & current.keys()), source)
+        if source:  # a version that names no source cannot say which run it would use now
+            runs_by_source[source] = chosen_runs(Exam.objects.filter(pk__in=used_ids & current.keys()), source)
 
     stale = {}
     for v in versions:
         snap = v.data_snapshot
         exam_ids = snap["exam_ids"]
         found = defaultdict(list)
-        runs_now = runs_by_source[snap.get("measurement_source") or v.measurement_source]
+        runs_now = runs_by_source.get(snap.get("measurement_source") or v.measurement_source)
         columns = {name: snap.get(name) for name in ("qct_bmd", "category", "age", "sex", "measurement_run_ids")}
+        if runs_now is None:
+            columns["measurement_run_ids"] = None
         for i, exam_id in enumerate(exam_ids):
             now = current.get(exam_id)
             if now is None:
@@ -112,9 +115,10 @@ def stale_reasons(versions):
                 found["sex changed"].append(f"{example}: {columns['sex'][i]} -> {sex}")
             if exam_id in excluded_now:
                 found["now excluded"].append(example)
-            if columns["measurement_run_ids"] is not None and runs_now.get(exam_id) != columns["measurement_run_ids"][i]:
+            used_run = columns["measurement_run_ids"][i] if columns["measurement_run_ids"] is not None else None
+            if used_run is not None and runs_now.get(exam_id) != used_run:
                 found["another measurement run would be used"].append(
-                    f"{example}: run {columns['measurement_run_ids'][i]} -> {runs_now.get(exam_id)}")
+                    f"{example}: run {used_run} -> {runs_now.get(exam_id)}")
         for dropped in snap.get("excluded", []):
             if dropped.get("reason", "").startswith("excluded") and dropped["exam_id"] in current \
                     and dropped["exam_id"] not in excluded_now:

@@ -50,7 +50,9 @@ class Command(BaseCommand):
         parser.add_argument("--feature-sets", default=",".join(FEATURE_SETS))
         parser.add_argument("--tasks", default=",".join(TASKS))
         parser.add_argument("--n-resamples", type=int, default=2000)
-        parser.add_argument("--source", default=None, help="measurement source (default: the only one present)")
+        parser.add_argument("--source", default=None,
+                            help="measurement source: only that tool's runs (default: per exam the newest reviewed "
+                                 "run, else the newest run of any source)")
         parser.add_argument("--calibration-variants", default=",".join(CALIBRATION_VARIANTS),
                             help="variants of the calibrated chest model (T5-T10-Cal), one version each")
 
