@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from itertools import combinations
 
 from analysis import charts
-from analysis.categories import OSTEOPOROSIS
 from analysis.models import Evaluation
 
 __all__ = [
