@@ -108,3 +108,30 @@ def test_states_of_different_cases_are_not_paired():
                              n_resamples=50)
     with pytest.raises(ValueError, match="different cases"):
         compare_states(state_a, state_b)
+
+
+def test_compare_many_equals_compare_states_pair_by_pair():
+    # The vectorised pairing of many versions gives the numbers of compare_states for every pair, and the
+    # same errors for states of other cases or without resamples.
+    from analysis.stats.paired import compare_many
+
+    y, a, b = _cases(n=80, seed=5)
+    rng = np.random.default_rng(6)
+    probas = [a, b, np.round(rng.dirichlet(np.ones(3), 80), 3), a[::-1].copy()]
+    ids = np.arange(80)
+    states = [resample_state("classification", ids, y, {"proba": p}, classes=CATEGORIES, positive="osteoporosis",
+                             n_resamples=300, random_state=1) for p in probas]
+    states.append(resample_state("classification", ids + 1, y, {"proba": a}, classes=CATEGORIES, n_resamples=300))
+    states.append(None)
+    many = compare_many(states)
+    assert len(many) == 15
+    for (i, j), result in many.items():
+        try:
+            expected = compare_states(states[i], states[j])
+        except ValueError as exc:
+            assert isinstance(result, ValueError) and str(result) == str(exc)
+            continue
+        for key in ("estimate_a", "estimate_b", "diff", "ci_low", "ci_high", "p"):
+            assert result[key] == pytest.approx(expected[key], abs=1e-12), key
+        for key in ("diff", "se", "z", "p", "ci_low", "ci_high"):
+            assert result["delong"][key] == pytest.approx(expected["delong"][key], abs=1e-12), key
