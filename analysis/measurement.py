@@ -465,6 +465,53 @@ def case_flags(measurements: dict, segmentation_flags=()) -> list:
     return sorted(flags)
 
 
+# A level whose measurement looks wrong is not trusted by name either: two body-sized pieces under one name
+# (two vertebrae called the same) or a mean HU far from its neighbours' (a body of another level, a
+# fracture or a mis-segmentation) drops its confidence below DEFAULT_MIN_LEVEL_CONFIDENCE.
+DOUBTING_FLAGS = (DUPLICATED_LEVEL, HU_OUTLIER)
+DOUBTED_CONFIDENCE = 0.4
+
+
+def doubt_flagged_levels(measurements: dict, segments=(), level_confidence=None) -> tuple:
+    """Lower the confidence of every named level whose measurement carries a doubting flag.
+
+    Parameters
+    ----------
+    measurements : dict of str to LevelMeasurement
+        From :func:`measure_levels`; flagged levels get ``low_level_confidence`` (in place).
+    segments : list of SegmentMeasurement
+        From :func:`measure_segments` on the same bodies: a named segment's flags count for its level too,
+        and its confidence and flags are updated alike (in place).
+    level_confidence : dict of str to float, optional
+        The segmenter's confidence per level; levels without one are left alone (names from outside).
+
+    Returns
+    -------
+    level_confidence : dict of str to float
+        A new dict, doubted levels at most :data:`DOUBTED_CONFIDENCE`.
+    notes : list of str
+        One per doubted level, naming the flag.
+    """
+    confidence = dict(level_confidence or {})
+    by_level = {m.level: m for m in segments if m.level}
+    notes = []
+    for level, m in measurements.items():
+        segment = by_level.get(level)
+        found = [f for f in DOUBTING_FLAGS if f in m.flags or (segment is not None and f in segment.flags)]
+        if not found or confidence.get(level) is None:
+            continue
+        if confidence[level] >= DOUBTED_CONFIDENCE:
+            confidence[level] = DOUBTED_CONFIDENCE
+        notes.append(f"{level}: {', '.join(found)}: level confidence lowered to {confidence[level]}")
+        for target in filter(None, (m, segment)):
+            for flag in found + [LOW_LEVEL_CONFIDENCE]:
+                if flag not in target.flags:
+                    target.flags.append(flag)
+        if segment is not None:
+            segment.confidence = confidence[level]
+    return confidence, notes
+
+
 def _round(value, digits=4):
     return None if value is None else round(float(value), digits)
 

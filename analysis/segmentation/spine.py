@@ -478,6 +478,7 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
         # Height of the body in view along the spine (voxel centres span one slice less than the voxels).
         extent = float(s_of_voxel[sel].max() - s_of_voxel[sel].min()) + float(spacing[0]) if sel.any() else 0.0
         segments.append(Segment(complete=bounded and not cut[k] and sel.any(), cut=bool(cut[k]), extent_mm=extent,
+                                pitch_mm=float(disc_s[k] - disc_s[k - 1]) if bounded else None,
                                 rib_right=bool(ribs[k, 0]),
                                 rib_left=bool(ribs[k, 1]), pelvic_right=bool(pelvic[k, 0]),
                                 pelvic_left=bool(pelvic[k, 1]),
@@ -491,7 +492,7 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
         for k, near in ((0, pitches[:2]), (n_seg - 1, pitches[-2:])):
             if not segments[k].pelvic and segments[k].extent_mm > MERGED_RATIO * float(np.median(near)):
                 segments[k].merged = True
-    levels, flags, notes = label_segments(segments)
+    levels, flags, notes = label_segments(segments, slice_mm=float(spacing[0]))
     levels, withheld, dropped = _withhold_beyond_missed_disc(levels, disc_s)
     if withheld:
         notes.append(withheld)

@@ -47,7 +47,13 @@ class Command(BaseCommand):
     def handle(self, *args, input, out, labels_out=None, device="cpu", labels_in=None, erosion_mm=3.0,
                segments_out=None, **options):
         from analysis.imaging.volume import load_volume, save_nifti
-        from analysis.measurement import measure_levels, measure_segments, measurement_json, segments_json
+        from analysis.measurement import (
+            doubt_flagged_levels,
+            measure_levels,
+            measure_segments,
+            measurement_json,
+            segments_json,
+        )
         from analysis.segmentation.external import from_verse
         from analysis.segmentation.levels import segments_from_verse_labels
 
@@ -114,6 +120,11 @@ class Command(BaseCommand):
                                                     contrast=bool(volume.meta.get("contrast", False)))
         except ValueError as exc:
             raise CommandError(f"{labels_in or input}: {_one_line(exc)}") from None
+        if level_confidence:
+            level_confidence, doubts = doubt_flagged_levels(measurements, segment_measurements, level_confidence)
+            if doubts:
+                segmenter["notes"] += doubts
+                segmentation_flags = sorted(set(segmentation_flags) | {"low_confidence"})
         measured = time.perf_counter()
 
         timings = {"load": loaded - started, "segmentation": segmented - loaded, "measure": measured - segmented}
