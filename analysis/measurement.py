@@ -512,6 +512,66 @@ def doubt_flagged_levels(measurements: dict, segments=(), level_confidence=None)
     return confidence, notes
 
 
+@dataclass
+class MeasuredSegmentation:
+    """Everything measured on one segmentation: per level, per segment, and the confidence after the checks.
+
+    Attributes
+    ----------
+    levels : dict of str to LevelMeasurement
+    segments : list of SegmentMeasurement
+    level_confidence : dict of str to float or None
+        The segmenter's confidence with doubted levels lowered (:func:`doubt_flagged_levels`); None when
+        the names came from outside.
+    segmentation_flags : list of str
+        The segmenter's case flags, plus ``low_confidence`` when a level was doubted here.
+    notes : list of str
+        The segmenter's notes, plus one per level doubted here.
+    """
+
+    levels: dict
+    segments: list
+    level_confidence: dict | None
+    segmentation_flags: list
+    notes: list
+
+
+def measure_segmentation(volume, labels, segment_labels, segments, *, level_confidence=None,
+                         segmentation_flags=(), notes=(), erosion_mm=3.0, contrast=False):
+    """Measure every named level and every body segment, and doubt the levels whose measurement looks wrong.
+
+    The one data walk from a segmentation to its numbers, shared by ``measure_volume``, the exam pipeline
+    and the benchmarks.
+
+    Parameters
+    ----------
+    volume : analysis.imaging.volume.Volume
+    labels : np.ndarray, shape (z, y, x)
+        VerSe body labels.
+    segment_labels : np.ndarray, shape (z, y, x)
+        Segment indices (1 at the head end).
+    segments : list of analysis.segmentation.levels.BodySegment
+    level_confidence : dict of str to float, optional
+    segmentation_flags, notes : sequence of str
+    erosion_mm : float
+    contrast : bool
+
+    Returns
+    -------
+    MeasuredSegmentation
+    """
+    levels = measure_levels(volume, labels, erosion_mm=erosion_mm, contrast=contrast,
+                            level_confidence=level_confidence)
+    measured = measure_segments(volume, segment_labels, segments, erosion_mm=erosion_mm, contrast=contrast)
+    flags, notes = list(segmentation_flags), list(notes)
+    if level_confidence is not None:
+        level_confidence, doubts = doubt_flagged_levels(levels, measured, level_confidence)
+        if doubts:
+            notes += doubts
+            flags = sorted(set(flags) | {"low_confidence"})
+    return MeasuredSegmentation(levels, measured, level_confidence, flags, notes)
+
+
 def _round(value, digits=4):
     return None if value is None else round(float(value), digits)
 

@@ -35,6 +35,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.imaging.volume import Volume, load_volume  # noqa: E402
+from analysis.measurement import measure_segmentation  # noqa: E402
 from analysis.segmentation.levels import LEVEL_OF_LABEL, VERSE_LABEL  # noqa: E402
 from analysis.segmentation.spine import segment_vertebrae  # noqa: E402
 
@@ -44,12 +45,14 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalse
 CONFIDENT = 0.5
 
 
-def verdict(result, reference):
+def verdict(result, reference, confidence=None):
     """Levels named, named wrongly, and named wrongly at confidence >= 0.5.
 
     ``reference`` holds VerSe numbers; a named body is right when most of its voxels that lie on any
-    reference vertebra lie on the vertebra of its name.
+    reference vertebra lie on the vertebra of its name. ``confidence``: the level confidence as the product
+    reports it (after the measurement's checks), default the segmenter's.
     """
+    confidence = result.level_confidence if confidence is None else confidence
     named, wrong, confident_wrong = [], [], []
     for value in sorted(set(np.unique(result.labels)) - {0}):
         ref = reference[(result.labels == value) & (reference > 0)]
@@ -58,7 +61,7 @@ def verdict(result, reference):
         named.append(name)
         if not len(values) or values[np.argmax(counts)] != value:
             wrong.append(name)
-            if (result.level_confidence.get(name) or 0.0) >= CONFIDENT:
+            if (confidence.get(name) or 0.0) >= CONFIDENT:
                 confident_wrong.append(name)
     return named, wrong, confident_wrong
 
@@ -185,18 +188,24 @@ def main(argv=None):
     for name, array, affine, ref in cases:
         n_cases += 1
         t = time.perf_counter()
-        result = segment_vertebrae(Volume(array, affine))
+        volume = Volume(array, affine)
+        result = segment_vertebrae(volume)
         seconds = time.perf_counter() - t
-        named, wrong, confident_wrong = verdict(result, ref)
+        # The confidence the product reports: after the measurement's checks (duplicated level, HU outlier).
+        measured = measure_segmentation(volume, result.labels, result.segment_labels, result.segments,
+                                        level_confidence=result.level_confidence, segmentation_flags=result.flags)
+        confidence = measured.level_confidence
+        named, wrong, confident_wrong = verdict(result, ref, confidence)
         total_named += len(named)
         total_confident_wrong += len(confident_wrong)
         if "no_anchor" in result.flags:
             tentative_wrong += len(wrong)  # a guess, flagged no_anchor at confidence 0.3
         else:
             total_wrong += len(wrong)
-        shown = ",".join(f"{n}:{result.level_confidence.get(n, 0):.2f}" for n in named) or "-"
+        shown = ",".join(f"{n}:{confidence.get(n, 0):.2f}" for n in named) or "-"
         print(f"{name:28s} segments {len(result.segments):2d} named {shown:60s} wrong {','.join(wrong) or '-':12s} "
-              f"CONFIDENT WRONG {','.join(confident_wrong) or '-':8s} flags {result.flags} {seconds:.1f}s", flush=True)
+              f"CONFIDENT WRONG {','.join(confident_wrong) or '-':8s} flags {measured.segmentation_flags} "
+              f"{seconds:.1f}s", flush=True)
     print(f"summary: {n_cases} cases, {total_named} levels named, {total_wrong} wrong with an anchor, "
           f"{tentative_wrong} wrong in tentative (no_anchor, confidence 0.3) readings, "
           f"{total_confident_wrong} wrong at confidence >= {CONFIDENT}")

@@ -15,11 +15,17 @@ The reasoning a radiologist uses, written as code:
   two or more rib-free vertebrae below the ribs is the iliac crest), and the alae reach the top of the
   sacrum (a "sacrum" whose iliac joint ends well below its upper disc holds L5 behind a missed disc).
 - No anchor is taken from a vertebra cut by the edge of the volume.
+- Never a confident wrong level: every count is cross-checked against what else the image shows (an
+  unbroken rib run, segment heights that follow the published growth of vertebral height from T1 to L5,
+  bodies not mostly missed, the length of the stretch counted from an anchor, a sliver at the edge); a
+  level that fails keeps its name below confidence 0.5, and the notes say which rule fired.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from analysis.segmentation.levels import LEVEL_NAMES
 
@@ -43,6 +49,10 @@ class Segment:
     pitch_mm : float or None
         Distance along the spine between the centres of its two discs (one body and one disc height, mm);
         None for an end segment open towards the edge of the scan, or when not measured.
+    body_ml : float or None
+        Volume of its body as measured (ml); None when not measured.
+    body_height_mm : float or None
+        Height of its body as measured, along the body axis of the scan (mm); None when not measured.
     merged : bool
         Holds more than one vertebra (a missed disc): never an anchor.
     ala_gap_mm : float
@@ -62,6 +72,8 @@ class Segment:
     ala_gap_mm: float = 0.0
     extent_mm: float | None = None
     pitch_mm: float | None = None
+    body_ml: float | None = None
+    body_height_mm: float | None = None
     merged: bool = False
     flags: list = field(default_factory=list)
 
@@ -144,6 +156,9 @@ CUMULATIVE_RATIO = (0.7, 1.35)
 # An end segment with less than this fraction of its level's body height in view is a sliver: the name
 # cannot be checked against its height (and a false disc near the edge makes exactly such a sliver).
 SLIVER_FRACTION = 0.5
+# Neighbouring vertebral bodies differ in volume by about 10 % (the volume grows caudally with height and
+# endplate area); a body mask under this fraction of its neighbours' median is mostly missed.
+BODY_MISSED_FRACTION = 0.35
 
 
 def _thoracic_run(segments, notes):
@@ -233,8 +248,9 @@ def _cross_check(segments, levels, flags, notes, anchors, slice_mm):
     """Check the counted levels against everything else the image says; doubt what does not fit.
 
     Each rule names segments where counting may have gone wrong ("suspects"): a rib-free segment between
-    rib-bearing ones, a segment far taller or shorter than its level's expected height, a run of segments
-    from an anchor whose total height does not fit the levels counted over it. A level stays confident only
+    rib-bearing ones, a segment far taller or shorter than its level's expected height, a body mostly missed
+    (far smaller than its neighbours), a run of segments from an anchor whose total height does not fit the
+    levels counted over it. A level stays confident only
     if it is counted from a sound anchor (neither the anchor nor its witness suspect) without crossing a
     suspect; where two anchors agree, a suspect between them contradicts both and doubts every level. An
     end segment with much less of its body in view than its level's height (a sliver at the edge) is
@@ -271,6 +287,18 @@ def _cross_check(segments, levels, flags, notes, anchors, slice_mm):
             suspect(k, "segment_too_short",
                     f"height check: segment {k} ({name}) is {pitch:.0f} mm between its discs, expected about "
                     f"{expected:.0f} mm: a false disc (or a collapsed body)")
+    # --- bodies: neighbouring vertebral bodies differ in volume by some 10 %; a segment between two discs
+    # whose body mask holds a small part of its neighbours' is a body mostly missed, and the discs around
+    # it, found from the body mask, are not to be trusted either (osteoporotic marrow, issue 9).
+    for k, (name, _) in sorted(levels.items()):
+        if segments[k].pitch_mm is None or segments[k].body_ml is None:
+            continue
+        near = [segments[j].body_ml for j in (k - 2, k - 1, k + 1, k + 2)
+                if 0 <= j < n and segments[j].pitch_mm is not None and segments[j].body_ml]
+        if near and segments[k].body_ml < BODY_MISSED_FRACTION * float(np.median(near)):
+            suspect(k, "body_mostly_missed",
+                    f"body check: the body of segment {k} ({name}) is {segments[k].body_ml:.0f} ml, its neighbours "
+                    f"{float(np.median(near)):.0f} ml: it was mostly missed, and the discs around it are uncertain")
     # --- the stretch counted from an anchor must be as long as the levels counted over it.
     for anchor, _, _ in anchors:
         for step in (1, -1):
@@ -298,9 +326,11 @@ def _cross_check(segments, levels, flags, notes, anchors, slice_mm):
             continue
         end = k in (0, n - 1) and segments[k].pitch_mm is None
         body = BODY_HEIGHT_MM.get(name)
-        if end and body is not None and segments[k].extent_mm is not None and segments[k].extent_mm < SLIVER_FRACTION * body:
+        # The body in view: as found between the discs, or as measured when that is less.
+        in_view = [h for h in (segments[k].extent_mm, segments[k].body_height_mm) if h is not None]
+        if end and body is not None and in_view and min(in_view) < SLIVER_FRACTION * body:
             segments[k].flags.append("sliver_at_edge")
-            doubted[k] = (f"sliver check: only {segments[k].extent_mm:.0f} mm of {name} in view at the edge of the scan "
+            doubted[k] = (f"sliver check: only {min(in_view):.0f} mm of {name} in view at the edge of the scan "
                           f"(its body is about {body:.0f} mm high): the name cannot be checked")
     # The ribs cannot anchor where the rib finding itself is shown to be wrong somewhere.
     sound = [(a, w, kind) for a, w, kind in anchors

@@ -260,3 +260,27 @@ def test_real_chest_heights_pass_and_a_missed_disc_is_caught(chest_pitches):
     assert levels[k6][0] == "T5"  # the merged segment, named from above
     assert [levels[k][0] for k in sorted(levels) if levels[k][1] >= CONFIDENT] == ["T4", "T3", "T2", "T1", "C7"]
     assert "segment_too_tall" in segs[k6].flags
+
+
+def test_a_body_mostly_missed_doubts_the_levels_counted_across_it():
+    # Osteoporotic marrow (issue 9; example_ct with its marrow 70 HU darker): the L1 body mask kept 4 ml
+    # where its neighbours have about 20, the discs around it were misplaced and the levels above it came
+    # out one off at 0.95. Its rib-free witness failing, the last rib anchors nothing; counted from the
+    # sacrum, L5-L2 stand.
+    segs = _lumbar_crop()
+    for segment, ml in zip(segs, (26.0, 24.0, 22.0, 19.0, 20.0, 4.0, 11.0, 4.0)):
+        segment.body_ml = ml
+    levels, flags, notes = label_segments(segs)
+    assert _confident(levels) == ["L2", "L3", "L4", "L5"]
+    assert "body_mostly_missed" in segs[5].flags
+    assert any(note.startswith("body check: the body of segment 5 (L1) is 4 ml") for note in notes)
+
+
+def test_sliver_check_uses_the_body_as_measured():
+    # Between the discs the top segment spans 12 mm, but only 6 mm of body is left after the surface is
+    # placed: under half of T11's body height.
+    segs = _lumbar_crop(top_extent=12.0)
+    segs[-1].body_height_mm = 6.0
+    levels, _, notes = label_segments(segs)
+    assert levels[len(segs) - 1][1] < CONFIDENT
+    assert any(note.startswith("sliver check: only 6 mm of T11") for note in notes)
