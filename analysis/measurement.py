@@ -465,6 +465,113 @@ def case_flags(measurements: dict, segmentation_flags=()) -> list:
     return sorted(flags)
 
 
+# A level whose measurement looks wrong is not trusted by name either: two body-sized pieces under one name
+# (two vertebrae called the same) or a mean HU far from its neighbours' (a body of another level, a
+# fracture or a mis-segmentation) drops its confidence below DEFAULT_MIN_LEVEL_CONFIDENCE.
+DOUBTING_FLAGS = (DUPLICATED_LEVEL, HU_OUTLIER)
+DOUBTED_CONFIDENCE = 0.4
+
+
+def doubt_flagged_levels(measurements: dict, segments=(), level_confidence=None) -> tuple:
+    """Lower the confidence of every named level whose measurement carries a doubting flag.
+
+    Parameters
+    ----------
+    measurements : dict of str to LevelMeasurement
+        From :func:`measure_levels`; flagged levels get ``low_level_confidence`` (in place).
+    segments : list of SegmentMeasurement
+        From :func:`measure_segments` on the same bodies: a named segment's flags count for its level too,
+        and its confidence and flags are updated alike (in place).
+    level_confidence : dict of str to float, optional
+        The segmenter's confidence per level; levels without one are left alone (names from outside).
+
+    Returns
+    -------
+    level_confidence : dict of str to float
+        A new dict, doubted levels at most :data:`DOUBTED_CONFIDENCE`.
+    notes : list of str
+        One per doubted level, naming the flag.
+    """
+    confidence = dict(level_confidence or {})
+    by_level = {m.level: m for m in segments if m.level}
+    notes = []
+    for level, m in measurements.items():
+        segment = by_level.get(level)
+        found = [f for f in DOUBTING_FLAGS if f in m.flags or (segment is not None and f in segment.flags)]
+        if not found or confidence.get(level) is None:
+            continue
+        if confidence[level] >= DOUBTED_CONFIDENCE:
+            confidence[level] = DOUBTED_CONFIDENCE
+        notes.append(f"{level}: {', '.join(found)}: level confidence lowered to {confidence[level]}")
+        for target in filter(None, (m, segment)):
+            for flag in found + [LOW_LEVEL_CONFIDENCE]:
+                if flag not in target.flags:
+                    target.flags.append(flag)
+        if segment is not None:
+            segment.confidence = confidence[level]
+    return confidence, notes
+
+
+@dataclass
+class MeasuredSegmentation:
+    """Everything measured on one segmentation: per level, per segment, and the confidence after the checks.
+
+    Attributes
+    ----------
+    levels : dict of str to LevelMeasurement
+    segments : list of SegmentMeasurement
+    level_confidence : dict of str to float or None
+        The segmenter's confidence with doubted levels lowered (:func:`doubt_flagged_levels`); None when
+        the names came from outside.
+    segmentation_flags : list of str
+        The segmenter's case flags, plus ``low_confidence`` when a level was doubted here.
+    notes : list of str
+        The segmenter's notes, plus one per level doubted here.
+    """
+
+    levels: dict
+    segments: list
+    level_confidence: dict | None
+    segmentation_flags: list
+    notes: list
+
+
+def measure_segmentation(volume, labels, segment_labels, segments, *, level_confidence=None,
+                         segmentation_flags=(), notes=(), erosion_mm=3.0, contrast=False):
+    """Measure every named level and every body segment, and doubt the levels whose measurement looks wrong.
+
+    The one data walk from a segmentation to its numbers, shared by ``measure_volume``, the exam pipeline
+    and the benchmarks.
+
+    Parameters
+    ----------
+    volume : analysis.imaging.volume.Volume
+    labels : np.ndarray, shape (z, y, x)
+        VerSe body labels.
+    segment_labels : np.ndarray, shape (z, y, x)
+        Segment indices (1 at the head end).
+    segments : list of analysis.segmentation.levels.BodySegment
+    level_confidence : dict of str to float, optional
+    segmentation_flags, notes : sequence of str
+    erosion_mm : float
+    contrast : bool
+
+    Returns
+    -------
+    MeasuredSegmentation
+    """
+    levels = measure_levels(volume, labels, erosion_mm=erosion_mm, contrast=contrast,
+                            level_confidence=level_confidence)
+    measured = measure_segments(volume, segment_labels, segments, erosion_mm=erosion_mm, contrast=contrast)
+    flags, notes = list(segmentation_flags), list(notes)
+    if level_confidence is not None:
+        level_confidence, doubts = doubt_flagged_levels(levels, measured, level_confidence)
+        if doubts:
+            notes += doubts
+            flags = sorted(set(flags) | {"low_confidence"})
+    return MeasuredSegmentation(levels, measured, level_confidence, flags, notes)
+
+
 def _round(value, digits=4):
     return None if value is None else round(float(value), digits)
 

@@ -35,7 +35,7 @@ def _labels_nifti_bytes(volume, labels):
 
 def measure_exam(exam, *, erosion_mm=3.0, device="cpu", user=None, progress=None):
     """Segment, label and measure the exam's stored series; returns the new MeasurementRun."""
-    from analysis.measurement import case_flags, measure_levels, measure_segments, segments_json
+    from analysis.measurement import case_flags, measure_segmentation, segments_json
     from analysis.modeling.versions import code_version
     from analysis.segmentation.spine import segment_vertebrae
 
@@ -50,10 +50,11 @@ def measure_exam(exam, *, erosion_mm=3.0, device="cpu", user=None, progress=None
     segmented = time.perf_counter()
     report(0.8, "measuring trabecular HU")
     contrast = bool(stored.meta.get("contrast") or exam.contrast)
-    measurements = measure_levels(volume, segmentation.labels, erosion_mm=erosion_mm, contrast=contrast,
-                                  level_confidence=segmentation.level_confidence)
-    segments = segments_json(measure_segments(volume, segmentation.segment_labels, segmentation.segments,
-                                              erosion_mm=erosion_mm, contrast=contrast))
+    result = measure_segmentation(volume, segmentation.labels, segmentation.segment_labels, segmentation.segments,
+                                  level_confidence=segmentation.level_confidence,
+                                  segmentation_flags=segmentation.flags, notes=segmentation.notes,
+                                  erosion_mm=erosion_mm, contrast=contrast)
+    measurements = result.levels
     measured = time.perf_counter()
     timings = {"load": loaded - started, **{f"segmentation_{k}": v for k, v in segmentation.timings_s.items()},
                "segmentation": segmented - loaded, "measure": measured - segmented}
@@ -65,10 +66,10 @@ def measure_exam(exam, *, erosion_mm=3.0, device="cpu", user=None, progress=None
             exam=exam, source=MeasurementRun.PIPELINE, segmenter_version=segmentation.segmenter_version,
             # The device the segmenter actually ran on (the rule-based one always on CPU), not the one asked for.
             parameters={"erosion_mm": erosion_mm, "device": segmentation.device,
-                        "level_confidence": segmentation.level_confidence, "notes": segmentation.notes},
+                        "level_confidence": result.level_confidence, "notes": result.notes},
             timings={k: round(v, 4) for k, v in timings.items()},
-            flags=case_flags(measurements, segmentation.flags), code_version=code_version(),
-            series_uid=stored.series_uid, segments=segments, created_by=user,
+            flags=case_flags(measurements, result.segmentation_flags), code_version=code_version(),
+            series_uid=stored.series_uid, segments=segments_json(result.segments), created_by=user,
         )
         # The file is written before the row, inside the transaction: a failure leaves neither behind
         # (a stray file from a rolled-back row is harmless and unreferenced).

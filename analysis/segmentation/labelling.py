@@ -15,11 +15,17 @@ The reasoning a radiologist uses, written as code:
   two or more rib-free vertebrae below the ribs is the iliac crest), and the alae reach the top of the
   sacrum (a "sacrum" whose iliac joint ends well below its upper disc holds L5 behind a missed disc).
 - No anchor is taken from a vertebra cut by the edge of the volume.
+- Never a confident wrong level: every count is cross-checked against what else the image shows (an
+  unbroken rib run, segment heights that follow the published growth of vertebral height from T1 to L5,
+  bodies not mostly missed, the length of the stretch counted from an anchor, a sliver at the edge); a
+  level that fails keeps its name below confidence 0.5, and the notes say which rule fired.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from analysis.segmentation.levels import LEVEL_NAMES
 
@@ -40,6 +46,13 @@ class Segment:
         Bone continuous laterally with the ilium on that side (sacral ala / sacroiliac joint).
     extent_mm : float or None
         Height of its body in view along the spine (mm); None when not measured.
+    pitch_mm : float or None
+        Distance along the spine between the centres of its two discs (one body and one disc height, mm);
+        None for an end segment open towards the edge of the scan, or when not measured.
+    body_ml : float or None
+        Volume of its body as measured (ml); None when not measured.
+    body_height_mm : float or None
+        Height of its body as measured, along the body axis of the scan (mm); None when not measured.
     merged : bool
         Holds more than one vertebra (a missed disc): never an anchor.
     ala_gap_mm : float
@@ -58,6 +71,9 @@ class Segment:
     pelvic_right: bool = False
     ala_gap_mm: float = 0.0
     extent_mm: float | None = None
+    pitch_mm: float | None = None
+    body_ml: float | None = None
+    body_height_mm: float | None = None
     merged: bool = False
     flags: list = field(default_factory=list)
 
@@ -106,6 +122,45 @@ TENTATIVE_MAX_SEGMENTS = 3
 RIB_GAP = 2
 
 
+# Levels at or above this confidence are used as features; a level that fails a check drops below it.
+CONFIDENT = 0.5
+DOUBTED_CONFIDENCE = 0.4
+# Vertebral body height (mm, mid-body, adults) by level, rounded: thoracic from Panjabi MM et al., "Thoracic
+# human vertebrae: quantitative three-dimensional anatomy", Spine 1991;16:888-901 (about 15 mm at T1 rising
+# to 23-24 mm at T12), lumbar from Panjabi MM et al., "Human lumbar vertebrae: quantitative
+# three-dimensional anatomy", Spine 1992;17:299-306 (25-27 mm, L1-L5); lower cervical bodies are 13-15 mm.
+# Between people the heights vary by about 10 % (stature, sex), which the ratios below leave room for.
+BODY_HEIGHT_MM = {
+    "C3": 14.0, "C4": 14.0, "C5": 14.0, "C6": 14.0, "C7": 15.0,
+    "T1": 15.0, "T2": 16.0, "T3": 17.0, "T4": 17.5, "T5": 18.0, "T6": 18.5, "T7": 19.0, "T8": 19.5,
+    "T9": 20.5, "T10": 21.5, "T11": 22.5, "T12": 24.0,
+    "L1": 25.0, "L2": 26.0, "L3": 27.0, "L4": 27.0, "L5": 27.0,
+}
+# Height of the disc below each level (mm, rounded): cervical about 5 mm; thoracic 4-7 mm, growing
+# caudally (Kunkel ME et al., J Anat 2011;219:375-387); lumbar 9-12 mm (Amonoo-Kuofi HS, J Anat
+# 1991;175:159-168). Discs narrow with age, which the short-segment ratio leaves room for.
+DISC_BELOW_MM = {
+    "C2": 5.0, "C3": 5.0, "C4": 5.0, "C5": 5.0, "C6": 5.0, "C7": 5.0,
+    "T1": 4.0, "T2": 4.0, "T3": 4.0, "T4": 4.5, "T5": 4.5, "T6": 5.0, "T7": 5.0, "T8": 5.5, "T9": 5.5,
+    "T10": 6.0, "T11": 6.5, "T12": 7.0,
+    "L1": 9.0, "L2": 10.0, "L3": 11.0, "L4": 11.5, "L5": 11.0,
+}
+# A segment between two discs holds one body and one disc: a missed disc makes it about twice its
+# expected height, a false disc about half. 1.45x and 0.6x leave room for a tall or small patient
+# (+-10-20 %), disc position error (a few mm) and age-related disc narrowing, yet catch both errors.
+TALL_RATIO = 1.45
+SHORT_RATIO = 0.6
+# Counted over two or more segments the errors average out: a stretch from an anchor whose length is
+# outside these fractions of the expected length holds a vertebra more or less than counted.
+CUMULATIVE_RATIO = (0.7, 1.35)
+# An end segment with less than this fraction of its level's body height in view is a sliver: the name
+# cannot be checked against its height (and a false disc near the edge makes exactly such a sliver).
+SLIVER_FRACTION = 0.5
+# Neighbouring vertebral bodies differ in volume by about 10 % (the volume grows caudally with height and
+# endplate area); a body mask under this fraction of its neighbours' median is mostly missed.
+BODY_MISSED_FRACTION = 0.35
+
+
 def _thoracic_run(segments, notes):
     """Indices of the rib-bearing segments that form the thoracic run, from the uppermost one down."""
     rib_idx = [i for i, seg in enumerate(segments) if seg.ribs > 0]
@@ -126,16 +181,23 @@ def _thoracic_run(segments, notes):
     return sorted(run)
 
 
-def label_segments(segments):
+def label_segments(segments, slice_mm=1.5):
     """Assign levels to segments ordered from inferior (index 0) to superior.
 
     Levels are counted from the anchors in view; a segment that holds more than one vertebra
     (``merged``) and an end segment cut by the edge of the scan with no more than
     :data:`MIN_CUT_SEGMENT_MM` in view get no level.
 
+    Every rule is then cross-checked (:func:`_cross_check`): a level that fails a check keeps its name at a
+    confidence below 0.5, with the case flagged and the rule in the notes.
+
     Parameters
     ----------
     segments : list of Segment
+        Inferior first. Their ``flags`` are filled in.
+    slice_mm : float
+        Spacing along the spine of the grid the discs were found on (mm): disc positions are uncertain by
+        about half of it, which widens the height checks.
 
     Returns
     -------
@@ -147,7 +209,7 @@ def label_segments(segments):
     """
     for segment in segments:
         segment.flags = []
-    levels, flags, notes = _counted_levels(segments)
+    levels, flags, notes, anchors = _counted_levels(segments)
     for k, segment in enumerate(segments):
         if segment.merged:
             segment.flags.append("merged")
@@ -165,12 +227,153 @@ def label_segments(segments):
             name = levels.pop(k)[0]
             segment.flags += ["sliver_at_edge", "level_withheld"]
             notes.append(f"{name} withheld: only {segment.extent_mm:.0f} mm of it in view at the edge of the scan")
+    if any(conf >= CONFIDENT for _, conf in levels.values()):
+        levels, flags = _cross_check(segments, levels, flags, notes, anchors, slice_mm)
     return levels, flags, notes
 
 
+def expected_pitch_mm(name):
+    """Expected distance between the centres of the discs above and below a vertebra (mm), or None.
+
+    One body height plus half of each neighbouring disc (:data:`BODY_HEIGHT_MM`, :data:`DISC_BELOW_MM`);
+    None for C1, C2 and L6, whose heights are not tabulated here.
+    """
+    if name not in BODY_HEIGHT_MM:
+        return None
+    above = LEVEL_NAMES[LEVEL_NAMES.index(name) - 1]
+    return BODY_HEIGHT_MM[name] + 0.5 * (DISC_BELOW_MM.get(above, DISC_BELOW_MM[name]) + DISC_BELOW_MM[name])
+
+
+def _cross_check(segments, levels, flags, notes, anchors, slice_mm):
+    """Check the counted levels against everything else the image says; doubt what does not fit.
+
+    Each rule names segments where counting may have gone wrong ("suspects"): a rib-free segment between
+    rib-bearing ones, a segment far taller or shorter than its level's expected height, a body mostly missed
+    (far smaller than its neighbours), a run of segments from an anchor whose total height does not fit the
+    levels counted over it. A level stays confident only
+    if it is counted from a sound anchor (neither the anchor nor its witness suspect) without crossing a
+    suspect; where two anchors agree, a suspect between them contradicts both and doubts every level. An
+    end segment with much less of its body in view than its level's height (a sliver at the edge) is
+    doubted on its own. Doubted levels drop to :data:`DOUBTED_CONFIDENCE`, flagged, with the rule in the
+    notes.
+    """
+    n = len(segments)
+    suspects = {}
+
+    def suspect(k, flag, note):
+        if k not in suspects:
+            suspects[k] = flag
+            segments[k].flags.append(flag)
+            notes.append(note)
+
+    # --- ribs: T1-T12 bear ribs, so the rib-bearing segments form one unbroken run.
+    run = _thoracic_run(segments, [])
+    broken = [k for k in range(min(run) + 1, max(run)) if segments[k].ribs == 0] if run else []
+    for k in broken:
+        suspect(k, "rib_run_broken",
+                f"rib check: segment {k} bears no rib between rib-bearing segments (a rib or a disc was missed, "
+                "or a false disc split a vertebra): counting across it is not trusted, nor are the ribs as anchors")
+    # --- heights: every segment between two discs holds one body and one disc of its level.
+    slack = 0.5 * slice_mm + 1.0
+    for k, (name, _) in sorted(levels.items()):
+        pitch, expected = segments[k].pitch_mm, expected_pitch_mm(name)
+        if pitch is None or expected is None:
+            continue
+        if pitch > TALL_RATIO * expected + slack:
+            suspect(k, "segment_too_tall",
+                    f"height check: segment {k} ({name}) is {pitch:.0f} mm between its discs, expected about "
+                    f"{expected:.0f} mm: it holds a missed disc")
+        elif pitch < SHORT_RATIO * expected - slack:
+            suspect(k, "segment_too_short",
+                    f"height check: segment {k} ({name}) is {pitch:.0f} mm between its discs, expected about "
+                    f"{expected:.0f} mm: a false disc (or a collapsed body)")
+    # --- bodies: neighbouring vertebral bodies differ in volume by some 10 %; a segment between two discs
+    # whose body mask holds a small part of its neighbours' is a body mostly missed, and the discs around
+    # it, found from the body mask, are not to be trusted either (osteoporotic marrow, issue 9).
+    for k, (name, _) in sorted(levels.items()):
+        if segments[k].pitch_mm is None or segments[k].body_ml is None:
+            continue
+        near = [segments[j].body_ml for j in (k - 2, k - 1, k + 1, k + 2)
+                if 0 <= j < n and segments[j].pitch_mm is not None and segments[j].body_ml]
+        if near and segments[k].body_ml < BODY_MISSED_FRACTION * float(np.median(near)):
+            suspect(k, "body_mostly_missed",
+                    f"body check: the body of segment {k} ({name}) is {segments[k].body_ml:.0f} ml, its neighbours "
+                    f"{float(np.median(near)):.0f} ml: it was mostly missed, and the discs around it are uncertain")
+    # --- the stretch counted from an anchor must be as long as the levels counted over it.
+    for anchor, _, _ in anchors:
+        for step in (1, -1):
+            seen = expected_sum = 0.0
+            count = 0
+            k = anchor + step
+            while k in levels and 0 <= k < n:
+                pitch, expected = segments[k].pitch_mm, expected_pitch_mm(levels[k][0])
+                if pitch is None or expected is None:
+                    break
+                seen += pitch
+                expected_sum += expected
+                count += 1
+                if count >= 2 and not (CUMULATIVE_RATIO[0] * expected_sum - 2 * slack <= seen
+                                       <= CUMULATIVE_RATIO[1] * expected_sum + 2 * slack):
+                    suspect(k, "count_height_mismatch",
+                            f"count check: {count} segments from the anchor (segment {anchor}) to segment {k} span "
+                            f"{seen:.0f} mm, {count} levels of {levels[anchor][0] if anchor in levels else 'the anchor'}"
+                            f" onwards span about {expected_sum:.0f} mm: a vertebra was missed or added")
+                    break
+                k += step
+    doubted = {}
+    for k, (name, conf) in levels.items():
+        if conf < CONFIDENT:
+            continue
+        end = k in (0, n - 1) and segments[k].pitch_mm is None
+        body = BODY_HEIGHT_MM.get(name)
+        # The body in view: as found between the discs, or as measured when that is less.
+        in_view = [h for h in (segments[k].extent_mm, segments[k].body_height_mm) if h is not None]
+        if end and body is not None and in_view and min(in_view) < SLIVER_FRACTION * body:
+            segments[k].flags.append("sliver_at_edge")
+            doubted[k] = (f"sliver check: only {min(in_view):.0f} mm of {name} in view at the edge of the scan "
+                          f"(its body is about {body:.0f} mm high): the name cannot be checked")
+    # The ribs cannot anchor where the rib finding itself is shown to be wrong somewhere.
+    sound = [(a, w, kind) for a, w, kind in anchors
+             if a not in suspects and w not in suspects and not (kind == "rib" and broken)]
+    for a, w, kind in anchors:
+        if (a, w, kind) not in sound:
+            notes.append(f"the {kind} anchor at segment {a} fails a check (it, the segment beside it that makes it "
+                         "an anchor, or the rib run is suspect): not used")
+    together = len(anchors) >= 2 and sound == anchors
+    low, high = (min(a for a, _, _ in anchors), max(a for a, _, _ in anchors)) if anchors else (0, -1)
+    contradiction = [k for k in suspects if low < k < high] if together else []
+    if contradiction:
+        notes.append(f"the anchors agree, but segment(s) {sorted(contradiction)} between them fail a check: "
+                     "every level is doubted")
+    for k, (name, conf) in levels.items():
+        if conf < CONFIDENT or k in doubted:
+            continue
+        reached = any(not any(min(a, k) <= j <= max(a, k) for j in suspects) for a, _, _ in sound)
+        if contradiction or not reached:
+            doubted[k] = None
+    if not doubted:
+        return levels, flags
+    for k in sorted(doubted):
+        name, conf = levels[k]
+        levels[k] = (name, min(conf, DOUBTED_CONFIDENCE))
+        if doubted[k]:
+            notes.append(doubted[k])
+        segments[k].flags.append("level_doubted")
+    named = [levels[k][0] for k in sorted(doubted, reverse=True)]
+    notes.append(f"confidence lowered to {DOUBTED_CONFIDENCE} or less for {', '.join(named)}")
+    return levels, sorted(set(flags) | {"low_confidence", "level_check_failed"})
+
+
 def _counted_levels(segments):
-    """Levels counted from the anchors (see :func:`label_segments`)."""
+    """Levels counted from the anchors (see :func:`label_segments`).
+
+    Returns ``levels, flags, notes, anchors``; ``anchors`` lists the anchors the levels were counted from as
+    ``(anchor segment, witness segment, "rib" or "sacrum")`` (the witness is the segment whose appearance makes the
+    anchor: the rib-free vertebra below the last rib or above the first one, the sacrum below L5), empty
+    when nothing was anchored or the anchors disagree.
+    """
     flags, notes = [], []
+    anchors = []
     n = len(segments)
     # --- sacrum: the lowest run of segments attached to the ilium on both sides; S1 is its top. A
     # segment above it attached on one side only is a transitional vertebra (hemisacralisation).
@@ -239,11 +442,12 @@ def _counted_levels(segments):
             name = _name_from_t12(i - (first_anchor - 11))
             if name:
                 levels[i] = (name, max(0.5, 0.8 - 0.03 * abs(first_anchor - i)))
-        return levels, sorted(set(flags)), notes
+        return levels, sorted(set(flags)), notes, [(first_anchor, first_anchor + 1, "rib")]
     if sacral_anchor is not None and rib_anchor is not None:
         # Rib-free segments from L5 up to the one below T12.
         lumbar = rib_anchor - sacral_anchor
         if lumbar == 5:
+            anchors = [(sacral_anchor, s1, "sacrum"), (rib_anchor, rib_anchor - 1, "rib")]
             notes.append("both anchors agree: sacrum (L5 above it) and last rib (T12), 5 lumbar vertebrae")
             for i in range(n):
                 if i > s1:
@@ -260,6 +464,7 @@ def _counted_levels(segments):
             for i in range(sacral_anchor, min(n, sacral_anchor + 5)):
                 levels[i] = (f"L{5 - (i - sacral_anchor)}", 0.4)
     elif sacral_anchor is not None:
+        anchors = [(sacral_anchor, s1, "sacrum")]
         for i in range(sacral_anchor, n):
             k = i - sacral_anchor
             name = LEVEL_NAMES[LEVEL_NAMES.index("L5") - k] if LEVEL_NAMES.index("L5") - k >= 0 else None
@@ -267,6 +472,7 @@ def _counted_levels(segments):
                 # Counting away from the anchor adds uncertainty (a missed or split disc shifts all above).
                 levels[i] = (name, max(0.5, 0.9 - 0.03 * k))
     elif rib_anchor is not None:
+        anchors = [(rib_anchor, rib_anchor - 1, "rib")]
         for i in range(n):
             if s1 is not None and i <= s1:
                 continue
@@ -310,10 +516,14 @@ def _counted_levels(segments):
             notes.append("the first rib agrees (12 rib-bearing vertebrae)")
             # Two independent anchors agree, as with the sacrum and the last rib.
             levels = {i: (name, max(conf, 0.95)) for i, (name, conf) in levels.items()}
+            anchors = anchors + [(first_anchor, first_anchor + 1, "rib")]
         else:
             count = first_anchor - min(rib_idx) + 1
             flags += ["level_disagreement", "unusual_rib_count", "low_confidence"]
             notes.append(f"{count} rib-bearing vertebrae from the first rib to the last (expected 12): the "
                          "anchors disagree; levels kept at low confidence")
             levels = {i: (name, min(conf, 0.4)) for i, (name, conf) in levels.items()}
-    return levels, sorted(set(flags)), notes
+            anchors = []
+    if "level_disagreement" in flags:
+        anchors = []
+    return levels, sorted(set(flags)), notes, anchors

@@ -478,6 +478,7 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
         # Height of the body in view along the spine (voxel centres span one slice less than the voxels).
         extent = float(s_of_voxel[sel].max() - s_of_voxel[sel].min()) + float(spacing[0]) if sel.any() else 0.0
         segments.append(Segment(complete=bounded and not cut[k] and sel.any(), cut=bool(cut[k]), extent_mm=extent,
+                                pitch_mm=float(disc_s[k] - disc_s[k - 1]) if bounded else None,
                                 rib_right=bool(ribs[k, 0]),
                                 rib_left=bool(ribs[k, 1]), pelvic_right=bool(pelvic[k, 0]),
                                 pelvic_left=bool(pelvic[k, 1]),
@@ -491,43 +492,20 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
         for k, near in ((0, pitches[:2]), (n_seg - 1, pitches[-2:])):
             if not segments[k].pelvic and segments[k].extent_mm > MERGED_RATIO * float(np.median(near)):
                 segments[k].merged = True
-    levels, flags, notes = label_segments(segments)
-    levels, withheld, dropped = _withhold_beyond_missed_disc(levels, disc_s)
-    if withheld:
-        notes.append(withheld)
-        for k in dropped:
-            segments[k].flags += ["beyond_missed_disc", "level_withheld"]
     # Every segment with body voxels gets an index (SPEC section 6: 1 at the head end, counting down), named
     # or not: withheld levels keep their bodies, ROI and HU. Empty segments at either end are not bodies.
+    # The bodies are placed first and named afterwards, so that the naming checks see the bodies as they
+    # will be measured.
     has_body = [bool((keep & (seg_of_voxel == k)).any()) for k in range(n_seg)]
     found = [k for k in range(n_seg) if has_body[k]]
+    top = max(found) if found else -1
+    index_of = {k: top - k + 1 for k in range(min(found), top + 1)} if found else {}
     work_segments = np.zeros(shape, dtype=np.uint8)
-    body_segments = []
-    if found:
-        top = max(found)
-        for k in range(top, min(found) - 1, -1):
-            index = top - k + 1
-            sel = keep & (seg_of_voxel == k)
-            work_segments[zz[sel], yy[sel], xx[sel]] = index
-            name, conf = levels.get(k, (None, None)) if has_body[k] else (None, None)
-            conf = None if conf is None else round(float(conf), 3)
-            seg_flags = list(segments[k].flags)
-            if conf is not None and conf < 0.5:
-                seg_flags.append("low_level_confidence")
-            body_segments.append(BodySegment(index=index, level=name, confidence=conf, flags=seg_flags))
-    confidence = {b.level: b.confidence for b in body_segments if b.level is not None}
-    lut = np.zeros(256, dtype=np.uint8)
-    for b in body_segments:
-        if b.level is not None:
-            lut[b.index] = VERSE_LABEL[b.level]
-    if any(c < 0.5 for c in confidence.values()) and "low_confidence" not in flags:
-        flags.append("low_confidence")
+    for k, index in index_of.items():
+        sel = keep & (seg_of_voxel == k)
+        work_segments[zz[sel], yy[sel], xx[sel]] = index
     seeds = bodies.body_seeds(track, spacing)
     bodies.one_piece_per_slice(work_segments, spacing, seeds)
-    notes.insert(0, f"{n_seg} body segments between {len(disc_s)} discs; ribs per segment (inferior first): "
-                    f"{[s.ribs for s in segments]}; iliac attachment: {[s.pelvic for s in segments]} (segment "
-                    "numbers in these notes count from the foot end, 0 first; the segments list counts from "
-                    "the head end, 1 first)")
     # The body surface is placed at native resolution (half-maximum of the cortical shell), then the
     # labels go back to the input grid.
     from analysis.segmentation.boundary import refine_bodies
@@ -540,6 +518,42 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
     native_seeds = (seeds[grid._work_index(0)] + 0.5) * scale - 0.5
     bodies.one_piece_per_slice(native, grid.native_spacing, native_seeds)
     segment_labels = grid.native_to_input(native)
+    voxels = np.bincount(segment_labels.ravel(), minlength=top + 2 if found else 1)
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    # Height of each body as measured along the body axis (native axis 0 of the canonical grid).
+    from scipy import ndimage
+
+    boxes = ndimage.find_objects(native)
+    for k, index in index_of.items():
+        segments[k].body_ml = float(voxels[index]) * voxel_ml
+        box = boxes[index - 1] if index - 1 < len(boxes) else None
+        segments[k].body_height_mm = 0.0 if box is None else (box[0].stop - box[0].start) * float(grid.native_spacing[0])
+
+    levels, flags, notes = label_segments(segments, slice_mm=float(spacing[0]))
+    levels, withheld, dropped = _withhold_beyond_missed_disc(levels, disc_s)
+    if withheld:
+        notes.append(withheld)
+        for k in dropped:
+            segments[k].flags += ["beyond_missed_disc", "level_withheld"]
+    body_segments = []
+    for k in sorted(index_of, reverse=True):
+        name, conf = levels.get(k, (None, None)) if has_body[k] else (None, None)
+        conf = None if conf is None else round(float(conf), 3)
+        seg_flags = list(segments[k].flags)
+        if conf is not None and conf < 0.5:
+            seg_flags.append("low_level_confidence")
+        body_segments.append(BodySegment(index=index_of[k], level=name, confidence=conf, flags=seg_flags))
+    confidence = {b.level: b.confidence for b in body_segments if b.level is not None}
+    lut = np.zeros(256, dtype=np.uint8)
+    for b in body_segments:
+        if b.level is not None:
+            lut[b.index] = VERSE_LABEL[b.level]
+    if any(c < 0.5 for c in confidence.values()) and "low_confidence" not in flags:
+        flags.append("low_confidence")
+    notes.insert(0, f"{n_seg} body segments between {len(disc_s)} discs; ribs per segment (inferior first): "
+                    f"{[s.ribs for s in segments]}; iliac attachment: {[s.pelvic for s in segments]} (segment "
+                    "numbers in these notes count from the foot end, 0 first; the segments list counts from "
+                    "the head end, 1 first)")
     labels = lut[segment_labels]
     timings["labelling"] = time.perf_counter() - t0
     return SegmentationResult(labels=labels, level_confidence=confidence, flags=sorted(set(flags)),

@@ -79,6 +79,11 @@ def test_measurement_page_lists_runs_and_starts_jobs(client, member, exam_with_s
     confidence = run.parameters["level_confidence"]
     assert confidence and f"{confidence['L1']:.2f}" in page
     assert "How the levels were named" in page and run.parameters["notes"][0][:40] in page
+    # Every body segment is listed, named or not: here the sacrum below L5 (example_ct), unnamed.
+    unnamed = [seg for seg in run.segments if seg["level"] is None]
+    assert unnamed and "sacrum" in unnamed[-1]["flags"]
+    assert page.count('<tr class="unnamed">') == len(unnamed) and "not named" in page
+    assert page.count("<tr") - 1 == len(run.segments)  # one header row
     assert client.post(url).status_code == 403
     client.force_login(member("coordinator", project=project))
     response = client.post(url)

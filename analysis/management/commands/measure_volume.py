@@ -47,7 +47,7 @@ class Command(BaseCommand):
     def handle(self, *args, input, out, labels_out=None, device="cpu", labels_in=None, erosion_mm=3.0,
                segments_out=None, **options):
         from analysis.imaging.volume import load_volume, save_nifti
-        from analysis.measurement import measure_levels, measure_segments, measurement_json, segments_json
+        from analysis.measurement import measure_segmentation, measurement_json, segments_json
         from analysis.segmentation.external import from_verse
         from analysis.segmentation.levels import segments_from_verse_labels
 
@@ -103,17 +103,15 @@ class Command(BaseCommand):
         segmented = time.perf_counter()
 
         try:
-            measurements = measure_levels(
-                volume,
-                labels,
-                erosion_mm=erosion_mm,
-                contrast=bool(volume.meta.get("contrast", False)),
-                level_confidence=level_confidence,
-            )
-            segment_measurements = measure_segments(volume, segment_labels, segments, erosion_mm=erosion_mm,
-                                                    contrast=bool(volume.meta.get("contrast", False)))
+            measured_all = measure_segmentation(
+                volume, labels, segment_labels, segments, level_confidence=level_confidence,
+                segmentation_flags=segmentation_flags, notes=segmenter.get("notes", ()), erosion_mm=erosion_mm,
+                contrast=bool(volume.meta.get("contrast", False)))
         except ValueError as exc:
             raise CommandError(f"{labels_in or input}: {_one_line(exc)}") from None
+        measurements = measured_all.levels
+        if "notes" in segmenter:
+            segmenter["notes"] = measured_all.notes
         measured = time.perf_counter()
 
         timings = {"load": loaded - started, "segmentation": segmented - loaded, "measure": measured - segmented}
@@ -126,13 +124,13 @@ class Command(BaseCommand):
         document = measurement_json(
             measurements,
             timings,
-            segmentation_flags=segmentation_flags,
+            segmentation_flags=measured_all.segmentation_flags,
             input=str(input),
             coordinate_convention=volume.convention,
             erosion_mm=float(erosion_mm),
             segmenter=segmenter,
-            level_confidence=level_confidence,
-            segments=segments_json(segment_measurements),
+            level_confidence=measured_all.level_confidence,
+            segments=segments_json(measured_all.segments),
         )
         _write_atomically(out_path, lambda p: p.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8"))
         self.stdout.write(f"{len(measurements)} levels measured -> {out_path}")
