@@ -7,6 +7,7 @@ import shutil
 import tempfile
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -127,7 +128,8 @@ def test_train_after_a_measurement_with_the_source_chosen_on_the_page(browser, l
     worker = rq_worker(extra_env={"STORAGE_ROOT": str(storage)})
     browser.get(f"{live_server.url}/jobs/{job.pk}/")
     try:
-        WebDriverWait(browser, 600, poll_frequency=1).until(
+        # The page polls its status partial and replaces the element: a reference may go stale between reads.
+        WebDriverWait(browser, 600, poll_frequency=1, ignored_exceptions=[StaleElementReferenceException]).until(
             lambda b: b.find_element(By.ID, "job-state").text in ("succeeded", "failed"))
     finally:
         job.refresh_from_db()
