@@ -26,7 +26,7 @@ import traceback
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .job_kinds import kind_of, may_act, may_start
@@ -278,10 +278,18 @@ def retry(job, user=None):
     """
     _check_may_act(job, user)
     attempt = job.attempts
-    updated = _attempt(job.pk, attempt, JobState.FAILED, JobState.CANCELLED).update(
-        state=JobState.QUEUED, attempts=attempt + 1, error="", traceback="", progress=0.0, message="",
-        worker_name="", rq_job_id="", result=None, started_at=None, finished_at=None, queued_at=timezone.now(),
-    )
+    try:
+        # A savepoint: a kind that allows one active job per project (training) refuses the update by a
+        # database constraint while another of its jobs is queued or running.
+        with transaction.atomic():
+            updated = _attempt(job.pk, attempt, JobState.FAILED, JobState.CANCELLED).update(
+                state=JobState.QUEUED, attempts=attempt + 1, error="", traceback="", progress=0.0, message="",
+                worker_name="", rq_job_id="", result=None, started_at=None, finished_at=None,
+                queued_at=timezone.now(),
+            )
+    except IntegrityError:
+        raise JobError("Another job of this kind is already queued or running in this project; "
+                       "retry this one when it has finished.") from None
     job.refresh_from_db()
     if not updated:
         raise JobError(f"Only failed or cancelled jobs can be retried; this job is {job.get_state_display().lower()}.")

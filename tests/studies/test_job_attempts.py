@@ -38,3 +38,16 @@ def test_readable_error_hides_paths_and_internal_exceptions():
         == "PACS http://pacs.example.org/dicom-web/studies answered 503."
     assert jobs.readable_error(KeyError("project_id")) == (
         "The job stopped on an internal error (KeyError); a project admin can see the details on this page.")
+
+
+def test_retry_of_a_training_while_another_training_is_active_is_refused_not_500(project):
+    # One active training per project is a database constraint (one_active_training_per_project): a retry
+    # that would make a second one active must be a readable refusal, not an IntegrityError.
+    from studies.models import TRAINING_JOB_KIND
+
+    failed = Job.objects.create(project=project, kind=TRAINING_JOB_KIND, state=JobState.FAILED, error="x")
+    Job.objects.create(project=project, kind=TRAINING_JOB_KIND, state=JobState.RUNNING)
+    with pytest.raises(jobs.JobError, match="already queued or running"):
+        jobs.retry(failed)
+    failed.refresh_from_db()
+    assert failed.state == JobState.FAILED and failed.attempts == 0
