@@ -108,9 +108,18 @@ def audit_rows(entries):
     from auditlog.models import LogEntry
 
     if connection.vendor == "postgresql":
-        # COPY in text format: JSON columns take their JSON text.
+        # COPY in text format: JSON columns take their JSON text. The additional data repeats (one per
+        # patient), so each distinct one is written out once.
         dumps = json.dumps
-        insert_rows = ((ct, pk_text, pk, text, action, dumps(changes), "", actor, cid, at, dumps(extra))
+        extra_text = {}
+
+        def extra_json(extra):
+            key = tuple(extra.items())
+            if key not in extra_text:
+                extra_text[key] = dumps(extra)
+            return extra_text[key]
+
+        insert_rows = ((ct, pk_text, pk, text, action, dumps(changes), "", actor, cid, at, extra_json(extra))
                        for ct, pk_text, pk, text, action, changes, _, actor, cid, at, extra in entries)
         _copy_insert(LogEntry, LOG_FIELDS, list(insert_rows))
     else:
