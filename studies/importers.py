@@ -257,7 +257,8 @@ def _registry_state(project, rows, lock=False):
         for result in query(QCTResult.objects.filter(exam_id__in=chunk)).order_by("pk"):
             result.exam = exam_by_pk[result.exam_id]
             qct[result.exam_id] = result
-    cohort = Cohort.objects.filter(project=project, name=Cohort.DEFAULT_NAME).first()
+    # Locked too, so a training cannot freeze the cohort between this check of its splits and the commit.
+    cohort = query(Cohort.objects.filter(project=project, name=Cohort.DEFAULT_NAME)).first()
     members = {}
     if cohort is not None:
         for chunk in _chunks(sorted(exam_by_pk)):
@@ -351,8 +352,9 @@ def import_qct(project, data, *, source, actor=None, progress=None, expected=Non
                 # here, inside this function, even when a caller's transaction commits later.
                 with connection.cursor() as cursor:
                     cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            # One import per project at a time: two imports creating the same new patient would collide.
-            Project.objects.select_for_update().get(pk=project.pk)
+            # One import per project at a time (two imports creating the same new patient would collide),
+            # and the thresholds the categories are derived with cannot change until the import commits.
+            project = Project.objects.select_for_update().get(pk=project.pk)
             report(0.2, f"reading the registry for {len(plan.rows)} row(s)")
             state = _registry_state(project, plan.rows, lock=True)
             compare_with_registry(plan, state)
