@@ -8,7 +8,9 @@ Baseline in the same process: the import as it was before, one row at a time thr
 
 Runs on a throw-away test database: PostgreSQL when DATABASE_URL points to one (as in CI), else SQLite.
     .venv/bin/python benchmarks/bench_import.py [--sizes 5000,50000,200000] [--repeats 3]
-Exits 1 when the 200,000-row median misses the target (or any import fails).
+Exits 1 when the 200,000-row median misses the target (or any import fails). The target is absolute: on a
+machine busy with other work it is missed; the last lines also scale the result to the machine speed of
+the issue's measurement, using the baseline.
 """
 
 import argparse
@@ -31,6 +33,7 @@ from benchmarks.timing import median_time  # noqa: E402
 
 TARGET_ROWS = 200_000
 TARGET_S = 60.0
+ISSUE_BASELINE_S_PER_ROW = 87.0 / 5000
 HEADER = ("patient_id", "sex", "age", "exam_date", "region", "bmd_l1", "bmd_l2", "bmd_l3", "split", "study_uid",
           "series_uid", "scanner_model", "kvp", "slice_thickness_mm", "contrast", "birth_year", "levels_note")
 
@@ -155,6 +158,11 @@ def main():
         print(f"re-import of {n_update} rows changing every value: {update_s:.2f} s")
 
         if TARGET_ROWS in results:
+            # The issue measured the old path at 87 s for 5,000 rows (17.4 ms per row); the baseline above
+            # says how much slower or faster this machine runs now (other work on it included).
+            scaled = results[TARGET_ROWS] * ISSUE_BASELINE_S_PER_ROW / base_per_row
+            print(f"at the machine speed of the issue's measurement ({ISSUE_BASELINE_S_PER_ROW * 1000:.1f} ms per "
+                  f"row by the old path), {TARGET_ROWS} rows would take about {scaled:.1f} s")
             verdict = "PASS" if results[TARGET_ROWS] < TARGET_S else "FAIL"
             failed |= verdict == "FAIL"
             print(f"{verdict}: {TARGET_ROWS} rows median {results[TARGET_ROWS]:.1f} s (target < {TARGET_S:.0f} s)")

@@ -13,6 +13,7 @@ row, so 200,000 rows take seconds, not hours.
 
 import datetime as dt
 import gc
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from django.contrib.contenttypes.models import ContentType
@@ -181,6 +182,11 @@ def parse_qct_csv(data, source="upload", project=None):
     With ``project``, the rows are also compared with its registry (see ``compare_with_registry``), without
     locking anything: that is for a preview; ``import_qct`` compares again under locks.
     """
+    with _gc_paused():
+        return _parse_qct_csv(data, source, project)
+
+
+def _parse_qct_csv(data, source, project):
     table = read_rows(data, source=source, required=REQUIRED_COLUMNS, optional=OPTIONAL_COLUMNS + IGNORED_COLUMNS,
                       error=CSVImportError)
     plan = ImportPlan(errors=table.errors)
@@ -341,14 +347,21 @@ def import_qct(project, data, *, source, actor=None, progress=None, expected=Non
         Listing ``line N: reason`` for every bad row; ``RegistryChanged`` when the registry changed under
         the import. Nothing is stored in either case.
     """
-    # Hundreds of thousands of small objects stay alive during an import; the cyclic garbage collector would
-    # scan them all again and again (a third of the time for 200,000 rows) and finds nothing to free.
-    gc_was_enabled = gc.isenabled()
+    with _gc_paused():
+        return _import_qct(project, data, source=source, actor=actor, progress=progress, expected=expected)
+
+
+@contextmanager
+def _gc_paused():
+    """Hundreds of thousands of small objects stay alive while a file is checked and stored; the cyclic
+    garbage collector would scan them all again and again (a third of the time for 200,000 rows) and find
+    nothing to free."""
+    was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _import_qct(project, data, source=source, actor=actor, progress=progress, expected=expected)
+        yield
     finally:
-        if gc_was_enabled:
+        if was_enabled:
             gc.enable()
 
 
