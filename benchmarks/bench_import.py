@@ -15,11 +15,10 @@ the issue's measurement, using the baseline.
 
 import argparse
 import datetime as dt
-import io
 import csv
+import io
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

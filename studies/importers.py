@@ -8,7 +8,7 @@ transaction: all rows or none.
 Storing is bulk work whatever the file's size: the patients, exams, QCT values and cohort memberships the
 rows touch are read in a few chunked queries, then created and updated with bulk statements, and their audit
 entries are written in bulk too (the same entries django-auditlog writes for a page edit). No query runs per
-row, so 200,000 rows take seconds, not hours.
+row: 200,000 rows take under a minute on an idle machine, where one query per row took about an hour.
 """
 
 import datetime as dt
@@ -172,8 +172,9 @@ def check_age(age, birth_year, exam_date):
     """Refuse an age at exam (years) that the birth year and the exam date contradict."""
     expected = exam_date.year - birth_year
     if abs(expected - age) > AGE_TOLERANCE_YEARS:
+        low, high = expected - AGE_TOLERANCE_YEARS, expected + AGE_TOLERANCE_YEARS
         raise ValueError(f"age {age} does not match birth_year {birth_year} and exam_date "
-                         f"{exam_date:%Y-%m-%d} (expected {expected - AGE_TOLERANCE_YEARS}-{expected + AGE_TOLERANCE_YEARS})")
+                         f"{exam_date:%Y-%m-%d} (expected {low}-{high})")
 
 
 def parse_qct_csv(data, source="upload", project=None):
