@@ -107,6 +107,8 @@ def audit_rows(entries):
     ``additional_data`` as dicts (as ``LogEntry.objects.log_create`` would store them)."""
     from auditlog.models import LogEntry
 
+    if not entries:
+        return
     if connection.vendor == "postgresql":
         # COPY in text format: JSON columns take their JSON text. The additional data repeats (one per
         # patient), so each distinct one is written out once.

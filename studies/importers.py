@@ -462,6 +462,7 @@ def _store(project, rows, state, actor, report):
         audit.created(Patient, pk, pid, pk, {"project": project.pk, "pseudonym": pid, "sex": row.sex,
                                              "birth_year": row.birth_year})
     bulkwrite.update(Patient, ("birth_year",), birth_years)
+    audit.write()
 
     # Exams: new ones, and the changed fields of stored ones (an empty optional cell keeps the stored value).
     exam_pk, new_exams, exam_updates = [], [], []
@@ -491,6 +492,7 @@ def _store(project, rows, state, actor, report):
             audit.created(Exam, new_pk, f"{row.patient_id} {row.exam_date:%Y-%m-%d}", patient_pk[row.patient_id],
                           {"patient": patient_pk[row.patient_id], "exam_date": row.exam_date, **values})
     bulkwrite.update(Exam, EXAM_FIELDS, exam_updates)
+    audit.write()
 
     # QCT values, with the mean and category derived as QCTResult.derive does.
     new_results, result_updates = [], []
@@ -519,6 +521,7 @@ def _store(project, rows, state, actor, report):
         audit.created(QCTResult, pk, f"QCT {exam_text}: {bmd:.1f} mg/cm3", patient_pk[row.patient_id],
                       {"exam": exam_id, **values})
     bulkwrite.update(QCTResult, QCT_FIELDS + ("updated_at",), result_updates)
+    audit.write()
 
     # Splits in the project's main cohort (a change in a frozen cohort was refused before).
     split_rows = [(row, pk) for row, pk in zip(rows, exam_pk) if row.split]
@@ -540,9 +543,8 @@ def _store(project, rows, state, actor, report):
                           f"({row.split})", patient_pk[row.patient_id],
                           {"cohort": cohort.pk, "exam": exam_id, "split": row.split})
         bulkwrite.update(CohortMember, ("split",), member_updates)
-    report(0.85, f"writing the audit log ({len(audit.entries)} entries)")
-    bulkwrite.audit_rows(audit.entries)
-    report(0.99, f"stored {len(rows)} row(s)")
+    audit.write()
+    report(0.99, f"stored {len(rows)} row(s) with {audit.written} audit entries")
 
 
 def _derived(bmd, thresholds):
@@ -569,6 +571,7 @@ class _BulkAudit:
         self.cid = get_cid()
         self.timestamp = timezone.now()
         self.entries = []
+        self.written = 0
         self._content_types = {}
 
     def _content_type(self, model):
@@ -585,6 +588,12 @@ class _BulkAudit:
         self.entries.append((self._content_type(model), str(pk), pk, text, self.CREATE, changes, "",
                              self.actor_id, self.cid, self.timestamp,
                              {"project_id": self.project_id, "patient_id": patient_id}))
+
+    def write(self):
+        """Store the entries collected so far (after each step, so they never pile up for the whole file)."""
+        bulkwrite.audit_rows(self.entries)
+        self.written += len(self.entries)
+        self.entries = []
 
     def updated(self, obj, changes):
         """A stored instance (as changed) and ``{field: [old, new]}``."""
