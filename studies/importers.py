@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from django.contrib.contenttypes.models import ContentType
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 from django.utils.encoding import smart_str
 
@@ -317,6 +317,10 @@ def compare_with_registry(plan, state):
     plan.errors.sort(key=line_order)
 
 
+# PostgreSQL's codes for a deadlock and a serialization failure between concurrent transactions.
+CONFLICTS = ("40P01", "40001")
+
+
 class RegistryChanged(CSVImportError):
     """The registry changed under the import (a concurrent delete or edit); nothing was stored."""
 
@@ -394,9 +398,11 @@ def _import_qct(project, data, *, source, actor, progress, expected):
                     "nothing was imported; check the file again"
                 ])
             _store(project, plan.rows, state, actor, report)
-    except (IntegrityError, DatabaseError) as exc:
+    except (IntegrityError, OperationalError) as exc:
         # A concurrent delete of a patient the import refers to, or a deadlock with one: the transaction
-        # rolled back as a whole.
+        # rolled back as a whole. Other database errors (a lost connection) are not the registry's doing.
+        if not isinstance(exc, IntegrityError) and getattr(exc.__cause__, "sqlstate", None) not in CONFLICTS:
+            raise
         raise RegistryChanged([
             f"{source}: the registry changed while importing ({type(exc).__name__}: "
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'conflict'}); "
