@@ -206,6 +206,8 @@ def _parse_qct_csv(data, source, project):
                 problems.append(f"patient {row.patient_id} has sex {first.sex} on line {first.line}")
             if row.birth_year is not None:
                 if first.birth_year is None:
+                    # A patient's birth year may be given on any of its rows; the first row carries it on,
+                    # as the patient is created from that row.
                     first.birth_year = row.birth_year
                 elif first.birth_year != row.birth_year:
                     problems.append(f"patient {row.patient_id} has birth_year {first.birth_year} on line "
