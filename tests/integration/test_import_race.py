@@ -106,3 +106,29 @@ def test_import_waiting_for_a_delete_is_refused_whole(registry):
         "meanwhile); nothing was imported; check the file again"
     ]
     assert not Patient.objects.exists() and not Exam.objects.exists()
+
+
+def test_progress_is_visible_while_the_import_transaction_is_open(registry):
+    from studies.models import Job
+    from studies.tasks import _committed
+
+    job = Job.objects.create(kind="registry.import_qct", project=registry)
+
+    def progress(fraction, message=""):  # what studies.jobs.execute hands to a task
+        Job.objects.filter(pk=job.pk).update(progress=fraction, message=message)
+
+    seen = []
+
+    def observed(fraction, message=""):
+        committed(fraction, message)
+        # Another connection (another thread) reads the job row, as the job page does.
+        thread, outcome = _in_thread(lambda: Job.objects.values_list("progress", "message").get(pk=job.pk))
+        thread.join(timeout=60)
+        seen.append(outcome["value"])
+
+    committed = _committed(progress)
+    import_qct(registry, FILE.encode(), source="progress.csv", progress=observed)
+    # Every report was visible at once, though the import's transaction was still open for all but the last.
+    assert seen[1] == (0.2, "reading the registry for 3 row(s)")
+    assert seen[2] == (0.3, "storing 1 new patient(s)")
+    assert seen[-1] == (1.0, "imported 3 row(s)")
