@@ -1,17 +1,26 @@
 """Reading the CSV files users upload: one reader for every importer (QCT values, HU values, predictions).
 
-It checks what is the same for all of them: UTF-8, a header with the required columns, no unknown or
-duplicated column, the cell count of each row, blank lines, the row limit. Each problem reads
+It checks what is the same for all of them: UTF-8, comma as the separator (a semicolon- or tab-separated
+file is named as such), a header with the required columns, no unknown or duplicated column, the cell count
+of each row, control characters in cells, blank lines, the row limit. Each problem reads
 ``line N: reason`` with N the physical line (the header is line 1; a quoted cell spanning lines counts
 every line). The importer parses the cells of each row and adds its own ``line N: reason`` errors.
 """
 
 import csv
 import io
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 MAX_ROWS = 200_000
+# Control characters have no place in a registry value, and PostgreSQL refuses NUL in text outright. Tab and
+# line breaks are allowed, as a quoted cell may hold them (a note written over two lines).
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Spreadsheets in locales with a decimal comma save "CSV" with semicolons; tab-separated exports also occur.
+# Such a file is refused with a hint rather than read with a guessed separator, because its numbers may use a
+# decimal comma ("95,5") that a comma-separated reading could silently misplace.
+OTHER_SEPARATORS = {";": "semicolon", "\t": "tab"}
 
 
 class CSVFileError(ValueError):
@@ -75,6 +84,9 @@ def read_rows(data, *, source, required, optional=(), error=CSVFileError, what="
     except csv.Error as exc:
         raise error([f"line 1: {exc}"]) from None
     allowed = tuple(required) + tuple(optional)
+    separator = _other_separator(header, required)
+    if separator:
+        raise error([f"line 1: the file looks {separator}-separated; save it as comma-separated (UTF-8) CSV"])
     problems = []
     missing = [name for name in required if name not in header]
     if missing:
@@ -106,10 +118,38 @@ def read_rows(data, *, source, required, optional=(), error=CSVFileError, what="
         if len(cells) != len(header):
             table.errors.append(f"line {line}: {len(cells)} cells, the header has {len(header)}")
             continue
-        table.rows.append((line, dict(zip(header, cells))))
+        row = dict(zip(header, cells))
+        bad = control_character_problems(row)
+        if bad:
+            table.errors.append(f"line {line}: {'; '.join(bad)}")
+            continue
+        table.rows.append((line, row))
     if not table.rows and not table.errors:
         table.errors.append(f"{source}: no data rows")
     return table
+
+
+def control_character_problems(cells):
+    """``column: control character not allowed (U+XXXX)`` for each cell holding one (tab and line breaks pass)."""
+    if not CONTROL_CHARACTERS.search("".join(cells.values())):
+        return []  # the common case, in one search per row
+    problems = []
+    for column, text in cells.items():
+        found = CONTROL_CHARACTERS.search(text)
+        if found:
+            problems.append(f"{column}: control character not allowed (U+{ord(found.group()):04X})")
+    return problems
+
+
+def _other_separator(header, required):
+    """The name of the separator a one-column header was written with, if it holds the required names."""
+    if len(header) != 1:
+        return None
+    for char, name in OTHER_SEPARATORS.items():
+        names = [part.strip().strip('"') for part in header[0].split(char)]
+        if len(names) > 1 and any(name_ in names for name_ in required):
+            return name
+    return None
 
 
 @contextmanager

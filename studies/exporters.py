@@ -1,4 +1,9 @@
-"""CSV export of a project's registry: one row per patient exam (SPEC section 6)."""
+"""CSV export of a project's registry: one row per patient exam (SPEC section 6).
+
+The columns are the import's (``studies.importers``), under the same names, plus three the registry derives
+(``qct_bmd``, ``category``, ``excluded``), which the import accepts and ignores: an exported file imports
+into another project unchanged, and exporting that project gives the same rows again.
+"""
 
 import csv
 
@@ -20,6 +25,12 @@ COLUMNS = (
     "excluded",
     "study_uid",
     "contrast",
+    "series_uid",
+    "scanner_model",
+    "kvp",
+    "slice_thickness_mm",
+    "birth_year",
+    "levels_note",
 )
 
 
@@ -32,10 +43,15 @@ def neutralise(value):
 
 
 def _number(value):
-    return "" if value is None else f"{value:g}"
+    """The shortest text that reads back as the same float ("95.5", "75", "0.625"); empty for None."""
+    if value is None:
+        return ""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def cohort_rows(project, **filters):
+    """One dict per patient exam of ``project`` (``filters`` as ``registry.exam_rows`` takes them)."""
     for exam in exam_rows(project, **filters).iterator(chunk_size=2000):
         qct = getattr(exam, "qct", None)
         yield {
@@ -53,6 +69,12 @@ def cohort_rows(project, **filters):
             "excluded": "yes" if exam.excluded else "no",
             "study_uid": exam.study_uid,
             "contrast": "yes" if exam.contrast else "no",
+            "series_uid": exam.series_uid,
+            "scanner_model": exam.scanner_model,
+            "kvp": _number(exam.kvp),
+            "slice_thickness_mm": _number(exam.slice_thickness_mm),
+            "birth_year": "" if exam.patient.birth_year is None else exam.patient.birth_year,
+            "levels_note": qct.levels_note if qct else "",
         }
 
 

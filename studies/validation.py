@@ -9,6 +9,7 @@ BMD_MAX_MG_CM3 = 400.0
 AREAL_BMD_LIKE_BELOW = 5.0
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_FIRST = frozenset(FORMULA_PREFIXES)
 
 
 def parse_number(text, name, low=None, high=None):
@@ -90,14 +91,23 @@ def looks_like_formula(text):
     return False
 
 
+def formula_problems(cells):
+    """``column X holds a formula cell ...`` for every cell of a row that a spreadsheet would execute."""
+    # Most rows have no cell starting with a formula character: one look at the first characters says so.
+    if not FORMULA_FIRST.intersection(text[:1] for text in cells.values()):
+        return []
+    return [f"column {column} holds a formula cell {text[:20]!r}; enter plain values"
+            for column, text in cells.items() if looks_like_formula(text)]
+
+
 def row_patient_id(cells):
     """The stripped ``patient_id`` of a CSV row whose cells are all plain values.
 
     Raises ``ValueError`` for a formula cell in any column (named) or an empty ``patient_id``.
     """
-    for column, text in cells.items():
-        if looks_like_formula(text):
-            raise ValueError(f"column {column} holds a formula cell {text[:20]!r}; enter plain values")
+    problems = formula_problems(cells)
+    if problems:
+        raise ValueError(problems[0])
     patient_id = cells["patient_id"].strip()
     if not patient_id:
         raise ValueError("patient_id is empty")

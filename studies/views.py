@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from . import job_kinds, jobs
+from . import importers, job_kinds, jobs
 from .access import get_project_for_user, projects_for
 from .exporters import write_cohort_csv
 from .forms import (
@@ -31,7 +31,7 @@ from .forms import (
     save_exam_forms,
     save_versioned,
 )
-from .importers import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, CSVImportError, import_qct_rows, parse_qct_csv
+from .importers import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, CSVImportError, parse_qct_csv
 from .models import (
     MEMBER_MANAGERS,
     REGISTRY_EDITORS,
@@ -46,6 +46,7 @@ from .models import (
 from .registry import exam_rows, log_access
 
 IMPORT_SESSION_KEY = "qct_import"
+DEFAULT_PER_PAGE = 50
 
 
 def _patient(project, patient_id):
@@ -103,25 +104,32 @@ def project_detail(request, project_id):
     return render(request, "studies/project_detail.html", context)
 
 
+def _list_filters(form):
+    """The registry filters of a bound, valid ``PatientFilterForm`` (none otherwise)."""
+    if not form.is_bound or not form.is_valid():
+        return {}
+    data = form.cleaned_data
+    return {"search": data["q"].strip(), "category": data["category"], "split": data["split"],
+            "excluded": data["excluded"], "region": data["region"]}
+
+
 @login_required
 def patient_list(request, project_id):
     project = get_project_for_user(request, project_id)
-    form = PatientFilterForm(request.GET or None)
-    filters = {}
-    per_page = 50
-    if form.is_valid():
-        data = form.cleaned_data
-        filters = {"search": data["q"].strip(), "category": data["category"], "split": data["split"],
-                   "excluded": data["excluded"], "region": data["region"]}
-        per_page = data["per_page"] or 50
+    # The page size shown selected is the one used (an unbound form would show its first choice, 25).
+    form = PatientFilterForm(request.GET or None, initial={"per_page": DEFAULT_PER_PAGE})
+    filters = _list_filters(form)
+    per_page = (form.cleaned_data["per_page"] if filters else None) or DEFAULT_PER_PAGE
     paginator = Paginator(exam_rows(project, **filters), per_page)
     page = paginator.get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
+    export_query = query.copy()
+    export_query.pop("per_page", None)
     log_access(request.user, project, "view_patient_list", query.urlencode())
     return render(request, "studies/patient_list.html", {
         "project": project, "form": form, "page": page, "query": query.urlencode(),
-        "can_edit": request.project_role in REGISTRY_EDITORS,
+        "export_query": export_query.urlencode(), "can_edit": request.project_role in REGISTRY_EDITORS,
     })
 
 
@@ -244,50 +252,64 @@ def patient_history(request, project_id, patient_id):
 
 @login_required
 def import_csv(request, project_id):
-    """Upload -> preview with per-row errors -> confirm. The checked rows wait in the session."""
+    """Upload -> preview with every row's errors -> confirm. The checked file waits in the file storage; the
+    confirmed import runs in the request for a small file and as a job (with progress) for a large one."""
     project = get_project_for_user(request, project_id, roles=REGISTRY_EDITORS)
     context = {"project": project, "required": REQUIRED_COLUMNS, "optional": OPTIONAL_COLUMNS}
     if request.method == "POST" and "confirm" in request.POST:
         pending = request.session.get(IMPORT_SESSION_KEY)
-        if not pending or pending["project"] != project.pk:
+        if not pending or pending.get("project") != project.pk or "path" not in pending:
             messages.error(request, "Nothing to import; upload the file again.")
             return redirect("studies:import_csv", project.pk)
-        with transaction.atomic():
-            plan = parse_qct_csv(pending["text"], source=pending["name"], project=project)
-            if plan.errors:
-                context.update(plan=plan, name=pending["name"])
-                return render(request, "studies/import.html", context)
-            count = import_qct_rows(project, plan.rows)
         del request.session[IMPORT_SESSION_KEY]
-        messages.success(request, f"Imported {count} row(s) from {pending['name']}.")
+        if pending["counts"]["rows"] > importers.INLINE_MAX_ROWS:
+            with transaction.atomic():
+                job = importers.submit_import_job(project, request.user, pending["path"], source=pending["name"],
+                                                  expected=pending["counts"])
+            messages.info(request, f"Importing {pending['counts']['rows']} row(s) from {pending['name']}; "
+                                   "all rows or none.")
+            return redirect(job)
+        try:
+            plan = importers.import_pending(project, pending["path"], source=pending["name"],
+                                            expected=pending["counts"], actor=request.user)
+        except CSVImportError as exc:
+            importers.discard_pending(pending["path"])  # the session no longer points to it
+            context.update(plan=importers.ImportPlan(errors=exc.errors), name=pending["name"])
+            return render(request, "studies/import.html", context)
+        messages.success(request, f"Imported {len(plan.rows)} row(s) from {pending['name']}.")
         return redirect("studies:patient_list", project.pk)
     form = CSVUploadForm(request.POST or None, request.FILES or None)
     context["form"] = form
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
+        data = upload.read()
         try:
-            text = upload.read().decode("utf-8-sig")
-            plan = parse_qct_csv(text, source=upload.name, project=project)
-        except UnicodeDecodeError:
-            plan, text = None, None
-            form.add_error("file", f"{upload.name} is not UTF-8 text; save it as UTF-8 CSV.")
+            plan = parse_qct_csv(data, source=upload.name, project=project)
         except CSVImportError as exc:
-            plan, text = None, None
+            plan = None
             for error in exc.errors:
                 form.add_error("file", error)
         if plan is not None:
             if plan.ok:
-                request.session[IMPORT_SESSION_KEY] = {"project": project.pk, "name": upload.name, "text": text}
-            context.update(plan=plan, name=upload.name, preview=plan.rows[:20])
+                request.session[IMPORT_SESSION_KEY] = {
+                    "project": project.pk, "name": upload.name, "counts": plan.counts,
+                    "path": importers.save_pending(project, data),
+                }
+            context.update(plan=plan, name=upload.name, preview=plan.rows[:20],
+                           as_job=len(plan.rows) > importers.INLINE_MAX_ROWS)
     return render(request, "studies/import.html", context)
 
 
 @login_required
 def export_csv(request, project_id):
+    """The registry as CSV, with the patient list's filters (its export link passes them on)."""
     project = get_project_for_user(request, project_id)
+    form = PatientFilterForm(request.GET or None)
+    filters = _list_filters(form)
     buffer = io.StringIO()
-    count = write_cohort_csv(project, buffer)
-    log_access(request.user, project, "export_cohort_csv", f"web, {count} rows")
+    count = write_cohort_csv(project, buffer, **filters)
+    described = ", ".join(f"{k}={v}" for k, v in filters.items() if v)
+    log_access(request.user, project, "export_cohort_csv", f"web, {count} rows{', ' + described if described else ''}")
     response = HttpResponse(buffer.getvalue(), content_type="text/csv; charset=utf-8")
     stamp = timezone.now().strftime("%Y%m%d-%H%M")
     response["Content-Disposition"] = f'attachment; filename="cohort-{project.pk}-{stamp}.csv"'

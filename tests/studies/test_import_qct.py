@@ -115,3 +115,136 @@ def test_missing_file_and_non_utf8(db, tmp_path):
     path.write_bytes(HEADER.encode() + "Pé01,F,66,2022-05-03,chest,95,,,,\n".encode("latin-1"))
     with pytest.raises(CommandError):
         call_command("import_qct", str(path), "--project", "A")
+
+
+# --- issue 10: rough edges of the import -------------------------------------------------------------------
+
+FULL_HEADER = "patient_id,sex,age,exam_date,region,bmd_l1,bmd_l2,bmd_l3,split,study_uid,birth_year\n"
+
+
+@pytest.mark.parametrize("cell, column, code", [
+    ("P0\x0003", "patient_id", "U+0000"),   # NUL: PostgreSQL refuses it in text (was a DataError, a 500)
+    ("P0\x0703", "patient_id", "U+0007"),   # BEL
+    ("L2\x1b[31m", "levels_note", "U+001B"),  # an escape sequence in a note
+    ("1.2\x7f", "study_uid", "U+007F"),     # DEL
+])
+def test_control_characters_are_refused_with_line_and_column(db, tmp_path, capsys, cell, column, code):
+    header = "patient_id,sex,age,exam_date,region,bmd_l1,bmd_l2,bmd_l3,study_uid,levels_note\n"
+    values = {"patient_id": "P003", "study_uid": "", "levels_note": ""}
+    values[column] = cell
+    row = f"{values['patient_id']},F,70,2022-05-03,chest,90,,,{values['study_uid']},{values['levels_note']}\n"
+    good = "P001,F,66,2022-05-03,chest,95.5,97.1,,,\n"
+    errors, message = run_import(write(tmp_path, header + good + row), capsys)
+    assert errors == [f"line 3: {column}: control character not allowed ({code})"]
+    assert "nothing was imported" in message
+    assert Patient.objects.count() == 0
+
+
+def test_tab_and_line_break_in_a_quoted_cell_are_allowed(db, tmp_path):
+    header = "patient_id,sex,age,exam_date,region,bmd_l1,bmd_l2,bmd_l3,levels_note\n"
+    text = header + 'P001,F,66,2022-05-03,chest,95,,,"L2 fractured,\treplaced\nby L3"\n'
+    call_command("import_qct", str(write(tmp_path, text)), "--project", "Study A")
+    assert QCTResult.objects.get().levels_note == "L2 fractured,\treplaced\nby L3"
+
+
+def test_every_error_of_a_row_is_reported(db, tmp_path, capsys):
+    # Four bad cells in one row: each is named (the old importer stopped at the first, sex).
+    text = HEADER + GOOD[0] + "P003,X,700,2022-13-03,chest,450,,,holdout,\n"
+    errors, _ = run_import(write(tmp_path, text), capsys)
+    assert errors == [
+        "line 3: sex 'X' is not F or M; age 700 is outside 0-120 years; exam_date '2022-13-03' is not a valid "
+        "date; bmd_l1: BMD 450 mg/cm3 is outside 0-400 mg/cm3; split 'holdout' is not train, validation or test"
+    ]
+
+
+def test_semicolon_separated_file_gets_a_hint(db, tmp_path, capsys):
+    text = HEADER.replace(",", ";") + GOOD[0].replace(",", ";").replace("95.5", "95,5")
+    errors, _ = run_import(write(tmp_path, text), capsys)
+    assert errors == ["line 1: the file looks semicolon-separated; save it as comma-separated (UTF-8) CSV"]
+
+
+def test_tab_separated_file_gets_a_hint(db, tmp_path, capsys):
+    errors, _ = run_import(write(tmp_path, HEADER.replace(",", "\t") + GOOD[0].replace(",", "\t")), capsys)
+    assert errors == ["line 1: the file looks tab-separated; save it as comma-separated (UTF-8) CSV"]
+
+
+@pytest.mark.parametrize("age, ok", [(71, True), (72, True), (73, True), (70, False), (74, False), (30, False)])
+def test_age_is_checked_against_birth_year_and_exam_date(db, tmp_path, capsys, age, ok):
+    # Born 1950, examined 2022: 71 or 72 years old; the rule is |2022 - 1950 - age| <= 1, so 71-73 pass.
+    text = FULL_HEADER + f"P001,F,{age},2022-05-03,chest,95,,,,,1950\n"
+    path = write(tmp_path, text)
+    if ok:
+        call_command("import_qct", str(path), "--project", "Study A")
+        assert Patient.objects.get().birth_year == 1950
+        assert Exam.objects.get().age_at_exam == age
+    else:
+        errors, _ = run_import(path, capsys)
+        assert errors == [f"line 2: age {age} does not match birth_year 1950 and exam_date 2022-05-03 "
+                          "(expected 71-73)"]
+
+
+def test_birth_year_conflicts_within_the_file_and_with_the_registry(db, tmp_path, capsys):
+    text = FULL_HEADER + "P001,F,72,2022-05-03,chest,95,,,,,1950\nP001,F,73,2023-05-03,chest,95,,,,,1951\n"
+    errors, _ = run_import(write(tmp_path, text), capsys)
+    assert errors == ["line 3: patient P001 has birth_year 1950 on line 2"]
+    call_command("import_qct", str(write(tmp_path, FULL_HEADER + "P001,F,72,2022-05-03,chest,95,,,,,1950\n")),
+                 "--project", "Study A")
+    # A later file without birth_year: its age is still checked against the registered birth year.
+    text = FULL_HEADER + "P001,F,40,2023-05-03,chest,95,,,,,\n"
+    errors, _ = run_import(write(tmp_path, text), capsys, project="Study A")
+    assert errors == ["line 2: age 40 does not match birth_year 1950 and exam_date 2023-05-03 (expected 72-74) "
+                      "(the registered birth year)"]
+
+
+def _freeze_main_cohort(project_name):
+    from studies.models import Cohort
+
+    Cohort.objects.filter(project__name=project_name, name=Cohort.DEFAULT_NAME).update(frozen=True)
+
+
+def test_frozen_cohort_refuses_only_changed_splits_and_names_the_rows(db, tmp_path, capsys):
+    path = write(tmp_path, HEADER + "".join(GOOD))
+    call_command("import_qct", str(path), "--project", "Study A")
+    _freeze_main_cohort("Study A")
+    # The same file again, with corrected BMD values: the splits do not change, so it imports (was a 500,
+    # "cohort 'main' is frozen", for every file with a split column).
+    write(tmp_path, HEADER + GOOD[0].replace("95.5", "90.5") + GOOD[1])
+    call_command("import_qct", str(path), "--project", "Study A")
+    assert QCTResult.objects.get(exam__patient__pseudonym="P001").bmd_l1 == 90.5
+    # A changed split, and a new exam put into the frozen cohort: refused, each row named; nothing stored.
+    text = HEADER + GOOD[0].replace("train", "test").replace("90.5", "80.5") + GOOD[1] + \
+        "P009,F,61,2022-07-01,chest,100,,,validation,\n" + "P010,F,61,2022-07-01,chest,100,,,,\n"
+    errors, _ = run_import(write(tmp_path, text), capsys, project="Study A")
+    assert errors == [
+        "line 2: split cannot change: cohort 'main' is frozen by trained models",
+        "line 4: split cannot change: cohort 'main' is frozen by trained models",
+    ]
+    assert QCTResult.objects.get(exam__patient__pseudonym="P001").bmd_l1 == 90.5
+    assert not Patient.objects.filter(pseudonym__in=["P009", "P010"]).exists()
+
+
+def test_import_is_audited_like_a_page_edit(db, tmp_path):
+    from auditlog.models import LogEntry
+    from django.contrib.contenttypes.models import ContentType
+
+    path = write(tmp_path, HEADER + "".join(GOOD))
+    call_command("import_qct", str(path), "--project", "Study A")
+    qct = QCTResult.objects.get(exam__patient__pseudonym="P001")
+    entries = LogEntry.objects.filter(content_type=ContentType.objects.get_for_model(QCTResult))
+    created = entries.get(object_pk=str(qct.pk), action=LogEntry.Action.CREATE)
+    assert created.changes_dict["bmd_l1"] == ["None", "95.5"]
+    assert created.additional_data == {"project_id": qct.exam.patient.project_id,
+                                       "patient_id": qct.exam.patient_id}
+    # 2 patients, 2 exams, 2 QCT results, 2 split memberships.
+    assert LogEntry.objects.filter(action=LogEntry.Action.CREATE).exclude(
+        content_type=ContentType.objects.get_for_model(Project)).count() == 8
+    # Importing the same file again changes nothing and records nothing.
+    call_command("import_qct", str(path), "--project", "Study A")
+    assert not LogEntry.objects.filter(action=LogEntry.Action.UPDATE).exists()
+    write(tmp_path, HEADER + GOOD[0].replace("95.5", "60.5").replace("97.1", "61.5") + GOOD[1])
+    call_command("import_qct", str(path), "--project", "Study A")
+    change = entries.get(object_pk=str(qct.pk), action=LogEntry.Action.UPDATE)
+    assert change.changes_dict["bmd_l1"] == ["95.5", "60.5"]
+    # qct_bmd is derived: (95.5 + 97.1) / 2 = 96.3 before, (60.5 + 61.5) / 2 = 61.0 after.
+    assert change.changes_dict["qct_bmd"] == ["96.3", "61.0"]
+    assert change.changes_dict["category"] == ["osteopenia", "osteoporosis"]
