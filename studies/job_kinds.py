@@ -41,6 +41,10 @@ class JobKind:
 JOB_KINDS = {
     "registry.recategorize": JobKind(
         "Recompute QCT categories", REGISTRY_EDITORS, results={"changed": "Categories changed"}),
+    "registry.import_qct": JobKind(
+        "Import a QCT CSV", REGISTRY_EDITORS, params={"source": "File"},
+        results={"rows": "Rows", "new_patients": "New patients", "new_exams": "New exams",
+                 "updated_exams": "Exams updated"}),
     "analysis.train_grid": JobKind(
         "Train the model grid", TRAINING_LAUNCHERS,
         params={"cohort_name": "Cohort", "seed": "Random seed", "feature_sets": "Feature sets", "tasks": "Tasks",
