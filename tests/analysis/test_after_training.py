@@ -246,7 +246,7 @@ def test_unknown_source_is_a_form_error_not_a_failed_job(client, demo):
 
 def test_csv_import_touching_trained_exams_with_their_splits_updates_them(trained):
     """An import with a split column that repeats the stored splits is not a split change (was a 500)."""
-    from studies.importers import import_qct_rows, parse_qct_csv
+    from studies.importers import import_qct
 
     project, (lr, _) = trained
     exam = used_exam(lr)
@@ -254,8 +254,7 @@ def test_csv_import_touching_trained_exams_with_their_splits_updates_them(traine
     text = ("patient_id,sex,age,exam_date,region,bmd_l1,bmd_l2,bmd_l3,split\n"
             f"{exam.patient.pseudonym},{exam.patient.sex},{exam.age_at_exam},{exam.exam_date:%Y-%m-%d},"
             f"{exam.region},111,,,{split}\n")
-    plan = parse_qct_csv(text, source="after.csv", project=project)
-    assert plan.errors == []
-    assert import_qct_rows(project, plan.rows) == 1
+    plan = import_qct(project, text, source="after.csv")
+    assert plan.counts["updated_exams"] == 1
     assert QCTResult.objects.get(exam=exam).qct_bmd == 111.0
     assert exam.cohort_memberships.get().split == split
