@@ -170,6 +170,8 @@ STORAGES = {
 MAX_UPLOAD_BYTES = env.int("MAX_UPLOAD_BYTES", default=2 * 1024 ** 3)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=5 * 1024 * 1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# A QCT CSV of 200,000 rows with every optional column is about 28 MB; large files are imported by a job.
+MAX_CSV_UPLOAD_BYTES = env.int("MAX_CSV_UPLOAD_BYTES", default=100 * 1024 * 1024)
 # Zip imports of DICOM files: a zip bomb must not fill the disk. A thin-slice CT series is about 0.5 GiB
 # uncompressed and deflates 2-5 times; refuse past 4 GiB in all, or a member that expands more than 100
 # times (checked from the zip's directory before extracting and on the bytes written while extracting).

@@ -3,6 +3,7 @@
 import datetime as dt
 
 from django import forms
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.template.defaultfilters import floatformat
@@ -423,8 +424,10 @@ class CSVUploadForm(forms.Form):
 
     def clean_file(self):
         upload = self.cleaned_data["file"]
-        if upload.size > 20 * 1024 * 1024:
-            raise forms.ValidationError("The file is larger than 20 MB; split it or use the import_qct command.")
+        limit = settings.MAX_CSV_UPLOAD_BYTES
+        if upload.size > limit:
+            raise forms.ValidationError(f"The file is larger than {limit // 1024 ** 2} MB (MAX_CSV_UPLOAD_BYTES); "
+                                        "split it or use the import_qct command.")
         return upload
 
 

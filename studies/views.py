@@ -6,7 +6,7 @@ from auditlog.models import LogEntry
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Count, Q
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -59,7 +59,12 @@ def _delete_if_unchanged(instance, version):
     rows = type(instance).objects.filter(pk=instance.pk)
     if version.isdigit():
         rows = rows.filter(version=int(version))
-    deleted, _ = rows.delete()
+    try:
+        with transaction.atomic():
+            deleted, _ = rows.delete()
+    except IntegrityError:
+        # An import that held the row wrote rows referring to it meanwhile: it changed, so nothing is deleted.
+        return False
     return bool(deleted)
 
 
