@@ -265,25 +265,27 @@ def predict(model, X):
     return {"bmd": model.pipeline.predict(X).astype(np.float64)}
 
 
-def split_metrics(task, classes, y_category, y_bmd, output, n_resamples, random_state):
+def split_metrics(task, classes, y_category, y_bmd, output, n_resamples, random_state, *, resamples_out=None):
     """Metrics dict of one split: classification from ``output["proba"]`` (columns ``classes``) against
-    ``y_category``; regression from ``output["bmd"]`` against ``y_bmd`` (mg/cm3)."""
+    ``y_category``; regression from ``output["bmd"]`` against ``y_bmd`` (mg/cm3). ``resamples_out`` (a dict)
+    receives the per-resample statistic that :func:`split_resamples` keeps."""
     if task == "classification":
         from analysis.stats.classification import multiclass_metrics
         from analysis.stats.reliability import reliability
 
         metrics = multiclass_metrics(
             y_category, output["proba"], classes, n_resamples=n_resamples, random_state=random_state,
-            binary_positive=OSTEOPOROSIS,
+            binary_positive=OSTEOPOROSIS, resamples_out=resamples_out,
         ).to_dict()
         metrics["reliability"] = reliability(y_category, output["proba"], classes)
         return metrics
     from analysis.stats.regression import regression_metrics
 
-    return regression_metrics(y_bmd, output["bmd"], n_resamples=n_resamples, random_state=random_state).to_dict()
+    return regression_metrics(y_bmd, output["bmd"], n_resamples=n_resamples, random_state=random_state,
+                              resamples_out=resamples_out).to_dict()
 
 
-def evaluate_model(model, table, *, n_resamples=2000, random_state=0, splits=SPLITS, output=None):
+def evaluate_model(model, table, *, n_resamples=2000, random_state=0, splits=SPLITS, output=None, states=None):
     """Metrics of a fitted model on each split of a feature table.
 
     Parameters
@@ -298,6 +300,8 @@ def evaluate_model(model, table, *, n_resamples=2000, random_state=0, splits=SPL
     splits : sequence of str
     output : dict, optional
         :func:`predict` on ``table.X`` when already computed.
+    states : dict, optional
+        Receives ``{split: resample state}`` (:func:`split_resamples`), reusing the metrics' resamples.
 
     Returns
     -------
@@ -312,39 +316,32 @@ def evaluate_model(model, table, *, n_resamples=2000, random_state=0, splits=SPL
         if not mask.any():
             continue
         sub = {key: value[mask] for key, value in output.items()}
+        boot = {}
         try:
             results[split] = split_metrics(
-                model.task, model.classes, table.y_category[mask], table.y_bmd[mask], sub, n_resamples, random_state
+                model.task, model.classes, table.y_category[mask], table.y_bmd[mask], sub, n_resamples, random_state,
+                resamples_out=boot,
             )
         except ValueError as exc:
             results[split] = {"n": int(mask.sum()), "error": str(exc)}
+            continue
+        if states is not None:
+            states[split] = split_resamples(model.task, model.classes, table.exam_ids[mask], table.y_category[mask],
+                                            table.y_bmd[mask], sub, n_resamples, random_state, boot=boot)
     return results
 
 
-def split_resamples(task, classes, exam_ids, y_category, y_bmd, output, n_resamples, random_state):
-    """:func:`analysis.stats.paired.resample_state` of one split (what paired comparisons read later)."""
+def split_resamples(task, classes, exam_ids, y_category, y_bmd, output, n_resamples, random_state, *, boot=None):
+    """:func:`analysis.stats.paired.resample_state` of one split (what paired comparisons read later);
+    ``boot``: the ``resamples_out`` of :func:`split_metrics` on the same rows, to reuse."""
     from analysis.stats.paired import resample_state
 
+    boot = (boot or {}).get("macro_auc" if task == "classification" else "mae")
     if task == "classification":
         return resample_state(task, exam_ids, y_category, output, classes=classes, positive=OSTEOPOROSIS,
-                              n_resamples=n_resamples, random_state=random_state)
-    return resample_state(task, exam_ids, y_bmd, output, n_resamples=n_resamples, random_state=random_state)
-
-
-def evaluate_resamples(model, table, output, *, n_resamples=2000, random_state=0, splits=SPLITS):
-    """``{split: resample state}`` of a model on a feature table (splits whose metrics are defined)."""
-    states = {}
-    for split in splits:
-        mask = table.split_mask(split)
-        if not mask.any():
-            continue
-        sub = {key: value[mask] for key, value in output.items()}
-        try:
-            states[split] = split_resamples(model.task, model.classes, table.exam_ids[mask], table.y_category[mask],
-                                            table.y_bmd[mask], sub, n_resamples, random_state)
-        except ValueError:
-            continue
-    return states
+                              n_resamples=n_resamples, random_state=random_state, boot=boot)
+    return resample_state(task, exam_ids, y_bmd, output, n_resamples=n_resamples, random_state=random_state,
+                          boot=boot)
 
 
 def compare_predictions(task, y_true, a, b, *, classes=CATEGORIES, n_resamples=2000, random_state=0):
@@ -430,7 +427,9 @@ def load_artefact(data):
         random_state=bundle["random_state"],
         classes=bundle["classes"],
         calibration=bundle["calibration"],
-        calibration_variant=bundle.get("calibration_variant", ""),
+        # Artefacts written before the calibration variants existed hold the feature-augmentation model.
+        calibration_variant=bundle.get("calibration_variant",
+                                       "feature_augmentation" if bundle["feature_set"] == "chest_cal" else ""),
     )
 
 
@@ -545,8 +544,9 @@ def train_grid(
             )
         start = time.perf_counter()
         output = predict(model, table.X)
-        metrics = evaluate_model(model, table, n_resamples=n_resamples, random_state=random_state, output=output)
-        resamples = evaluate_resamples(model, table, output, n_resamples=n_resamples, random_state=random_state)
+        resamples = {}
+        metrics = evaluate_model(model, table, n_resamples=n_resamples, random_state=random_state, output=output,
+                                 states=resamples)
         eval_seconds = time.perf_counter() - start
         result.entries.append(GridEntry(model, table, output, metrics, model.fit_seconds, eval_seconds, resamples))
     if "abdomen" not in feature_sets:

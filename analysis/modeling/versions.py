@@ -103,7 +103,7 @@ def calibration_record(model, table):
     return record
 
 
-def store_entry(entry, *, project, cohort, records, source, n_resamples, user=None, calibration_variant=None):
+def store_entry(entry, *, project, cohort, records, source, n_resamples, user=None):
     """Store one grid entry as a ModelVersion with evaluations and predictions; returns the version."""
     model, table = entry.model, entry.table
     artefact = dump_artefact(model)
@@ -311,10 +311,12 @@ def evaluate_version(version, *, n_resamples=2000, random_state=0):
         else:
             output = {"bmd": np.array([p.predicted_bmd for p, _ in rows], dtype=np.float64)}
             classes = None
+        boot = {}
         try:
-            results[split] = split_metrics(version.task, classes, categories, bmd, output, n_resamples, random_state)
+            results[split] = split_metrics(version.task, classes, categories, bmd, output, n_resamples, random_state,
+                                           resamples_out=boot)
             states[split] = split_resamples(version.task, classes, [p.exam_id for p, _ in rows], categories, bmd,
-                                            output, n_resamples, random_state)
+                                            output, n_resamples, random_state, boot=boot)
         except ValueError as exc:
             results[split] = {"n": len(rows), "error": str(exc)}
     with transaction.atomic():

@@ -255,6 +255,7 @@ def multiclass_metrics(
     alpha=0.05,
     y_pred=None,
     binary_positive=OSTEOPOROSIS,
+    resamples_out=None,
 ):
     """One-vs-rest multiclass metrics with stratified bootstrap CIs, plus the binary sub-task.
 
@@ -277,6 +278,9 @@ def multiclass_metrics(
     binary_positive : str or None
         Class of the binary task "``binary_positive`` vs the rest" (score = its probability column,
         predicted positive when it is the predicted class), with DeLong CI. None or absent skips it.
+    resamples_out : dict, optional
+        Receives ``"macro_auc"``: the macro AUC on each resample, shape (n_resamples,) (what
+        :func:`analysis.stats.paired.resample_state` keeps, so it is not computed twice).
 
     Returns
     -------
@@ -324,6 +328,8 @@ def multiclass_metrics(
     # the same seed and its default strata.
     weights = resample_counts(bootstrap_indices(np.asarray(y_true), n_resamples, random_state), n)
     boot_auc = np.mean([weighted_auc(true_idx == j, p[:, j], weights) for j in range(k)], axis=0)
+    if resamples_out is not None:
+        resamples_out["macro_auc"] = boot_auc
     boot = confusion_rates(_weighted_confusion(true_idx, pred_idx, k, weights))
     ci = {"macro_auc": percentile_interval(boot_auc, alpha)}
     ci["accuracy"] = percentile_interval(boot["accuracy"], alpha)

@@ -199,7 +199,7 @@ def _case_key(case_ids, labels, n_resamples, random_state):
 
 
 def resample_state(task, case_ids, y_true, output, *, classes=None, positive=None, n_resamples=2000,
-                   random_state=0):
+                   random_state=0, boot=None):
     """What a model's evaluation on one split keeps for paired comparisons (JSON-ready).
 
     Parameters
@@ -215,6 +215,10 @@ def resample_state(task, case_ids, y_true, output, *, classes=None, positive=Non
     positive : str, optional
         Class of the binary DeLong comparison (classification).
     n_resamples, random_state : int
+    boot : ndarray, shape (n_resamples,), optional
+        The statistic on each resample when already computed with the same seed on the cases in the given
+        order (``multiclass_metrics`` / ``regression_metrics`` with ``resamples_out``); used only when that
+        order is ascending in case id, so it is the same resampling.
 
     Returns
     -------
@@ -226,12 +230,14 @@ def resample_state(task, case_ids, y_true, output, *, classes=None, positive=Non
     ids = np.asarray(case_ids, dtype=np.int64)
     order = np.argsort(ids, kind="stable")
     ids = ids[order]
+    if boot is not None and not np.array_equal(order, np.arange(order.size)):
+        boot = None
     y = np.asarray(y_true)[order]
     state = {"n": int(ids.size), "n_resamples": int(n_resamples), "random_state": int(random_state)}
     if task == "classification":
         p = np.asarray(output["proba"], dtype=np.float64)[order]
-        indices = bootstrap_indices(y, n_resamples, random_state)
-        boot = macro_auc_resamples(y, p, classes, indices)
+        if boot is None:
+            boot = macro_auc_resamples(y, p, classes, bootstrap_indices(y, n_resamples, random_state))
         state.update(statistic="macro_auc", estimate=_macro_auc(_class_index(y, classes), p, len(classes)),
                      boot=encode_array(boot))
         if positive is not None and positive in list(classes):
@@ -242,10 +248,11 @@ def resample_state(task, case_ids, y_true, output, *, classes=None, positive=Non
     else:
         y = y.astype(np.float64)
         pred = np.asarray(output["bmd"], dtype=np.float64)[order]
-        weights = resample_counts(bootstrap_indices(np.zeros(y.size), n_resamples, random_state), y.size)
         errors = np.abs(pred - y)
-        state.update(statistic="mae", estimate=float(errors.mean()),
-                     boot=encode_array(weights @ errors / weights.sum(axis=1)))
+        if boot is None:
+            weights = resample_counts(bootstrap_indices(np.zeros(y.size), n_resamples, random_state), y.size)
+            boot = weights @ errors / weights.sum(axis=1)
+        state.update(statistic="mae", estimate=float(errors.mean()), boot=encode_array(boot))
     state["case_key"] = _case_key(ids, y, n_resamples, random_state)
     return jsonable(state)
 

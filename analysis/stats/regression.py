@@ -193,7 +193,7 @@ def _weighted_metrics(y, p, weights):
     return {"mae": abs_e, "rmse": np.sqrt(sq_e), "r2": r2, "explained_variance": ev, "pearson_r": r}
 
 
-def regression_metrics(y_true, y_pred, n_resamples=2000, random_state=0, *, alpha=0.05):
+def regression_metrics(y_true, y_pred, n_resamples=2000, random_state=0, *, alpha=0.05, resamples_out=None):
     """MAE, RMSE, explained variance, R^2, Pearson r/p, Bland-Altman, and bootstrap CIs.
 
     Parameters
@@ -208,6 +208,8 @@ def regression_metrics(y_true, y_pred, n_resamples=2000, random_state=0, *, alph
         Seed of the resamples.
     alpha : float
         0.05 for 95% CIs.
+    resamples_out : dict, optional
+        Receives ``"mae"``: the MAE on each resample, shape (n_resamples,).
 
     Returns
     -------
@@ -227,6 +229,8 @@ def regression_metrics(y_true, y_pred, n_resamples=2000, random_state=0, *, alph
         weights = resample_counts(bootstrap_indices(np.zeros(y.size), n_resamples, random_state), y.size)
         for name, values in _weighted_metrics(y, p, weights).items():
             ci[name] = percentile_interval(values, alpha)
+            if resamples_out is not None and name == "mae":
+                resamples_out["mae"] = values
     return RegressionMetrics(
         n=int(y.size),
         mae=point["mae"],

@@ -10,6 +10,7 @@ from analysis.categories import CATEGORIES
 from analysis.stats.bootstrap import bootstrap_indices, bootstrap_p_value, percentile_interval
 from analysis.stats.paired import (
     compare_states,
+    decode_array,
     delong_from_placements,
     delong_placements,
     paired_macro_auc_bootstrap,
@@ -135,3 +136,28 @@ def test_compare_many_equals_compare_states_pair_by_pair():
             assert result[key] == pytest.approx(expected[key], abs=1e-12), key
         for key in ("diff", "se", "z", "p", "ci_low", "ci_high"):
             assert result["delong"][key] == pytest.approx(expected["delong"][key], abs=1e-12), key
+
+
+def test_states_reuse_the_metrics_resamples_exactly():
+    # Training stores the state from the resamples its CIs used (no second bootstrap); the result must equal
+    # a state computed from scratch, for both tasks.
+    from analysis.stats.classification import multiclass_metrics
+    from analysis.stats.regression import regression_metrics
+
+    y, a, _ = _cases(n=90, seed=8)
+    ids = np.arange(10, 100)
+    out = {}
+    multiclass_metrics(y, a, CATEGORIES, n_resamples=300, random_state=4, resamples_out=out)
+    reused = resample_state("classification", ids, y, {"proba": a}, classes=CATEGORIES, n_resamples=300,
+                            random_state=4, boot=out["macro_auc"])
+    fresh = resample_state("classification", ids, y, {"proba": a}, classes=CATEGORIES, n_resamples=300,
+                           random_state=4)
+    np.testing.assert_allclose(decode_array(reused["boot"]), decode_array(fresh["boot"]), rtol=0, atol=1e-12)
+    rng = np.random.default_rng(2)
+    bmd = rng.uniform(40, 200, 90)
+    pred = bmd + rng.normal(0, 9, 90)
+    out = {}
+    regression_metrics(bmd, pred, n_resamples=300, random_state=4, resamples_out=out)
+    reused = resample_state("regression", ids, bmd, {"bmd": pred}, n_resamples=300, random_state=4, boot=out["mae"])
+    fresh = resample_state("regression", ids, bmd, {"bmd": pred}, n_resamples=300, random_state=4)
+    np.testing.assert_allclose(decode_array(reused["boot"]), decode_array(fresh["boot"]), rtol=0, atol=1e-12)
