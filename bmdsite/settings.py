@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "axes",
     "studies",
     "analysis",
+    "studies.dicomweb",
 ]
 
 MIDDLEWARE = [
