@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "studies",
     "analysis",
     "studies.dicomweb",
+    "studies.review",
 ]
 
 MIDDLEWARE = [
