@@ -43,3 +43,14 @@ def test_case_page_is_404_outside_the_project(client, db, storage):
     client.force_login(UserFactory())
     assert client.get(f"/p/{exam.patient.project_id}/exams/{exam.pk}/case/").status_code == 404
     assert client.get(f"/p/{exam.patient.project_id}/exams/{exam.pk}/runs/{run.pk}/segments.bin").status_code == 404
+
+
+def test_annotators_see_the_review_queue_first(client, db):
+    membership = MembershipFactory(role="annotator")
+    client.force_login(membership.user)
+    answer = client.get(f"/p/{membership.project_id}/")
+    assert answer.status_code == 302 and answer["Location"] == f"/p/{membership.project_id}/review/"
+    assert client.get(f"/p/{membership.project_id}/?overview=1").status_code == 200
+    coordinator = MembershipFactory(role="coordinator", project=membership.project)
+    client.force_login(coordinator.user)
+    assert client.get(f"/p/{membership.project_id}/").status_code == 200
