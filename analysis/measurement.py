@@ -250,16 +250,38 @@ def measure_levels(
 
     if erosion_mm < 0:
         raise ValueError(f"erosion_mm must be >= 0, got {erosion_mm}")
+    level_confidence = level_confidence or {}
+    results = {}
+    for value, stats in _body_statistics(volume, labels, boxes, erosion_mm, contrast).items():
+        level = LEVEL_OF_LABEL[value]
+        flags = stats.pop("flags")
+        confidence = level_confidence.get(level)
+        if confidence is not None and confidence < min_level_confidence:
+            flags.append(LOW_LEVEL_CONFIDENCE)
+        results[level] = LevelMeasurement(level=level, label=value, flags=flags, **stats)
+    _flag_hu_outliers(results)
+    return results
+
+
+def _body_statistics(volume, labels, boxes, erosion_mm, contrast) -> dict:
+    """HU statistics and body flags of every labelled body of a uint8 label map.
+
+    Returns
+    -------
+    dict of int to dict
+        Label value -> keyword arguments of :class:`LevelMeasurement` (without level and label), flags
+        ``roi_too_small``, ``touches_volume_edge``, ``contrast_exam`` and ``duplicated_level``.
+    """
+    from scipy import ndimage
+
     spacing = volume.spacing
     voxel_ml = float(np.prod(spacing)) / 1000.0
     hu = volume.array
-    level_confidence = level_confidence or {}
     element = ellipsoid_structure(spacing, erosion_mm) if erosion_mm > 0 else None
     results = {}
     for value, box in enumerate(boxes, start=1):
         if box is None:
             continue
-        level = LEVEL_OF_LABEL[value]
         mask = labels[box] == value
         # Same exact crop argument as in trabecular_roi: erosion of the box == erosion of the volume.
         roi = mask if element is None else ndimage.binary_erosion(mask, structure=element, border_value=0)
@@ -279,12 +301,7 @@ def measure_levels(
             flags.append(CONTRAST_EXAM)
         if _duplicated(mask, voxel_ml):
             flags.append(DUPLICATED_LEVEL)
-        confidence = level_confidence.get(level)
-        if confidence is not None and confidence < min_level_confidence:
-            flags.append(LOW_LEVEL_CONFIDENCE)
-        results[level] = LevelMeasurement(
-            level=level,
-            label=value,
+        results[value] = dict(
             mean_hu=float(values.mean()) if n_roi else None,
             median_hu=float(np.median(values)) if n_roi else None,
             sd_hu=float(values.std(ddof=1)) if n_roi > 1 else None,
@@ -295,8 +312,118 @@ def measure_levels(
             centroid_mm=centroid,
             flags=flags,
         )
-    _flag_hu_outliers(results)
     return results
+
+
+@dataclass
+class SegmentMeasurement:
+    """HU statistics of one body segment, named or not (the ``segments`` contract, SPEC section 6).
+
+    Attributes
+    ----------
+    index : int
+        Segment index, 1 at the head end counting down.
+    level : str or None
+    confidence : float or None
+        The segmenter's confidence in ``level`` (None when not named or named from outside).
+    mean_hu, median_hu, sd_hu : float or None
+        HU in the trabecular ROI; None when the ROI is empty (or the segment has no voxels left).
+    roi_voxels, body_voxels : int
+    body_volume_ml : float
+    centroid_mm : tuple of 3 floats or None
+        Body centroid in the volume's source convention, order (x, y, z).
+    flags : list of str
+        The segmenter's flags of this segment, then the QA flags of the module docstring.
+    """
+
+    index: int
+    level: str | None
+    confidence: float | None
+    mean_hu: float | None
+    median_hu: float | None
+    sd_hu: float | None
+    roi_voxels: int
+    body_voxels: int
+    body_volume_ml: float
+    centroid_mm: tuple | None
+    flags: list = field(default_factory=list)
+
+
+def measure_segments(volume, segment_labels, segments, erosion_mm=3.0, contrast=False) -> list:
+    """Measure the trabecular HU of every body segment, named or not.
+
+    Parameters
+    ----------
+    volume : analysis.imaging.volume.Volume
+        CT in HU, array shape (z, y, x).
+    segment_labels : np.ndarray of int, shape (z, y, x)
+        Segment indices (1 at the head end), 0 elsewhere.
+    segments : list of analysis.segmentation.levels.BodySegment
+        One per index; its level, confidence and flags are carried over.
+    erosion_mm : float, default 3.0
+    contrast : bool, default False
+
+    Returns
+    -------
+    list of SegmentMeasurement
+        Head end first. A segment without voxels in the map (e.g. emptied by the surface refinement)
+        keeps its entry with zero voxels and no HU. ``hu_outlier`` compares a segment with its
+        neighbouring segments as :func:`measure_levels` compares neighbouring levels.
+    """
+    from scipy import ndimage
+
+    labels = np.asarray(segment_labels)
+    if labels.shape != volume.shape:
+        raise ValueError(f"segment map shape {labels.shape} does not match the image shape {volume.shape}")
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) > 255):
+        raise ValueError("segment indices must lie in 0..255")
+    labels = labels.astype(np.uint8, copy=False)
+    if erosion_mm < 0:
+        raise ValueError(f"erosion_mm must be >= 0, got {erosion_mm}")
+    stats = _body_statistics(volume, labels, ndimage.find_objects(labels), erosion_mm, contrast)
+    results = []
+    for segment in sorted(segments, key=lambda s: s.index):
+        found = stats.get(segment.index)
+        if found is None:
+            found = dict(mean_hu=None, median_hu=None, sd_hu=None, roi_voxels=0, body_voxels=0,
+                         body_volume_ml=0.0, centroid_mm=None, flags=[ROI_TOO_SMALL])
+        found.pop("roi_volume_ml", None)
+        flags = list(segment.flags) + [f for f in found.pop("flags") if f not in segment.flags]
+        results.append(SegmentMeasurement(index=segment.index, level=segment.level, confidence=segment.confidence,
+                                          flags=flags, **found))
+    by_index = {m.index: m for m in results}
+    usable = {m.index: m.mean_hu for m in results if m.mean_hu is not None and ROI_TOO_SMALL not in m.flags}
+    for m in results:
+        if m.index in usable and _is_hu_outlier(m.mean_hu, m.index, usable) and HU_OUTLIER not in m.flags:
+            by_index[m.index].flags.append(HU_OUTLIER)
+    return results
+
+
+def segments_json(segments: list) -> list:
+    """The OUT.json ``segments`` list (SPEC section 6) of :func:`measure_segments` results, head end first."""
+    return [
+        {
+            "index": int(m.index),
+            "level": m.level,
+            "confidence": _round(m.confidence, 3),
+            "centroid_mm": None if m.centroid_mm is None else [round(float(c), 3) for c in m.centroid_mm],
+            "mean_hu": _round(m.mean_hu),
+            "median_hu": _round(m.median_hu),
+            "sd_hu": _round(m.sd_hu),
+            "roi_voxels": int(m.roi_voxels),
+            "body_volume_ml": _round(m.body_volume_ml),
+            "flags": list(m.flags),
+        }
+        for m in segments
+    ]
+
+
+def _is_hu_outlier(mean_hu, key, usable) -> bool:
+    """Mean HU more than HU_OUTLIER_HU from the running median of the neighbours within two positions."""
+    window = [usable[v] for v in range(key - HU_OUTLIER_NEIGHBOURS, key + HU_OUTLIER_NEIGHBOURS + 1) if v in usable]
+    # A running median that includes the value itself: one outlier cannot drag the reference of its
+    # neighbours (at the end of the sequence a value has only two neighbours, one of them maybe the outlier).
+    return len(window) >= 3 and abs(mean_hu - float(np.median(window))) > HU_OUTLIER_HU
 
 
 def _flag_hu_outliers(results: dict) -> None:
@@ -304,17 +431,7 @@ def _flag_hu_outliers(results: dict) -> None:
         m.label: m.mean_hu for m in results.values() if m.mean_hu is not None and ROI_TOO_SMALL not in m.flags
     }
     for m in results.values():
-        if m.label not in usable:
-            continue
-        window = [
-            usable[v]
-            for v in range(m.label - HU_OUTLIER_NEIGHBOURS, m.label + HU_OUTLIER_NEIGHBOURS + 1)
-            if v in usable
-        ]
-        # A running median that includes the level itself: one outlier cannot drag the reference of
-        # its neighbours (at the end of the sequence a level has only two neighbours, one of them maybe
-        # the outlier).
-        if len(window) >= 3 and abs(m.mean_hu - float(np.median(window))) > HU_OUTLIER_HU:
+        if m.label in usable and _is_hu_outlier(m.mean_hu, m.label, usable):
             m.flags.append(HU_OUTLIER)
 
 

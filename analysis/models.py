@@ -48,6 +48,11 @@ class MeasurementRun(ImmutableModel):
     # The image pipeline's inputs and outputs: which stored series, and the VerSe body label map it measured.
     series_uid = models.CharField(max_length=64, blank=True)
     labels = models.FileField(upload_to="labels/%Y/%m/", blank=True, max_length=300)
+    # Every body segment found, named or not (the OUT.json "segments" list of SPEC section 6), and the
+    # segment indices (1 at the head end) as NIfTI on the stored series' grid: a reviewer can name the
+    # whole spine by naming one segment.
+    segments = models.JSONField(default=list, blank=True, help_text="every body segment, named or not")
+    segment_labels = models.FileField(upload_to="segments/%Y/%m/", blank=True, max_length=300)
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
 

@@ -35,7 +35,7 @@ def _labels_nifti_bytes(volume, labels):
 
 def measure_exam(exam, *, erosion_mm=3.0, device="cpu", user=None, progress=None):
     """Segment, label and measure the exam's stored series; returns the new MeasurementRun."""
-    from analysis.measurement import case_flags, measure_levels
+    from analysis.measurement import case_flags, measure_levels, measure_segments, segments_json
     from analysis.modeling.versions import code_version
     from analysis.segmentation.spine import segment_vertebrae
 
@@ -52,23 +52,29 @@ def measure_exam(exam, *, erosion_mm=3.0, device="cpu", user=None, progress=None
     contrast = bool(stored.meta.get("contrast") or exam.contrast)
     measurements = measure_levels(volume, segmentation.labels, erosion_mm=erosion_mm, contrast=contrast,
                                   level_confidence=segmentation.level_confidence)
+    segments = segments_json(measure_segments(volume, segmentation.segment_labels, segmentation.segments,
+                                              erosion_mm=erosion_mm, contrast=contrast))
     measured = time.perf_counter()
     timings = {"load": loaded - started, **{f"segmentation_{k}": v for k, v in segmentation.timings_s.items()},
                "segmentation": segmented - loaded, "measure": measured - segmented}
     labels_bytes = _labels_nifti_bytes(volume, segmentation.labels)
+    segment_bytes = _labels_nifti_bytes(volume, segmentation.segment_labels)
     timings["total"] = time.perf_counter() - started
     with transaction.atomic():
         run = MeasurementRun(
             exam=exam, source=MeasurementRun.PIPELINE, segmenter_version=segmentation.segmenter_version,
-            parameters={"erosion_mm": erosion_mm, "device": device,
+            # The device the segmenter actually ran on (the rule-based one always on CPU), not the one asked for.
+            parameters={"erosion_mm": erosion_mm, "device": segmentation.device,
                         "level_confidence": segmentation.level_confidence, "notes": segmentation.notes},
             timings={k: round(v, 4) for k, v in timings.items()},
             flags=case_flags(measurements, segmentation.flags), code_version=code_version(),
-            series_uid=stored.series_uid, created_by=user,
+            series_uid=stored.series_uid, segments=segments, created_by=user,
         )
         # The file is written before the row, inside the transaction: a failure leaves neither behind
         # (a stray file from a rolled-back row is harmless and unreferenced).
         run.labels.save(f"exam{exam.pk}-{stored.series_uid}.nii.gz", ContentFile(labels_bytes), save=False)
+        run.segment_labels.save(f"exam{exam.pk}-{stored.series_uid}-segments.nii.gz", ContentFile(segment_bytes),
+                                save=False)
         run.save()
         LevelMeasurement.objects.bulk_create([
             LevelMeasurement(run=run, level=m.level, mean_hu=m.mean_hu, median_hu=m.median_hu, sd_hu=m.sd_hu,

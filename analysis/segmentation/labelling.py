@@ -19,7 +19,7 @@ The reasoning a radiologist uses, written as code:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from analysis.segmentation.levels import LEVEL_NAMES
 
@@ -45,6 +45,9 @@ class Segment:
     ala_gap_mm : float
         For a segment joined to the ilium: how far below its upper disc the joint ends along the spine
         (the alae reach the top of S1, about level with the L5/S1 disc).
+    flags : list of str
+        Set by :func:`label_segments`: why this segment's level was withheld or doubted
+        (``"merged"``, ``"sliver_at_edge"``, ``"level_withheld"``, ``"sacrum"``, ...).
     """
 
     complete: bool
@@ -56,6 +59,7 @@ class Segment:
     ala_gap_mm: float = 0.0
     extent_mm: float | None = None
     merged: bool = False
+    flags: list = field(default_factory=list)
 
     @property
     def ribs(self):
@@ -141,16 +145,25 @@ def label_segments(segments):
     notes : list of str
         Which anchors were used and why, and which levels were withheld.
     """
+    for segment in segments:
+        segment.flags = []
     levels, flags, notes = _counted_levels(segments)
+    for k, segment in enumerate(segments):
+        if segment.merged:
+            segment.flags.append("merged")
+        if segment.cut:
+            segment.flags.append("cut_by_edge")
     for k in sorted(levels):
         segment = segments[k]
         if segment.merged:
             name = levels.pop(k)[0]
+            segment.flags.append("level_withheld")
             notes.append(f"{name} withheld: the segment at the edge of the scan holds more than one vertebra "
                          f"({segment.extent_mm:.0f} mm in view; a disc in it was missed)")
         elif (k in (0, len(segments) - 1) and segment.cut and segment.extent_mm is not None
               and segment.extent_mm <= MIN_CUT_SEGMENT_MM):
             name = levels.pop(k)[0]
+            segment.flags += ["sliver_at_edge", "level_withheld"]
             notes.append(f"{name} withheld: only {segment.extent_mm:.0f} mm of it in view at the edge of the scan")
     return levels, flags, notes
 
@@ -167,6 +180,8 @@ def _counted_levels(segments):
             s1 = i
         elif s1 is not None:
             break
+    for i in range(s1 + 1 if s1 is not None else 0):
+        segments[i].flags.append("sacrum")
     sacral_anchor = None
     if s1 is not None and segments[s1].ala_gap_mm > ALA_GAP_MM:
         notes.append(f"the iliac joint of segment {s1} ends {segments[s1].ala_gap_mm:.0f} mm below its upper disc: "

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.segmentation.levels import VERSE_LABEL
+from analysis.segmentation.levels import VERSE_LABEL, BodySegment
 
 SEGMENTER_VERSION = "anatomy-0.7"
 
@@ -35,6 +35,14 @@ class SegmentationResult:
     segmenter_version : str
     notes : list of str
         Anchors used and why levels were given or withheld.
+    segment_labels : np.ndarray of uint8, shape (z, y, x)
+        Every body segment found, named or not (SPEC section 6): segment index on the input grid, 1 at the
+        head end counting down one per vertebra, 0 elsewhere. ``labels`` is this map with each named
+        index replaced by its VerSe number (withheld segments keep their body here only).
+    segments : list of BodySegment
+        One per index of ``segment_labels``, head end first: level or None, confidence or None, flags.
+    device : str
+        The device the segmentation actually ran on ("cpu" for this rule-based segmenter).
     """
 
     labels: np.ndarray
@@ -43,6 +51,13 @@ class SegmentationResult:
     timings_s: dict = field(default_factory=dict)
     segmenter_version: str = SEGMENTER_VERSION
     notes: list = field(default_factory=list)
+    segment_labels: np.ndarray | None = None
+    segments: list = field(default_factory=list)
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.segment_labels is None:
+            self.segment_labels = np.zeros(self.labels.shape, dtype=np.uint8)
 
 
 # Medial end of the sacral ala: within this lateral distance of the canal midline.
@@ -356,9 +371,11 @@ def _withhold_beyond_missed_disc(levels, disc_s):
     levels : dict
         Segment index -> (name, confidence), without the withheld segments.
     note : str or None
+    dropped : list of int
+        Segment indices (inferior first) whose level was withheld.
     """
     if len(levels) < 2 or len(disc_s) < 3:
-        return levels, None
+        return levels, None, []
     lengths = np.full(len(disc_s) + 1, np.nan)
     lengths[1:-1] = np.diff(np.asarray(disc_s))  # the end segments are open
     anchor = max(levels, key=lambda k: levels[k][1])
@@ -370,14 +387,14 @@ def _withhold_beyond_missed_disc(levels, disc_s):
             near = [x for x in near if np.isfinite(x)]
             if np.isfinite(lengths[k]) and near and lengths[k] > MERGED_RATIO * np.median(near):
                 while k in levels:
-                    dropped.append(levels.pop(k)[0])
+                    dropped.append((k, levels.pop(k)[0]))
                     k += step
                 break
             k += step
     if not dropped:
-        return levels, None
+        return levels, None, []
     return levels, (f"a segment about twice as long as its neighbours (a missed disc): levels from there "
-                    f"on withheld ({', '.join(dropped)})")
+                    f"on withheld ({', '.join(name for _, name in dropped)})"), [k for k, _ in dropped]
 
 
 def segment_vertebrae(volume, device="cpu", target_mm=1.5):
@@ -475,35 +492,56 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
             if not segments[k].pelvic and segments[k].extent_mm > MERGED_RATIO * float(np.median(near)):
                 segments[k].merged = True
     levels, flags, notes = label_segments(segments)
-    levels, withheld = _withhold_beyond_missed_disc(levels, disc_s)
+    levels, withheld, dropped = _withhold_beyond_missed_disc(levels, disc_s)
     if withheld:
         notes.append(withheld)
-    work_labels = np.zeros(shape, dtype=np.uint8)
-    confidence = {}
-    for k, (name, conf) in levels.items():
-        sel = keep & (seg_of_voxel == k)
-        if not sel.any():
-            continue
-        work_labels[zz[sel], yy[sel], xx[sel]] = VERSE_LABEL[name]
-        confidence[name] = round(float(conf), 3)
+        for k in dropped:
+            segments[k].flags += ["beyond_missed_disc", "level_withheld"]
+    # Every segment with body voxels gets an index (SPEC section 6: 1 at the head end, counting down), named
+    # or not: withheld levels keep their bodies, ROI and HU. Empty segments at either end are not bodies.
+    has_body = [bool((keep & (seg_of_voxel == k)).any()) for k in range(n_seg)]
+    found = [k for k in range(n_seg) if has_body[k]]
+    work_segments = np.zeros(shape, dtype=np.uint8)
+    body_segments = []
+    if found:
+        top = max(found)
+        for k in range(top, min(found) - 1, -1):
+            index = top - k + 1
+            sel = keep & (seg_of_voxel == k)
+            work_segments[zz[sel], yy[sel], xx[sel]] = index
+            name, conf = levels.get(k, (None, None)) if has_body[k] else (None, None)
+            conf = None if conf is None else round(float(conf), 3)
+            seg_flags = list(segments[k].flags)
+            if conf is not None and conf < 0.5:
+                seg_flags.append("low_level_confidence")
+            body_segments.append(BodySegment(index=index, level=name, confidence=conf, flags=seg_flags))
+    confidence = {b.level: b.confidence for b in body_segments if b.level is not None}
+    lut = np.zeros(256, dtype=np.uint8)
+    for b in body_segments:
+        if b.level is not None:
+            lut[b.index] = VERSE_LABEL[b.level]
     if any(c < 0.5 for c in confidence.values()) and "low_confidence" not in flags:
         flags.append("low_confidence")
     seeds = bodies.body_seeds(track, spacing)
-    bodies.one_piece_per_slice(work_labels, spacing, seeds)
+    bodies.one_piece_per_slice(work_segments, spacing, seeds)
     notes.insert(0, f"{n_seg} body segments between {len(disc_s)} discs; ribs per segment (inferior first): "
-                    f"{[s.ribs for s in segments]}; iliac attachment: {[s.pelvic for s in segments]}")
+                    f"{[s.ribs for s in segments]}; iliac attachment: {[s.pelvic for s in segments]} (segment "
+                    "numbers in these notes count from the foot end, 0 first; the segments list counts from "
+                    "the head end, 1 first)")
     # The body surface is placed at native resolution (half-maximum of the cortical shell), then the
     # labels go back to the input grid.
     from analysis.segmentation.boundary import refine_bodies
 
-    native = grid.work_to_native(work_labels)
+    native = grid.work_to_native(work_segments)
     native = refine_bodies(grid.input_to_native(volume.array), grid.native_spacing, native)
     # The refined surface may take in a piece of a neighbour that touches the body in the next slice: one
     # piece per slice again, on the native grid.
     scale = np.asarray(spacing)[1:] / grid.native_spacing[1:]
     native_seeds = (seeds[grid._work_index(0)] + 0.5) * scale - 0.5
     bodies.one_piece_per_slice(native, grid.native_spacing, native_seeds)
-    labels = grid.native_to_input(native)
+    segment_labels = grid.native_to_input(native)
+    labels = lut[segment_labels]
     timings["labelling"] = time.perf_counter() - t0
     return SegmentationResult(labels=labels, level_confidence=confidence, flags=sorted(set(flags)),
-                              timings_s=timings, notes=notes)
+                              timings_s=timings, notes=notes, segment_labels=segment_labels,
+                              segments=body_segments, device="cpu")

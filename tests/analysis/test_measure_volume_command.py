@@ -77,6 +77,13 @@ def test_labels_in_json_on_example_ct(reference_labels, tmp_path):
     assert doc["levels"]["T12"]["flags"] == ["touches_volume_edge"]
     assert doc["flags"] == [] and doc["erosion_mm"] == 3.0 and doc["coordinate_convention"] == "RAS"
     np.testing.assert_array_equal(np.asarray(nib.load(str(labels_out)).dataobj), labels)
+    # Every labelled body is a segment with its given level; no confidence (the names came from outside).
+    assert [(s["index"], s["level"], s["confidence"]) for s in doc["segments"]] == [
+        (1, "T12", None), (2, "L1", None), (3, "L2", None), (4, "L3", None), (5, "L4", None), (6, "L5", None)]
+    for segment in doc["segments"]:
+        level = doc["levels"][segment["level"]]
+        for key in ("mean_hu", "median_hu", "roi_voxels", "body_volume_ml", "centroid_mm", "flags"):
+            assert segment[key] == level[key], (segment["level"], key)
 
 
 def test_erosion_zero_measures_the_whole_body(reference_labels, tmp_path):
@@ -149,6 +156,8 @@ def test_default_segmenter_path_writes_labels_that_reproduce_the_json(tmp_path):
     measure(EXAMPLE_CT, "--out", tmp_path / "again.json", "--labels-in", tmp_path / "seg.nii.gz")
     segmented = json.loads((tmp_path / "seg.json").read_text())
     again = json.loads((tmp_path / "again.json").read_text())
+    # The segmenter runs on CPU whatever was asked for; the JSON says where it ran.
+    assert segmented["segmenter"]["device"] == "cpu"
     assert segmented["segmenter"]["name"] == "default" and again["segmenter"]["name"] == "labels-in"
     # How the levels were named (anchors used, levels withheld) travels with the numbers.
     assert any("anchor" in note or "sacrum" in note or "rib" in note for note in segmented["segmenter"]["notes"])
@@ -157,3 +166,36 @@ def test_default_segmenter_path_writes_labels_that_reproduce_the_json(tmp_path):
     for level, entry in segmented["levels"].items():
         for key in ("mean_hu", "median_hu", "roi_voxels", "body_volume_ml", "centroid_mm"):
             assert again["levels"][level][key] == entry[key], (level, key)
+
+
+def test_default_segmenter_lists_every_segment_and_writes_their_indices(tmp_path):
+    # SPEC section 6: OUT.json "segments" (named or not, index 1 at the head end) and --segments-out.
+    out, segments_out = tmp_path / "seg.json", tmp_path / "segments.nii.gz"
+    measure(EXAMPLE_CT, "--out", out, "--segments-out", segments_out, "--device", "cuda")
+    doc = json.loads(out.read_text())
+    assert doc["segmenter"]["device"] == "cpu"
+    segments = doc["segments"]
+    assert [s["index"] for s in segments] == list(range(1, len(segments) + 1))
+    assert {"index", "level", "confidence", "centroid_mm", "mean_hu", "median_hu", "roi_voxels", "body_volume_ml",
+            "flags"} <= set(segments[0])
+    named = [s for s in segments if s["level"]]
+    assert [s["level"] for s in named] == list(doc["levels"]) == ["T12", "L1", "L2", "L3", "L4", "L5"]
+    for segment in named:
+        assert segment["confidence"] == doc["level_confidence"][segment["level"]]
+        level = doc["levels"][segment["level"]]
+        for key in ("mean_hu", "median_hu", "roi_voxels", "body_volume_ml", "centroid_mm"):
+            assert segment[key] == level[key], (segment["level"], key)
+    # Unnamed segments (the sacrum below L5) are measured too.
+    unnamed = [s for s in segments if not s["level"]]
+    assert unnamed and all(s["confidence"] is None and s["roi_voxels"] > 0 for s in unnamed)
+    written = np.asarray(nib.load(str(segments_out)).dataobj)
+    assert written.dtype == np.uint8 and set(np.unique(written)) == {0} | {s["index"] for s in segments}
+    ct = load_nifti(EXAMPLE_CT)
+    for segment in segments:
+        body = written == segment["index"]
+        assert segment["body_volume_ml"] == pytest.approx(body.sum() * np.prod(ct.spacing) / 1000, abs=1e-4)
+
+
+def test_segments_out_must_be_nifti(tmp_path):
+    with pytest.raises(CommandError, match="--segments-out must end in .nii or .nii.gz"):
+        measure(EXAMPLE_CT, "--out", tmp_path / "o.json", "--segments-out", tmp_path / "s.txt")

@@ -4,6 +4,7 @@ Real CT: example_ct.nii.gz (abdomen, T12-L5 visible; see ../shared/data/README.m
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from analysis import pipeline
@@ -30,7 +31,7 @@ def test_exam_without_series_is_a_clear_error(db):
 
 
 def test_measure_exam_records_an_immutable_run(exam_with_series):
-    run = pipeline.measure_exam(exam_with_series)
+    run = pipeline.measure_exam(exam_with_series, device="cuda")
     levels = {m.level: m for m in run.levels.all()}
     # The segmenter's own real-CT target (issue 5): every vertebra T12-L5 found with its level.
     assert {"T12", "L1", "L2", "L3", "L4", "L5"} <= set(levels)
@@ -38,6 +39,16 @@ def test_measure_exam_records_an_immutable_run(exam_with_series):
     assert run.parameters["erosion_mm"] == 3.0 and run.timings["total"] > 0
     assert run.series_uid == "1.2.826.0.1.3680043.8.498.1" and run.labels.name.endswith(".nii.gz")
     assert all(m.mean_hu is not None and m.roi_voxels > 0 for m in levels.values())
+    # Every body segment, named or not, is stored with the run (SPEC section 6), with its index map.
+    assert [s["index"] for s in run.segments] == list(range(1, len(run.segments) + 1))
+    named = {s["level"]: s for s in run.segments if s["level"]}
+    assert set(named) == set(levels)
+    assert all(named[name]["mean_hu"] == pytest.approx(m.mean_hu, abs=1e-4) for name, m in levels.items())
+    assert run.segment_labels.name.endswith("-segments.nii.gz")
+    stored = load_nifti(run.segment_labels.path)
+    assert set(np.unique(stored.array)) == {0} | {s["index"] for s in run.segments}
+    # Recorded where the segmenter ran (the rule-based one on CPU), not what was asked.
+    assert run.parameters["device"] == "cpu"
     run.flags = ["edited"]
     with pytest.raises(ImmutableRecordError):
         run.save()

@@ -33,6 +33,31 @@ def test_example_ct_levels_match_reference(example_result):
     assert "no_anchor" not in result.flags
 
 
+def test_example_ct_every_segment_has_an_index_from_the_head_end(example_result):
+    # SPEC section 6: every body segment, named or not, index 1 at the head end counting down; the level
+    # labels are the segment map with each named index replaced by its VerSe number.
+    volume, result = example_result
+    indices = [s.index for s in result.segments]
+    assert indices == list(range(1, len(indices) + 1))
+    assert result.segment_labels.shape == volume.shape and result.segment_labels.dtype == np.uint8
+    assert set(np.unique(result.segment_labels)) - {0} == set(indices)
+    named = {s.index: s.level for s in result.segments if s.level}
+    assert list(named.values()) == ["T12", "L1", "L2", "L3", "L4", "L5"]
+    # Counting: consecutive indices carry consecutive levels.
+    assert list(named) == list(range(min(named), min(named) + 6))
+    for segment in result.segments:
+        body = result.segment_labels == segment.index
+        expected = VERSE_LABEL[segment.level] if segment.level else 0
+        assert np.all(result.labels[body] == expected), segment
+        assert segment.confidence == (result.level_confidence[segment.level] if segment.level else None)
+    assert not result.labels[result.segment_labels == 0].any()
+    # The axis 0 of this file runs towards the head (affine column 2 = +3 mm S): index 1 lies highest.
+    heights = [np.argwhere(result.segment_labels == i)[:, 0].mean() for i in indices]
+    assert heights == sorted(heights, reverse=True)
+    # The sacrum below L5 (joined to both iliac bones) is a segment too, not named.
+    assert result.segments[-1].level is None and "sacrum" in result.segments[-1].flags
+
+
 def _reference_bodies():
     # Reference body = refined vertebra label AND body label 1 (issue 5).
     ref = load_volume(DATA / "spine_report" / "totalseg_vertebrae_pp_refined.nii.gz").array

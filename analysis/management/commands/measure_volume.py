@@ -1,9 +1,10 @@
 """python manage.py measure_volume INPUT --out OUT.json [--labels-out LABELS.nii.gz] [--device cpu|cuda]
-[--labels-in LABELS.nii.gz] [--erosion-mm MM]
+[--labels-in LABELS.nii.gz] [--erosion-mm MM] [--segments-out SEGMENTS.nii.gz]
 
 Segments (or takes the given VerSe body labels), and measures the trabecular HU of every vertebra of one CT,
 without touching the database (SPEC section 6). Centroids are in the input's own convention: RAS for
-NIfTI, LPS for a DICOM folder.
+NIfTI, LPS for a DICOM folder. Every body segment found, named or not, is listed in OUT.json ``segments``
+(index 1 at the head end); ``--segments-out`` writes those indices on the input grid.
 """
 
 import json
@@ -41,18 +42,22 @@ class Command(BaseCommand):
         parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="segmentation device")
         parser.add_argument("--labels-in", help="measure this VerSe-numbered body label NIfTI instead of segmenting")
         parser.add_argument("--erosion-mm", type=float, default=3.0, help="ROI erosion depth in mm (default 3)")
+        parser.add_argument("--segments-out", help="write every body segment's index (1 at the head end) as NIfTI")
 
-    def handle(self, *args, input, out, labels_out=None, device="cpu", labels_in=None, erosion_mm=3.0, **options):
+    def handle(self, *args, input, out, labels_out=None, device="cpu", labels_in=None, erosion_mm=3.0,
+               segments_out=None, **options):
         from analysis.imaging.volume import load_volume, save_nifti
-        from analysis.measurement import measure_levels, measurement_json
+        from analysis.measurement import measure_levels, measure_segments, measurement_json, segments_json
         from analysis.segmentation.external import from_verse
+        from analysis.segmentation.levels import segments_from_verse_labels
 
         out_path = Path(out)
-        for target in filter(None, (out, labels_out)):
+        for target in filter(None, (out, labels_out, segments_out)):
             if not Path(target).parent.is_dir():
                 raise CommandError(f"{target}: folder {Path(target).parent} does not exist")
-        if labels_out and not labels_out.endswith((".nii", ".nii.gz")):
-            raise CommandError(f"{labels_out}: --labels-out must end in .nii or .nii.gz")
+        for target, option in ((labels_out, "--labels-out"), (segments_out, "--segments-out")):
+            if target and not target.endswith((".nii", ".nii.gz")):
+                raise CommandError(f"{target}: {option} must end in .nii or .nii.gz")
         if not erosion_mm >= 0:
             raise CommandError(f"--erosion-mm must be >= 0, got {erosion_mm}")
 
@@ -73,6 +78,10 @@ class Command(BaseCommand):
             except Exception as exc:
                 message = _one_line(exc)
                 raise CommandError(message if str(labels_in) in message else f"{labels_in}: {message}") from None
+            try:
+                segment_labels, segments = segments_from_verse_labels(labels)
+            except ValueError as exc:
+                raise CommandError(f"{labels_in}: {_one_line(exc)}") from None
             segmenter = {"name": "labels-in", "path": str(labels_in)}
         else:
             try:
@@ -84,11 +93,13 @@ class Command(BaseCommand):
             except Exception as exc:
                 raise CommandError(f"{input}: segmentation failed: {_one_line(exc)}") from None
             labels = result.labels
-            level_confidence = dict(getattr(result, "level_confidence", None) or {})
-            segmentation_flags = list(getattr(result, "flags", None) or [])
-            segmenter_timings = dict(getattr(result, "timings_s", None) or {})
-            segmenter = {"name": "default", "version": getattr(result, "segmenter_version", None), "device": device,
-                         "notes": list(getattr(result, "notes", None) or [])}
+            segment_labels, segments = result.segment_labels, result.segments
+            level_confidence = dict(result.level_confidence)
+            segmentation_flags = list(result.flags)
+            segmenter_timings = dict(result.timings_s)
+            # The device the segmenter actually ran on, not the one asked for.
+            segmenter = {"name": "default", "version": result.segmenter_version, "device": result.device,
+                         "notes": list(result.notes)}
         segmented = time.perf_counter()
 
         try:
@@ -99,6 +110,8 @@ class Command(BaseCommand):
                 contrast=bool(volume.meta.get("contrast", False)),
                 level_confidence=level_confidence,
             )
+            segment_measurements = measure_segments(volume, segment_labels, segments, erosion_mm=erosion_mm,
+                                                    contrast=bool(volume.meta.get("contrast", False)))
         except ValueError as exc:
             raise CommandError(f"{labels_in or input}: {_one_line(exc)}") from None
         measured = time.perf_counter()
@@ -107,6 +120,8 @@ class Command(BaseCommand):
         timings.update({f"segmentation_{k}": v for k, v in segmenter_timings.items()})
         if labels_out:
             _write_atomically(Path(labels_out), lambda p: save_nifti(labels, p, like=volume, dtype="uint8"))
+        if segments_out:
+            _write_atomically(Path(segments_out), lambda p: save_nifti(segment_labels, p, like=volume, dtype="uint8"))
         timings["total"] = time.perf_counter() - started
         document = measurement_json(
             measurements,
@@ -117,6 +132,7 @@ class Command(BaseCommand):
             erosion_mm=float(erosion_mm),
             segmenter=segmenter,
             level_confidence=level_confidence,
+            segments=segments_json(segment_measurements),
         )
         _write_atomically(out_path, lambda p: p.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8"))
         self.stdout.write(f"{len(measurements)} levels measured -> {out_path}")
