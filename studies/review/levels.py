@@ -2,7 +2,7 @@
 
 Segment 1 is at the head end and indices count down the spine, so one named segment names them all: segment
 ``i + k`` is ``k`` levels below segment ``i``. Counting runs C1 ... T12, L1 ... L5; a sixth lumbar vertebra
-(L6) is never produced by counting, only by naming a segment L6 explicitly.
+(L6) is never produced by counting or shifting, only by naming a segment L6 explicitly.
 """
 
 from analysis.segmentation.levels import LEVEL_NAMES
@@ -31,34 +31,14 @@ def _check_unique(level_map):
 
 
 def levels_by_counting(n_segments, index, level):
-    """Name every segment by counting from segment ``index`` named ``level``.
+    """Name every segment by counting from segment ``index`` named ``level``
+    (:func:`analysis.segmentation.levels.levels_by_counting`, with its errors as :class:`RelabelError`)."""
+    from analysis.segmentation import levels as segmentation_levels
 
-    Parameters
-    ----------
-    n_segments : int
-        Segments 1 (head end) to ``n_segments``.
-    index : int
-    level : str
-
-    Returns
-    -------
-    dict
-        ``{index: level or None}``; None where counting runs past C1 or L5.
-    """
-    indices = list(range(1, n_segments + 1))
-    if index not in indices:
-        raise RelabelError(f"no segment {index}")
-    _check_level(level)
-    if level == "L6":
-        # An explicit L6 names the segment; the others count from L5 above it.
-        above = levels_by_counting(index - 1, index - 1, "L5") if index > 1 else {}
-        return {i: above.get(i) if i < index else ("L6" if i == index else None) for i in indices}
-    start = COUNTABLE.index(level)
-    out = {}
-    for i in indices:
-        position = start + (i - index)
-        out[i] = COUNTABLE[position] if 0 <= position < len(COUNTABLE) else None
-    return out
+    try:
+        return segmentation_levels.levels_by_counting(n_segments, int(index), level)
+    except ValueError as exc:
+        raise RelabelError(str(exc)) from None
 
 
 def shift_levels(level_map, delta):

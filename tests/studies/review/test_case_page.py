@@ -19,7 +19,9 @@ def test_case_page_lists_levels_notes_and_qct(client, db, storage):
     rows = page.context["segments"]
     assert [s["shown_level"] for s in rows] == list(LEVELS)  # head first, segment 1 = T10
     measured = {m.level: m for m in run.levels.all()}
-    assert [s["mean_hu"] for s in rows] == [measured[name].mean_hu for name in LEVELS]
+    # The segments list stores HU rounded to 4 decimals (analysis.measurement.segments_json).
+    assert [s["mean_hu"] for s in rows] == [round(measured[name].mean_hu, 4) for name in LEVELS]
+    assert [s["sd_hu"] for s in rows] == [measured[name].sd_hu for name in LEVELS]
     assert "levels from the phantom&#x27;s truth" in html or "levels from the phantom's truth" in html
     assert "100.0" in html and "osteopenia" in html  # mean of 95 and 105 mg/cm3, 80-120 is osteopenia
     assert f'data-series="{run.series_uid}"' in html

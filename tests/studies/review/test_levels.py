@@ -26,7 +26,7 @@ def test_rename_refuses_a_name_already_used_and_unknown_levels():
         rename_level({1: "T12", 2: "L1"}, 2, "T12")
     with pytest.raises(RelabelError, match="unknown level 'X9'"):
         rename_level({1: "T12"}, 1, "X9")
-    with pytest.raises(RelabelError, match="no segment 4"):
+    with pytest.raises(RelabelError, match="segment index 4 outside 1..3"):
         levels_by_counting(3, 4, "L1")
 
 

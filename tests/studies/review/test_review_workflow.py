@@ -85,6 +85,27 @@ def _local(field):
     return path
 
 
+def test_a_withheld_segment_named_by_the_reader_gets_its_measured_values(db, storage):
+    exam, run, _ = make_measured_exam(withheld=("T10", "T11"))
+    project = exam.patient.project
+    actions.open_cases(project)
+    case = ReviewCase.objects.get(exam=exam)
+    assert case.priority_reasons[0] == "2 level(s) withheld"
+    reader = MembershipFactory(project=project, role="annotator").user
+    reading = actions.working_reading(case, reader, "annotator")
+    assert actions.as_int_map(reading.level_map) == {1: None, 2: None, 3: "T12", 4: "L1", 5: "L2"}
+    actions.edit_levels(reading, 1, reader, "name", index=5, level="L2")  # confirms by counting: 1 is T10
+    case = actions.decide(reading, 2, reader, "accept")
+    new = case.result_run
+    by_index = {s["index"]: s for s in run.segments}
+    levels = {m.level: m for m in new.levels.all()}
+    assert set(levels) == set(LEVELS)
+    # T10 was measured as segment 1 though unnamed: its values move into the new run's T10 row.
+    assert levels["T10"].mean_hu == by_index[1]["mean_hu"] and levels["T10"].roi_voxels == by_index[1]["roi_voxels"]
+    assert [s["level"] for s in new.segments] == list(LEVELS)
+    assert new.segment_labels.name == run.segment_labels.name  # same voxels, same file
+
+
 def test_unusable_vertebra_leaves_the_features(case):
     case.exam.region = "abdomen"
     case.exam.save()
