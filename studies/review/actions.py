@@ -314,7 +314,9 @@ def _to_adjudication(case, first, second, user):
     differences = []
     if first.decision != second.decision:
         differences.append(f"decisions {first.decision} / {second.decision}")
-    differences += relabel_levels.describe_changes(as_int_map(first.level_map), as_int_map(second.level_map))
+    a, b = as_int_map(first.level_map), as_int_map(second.level_map)
+    differences += [f"segment {i}: {first.reader} {a.get(i) or 'unnamed'} / {second.reader} {b.get(i) or 'unnamed'}"
+                    for i in sorted(set(a) | set(b)) if a.get(i) != b.get(i)]
     if sorted(first.unusable) != sorted(second.unusable):
         differences.append(f"unusable {first.unusable} / {second.unusable}")
     Reading.objects.create(case=case, kind=ReadingKind.ADJUDICATION, reader=adjudicator,
