@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from . import views
+from . import invites, views
 
 app_name = "studies"
 
@@ -22,6 +22,7 @@ urlpatterns = [
     path("p/<int:project_id>/import/", views.import_csv, name="import_csv"),
     path("p/<int:project_id>/export.csv", views.export_csv, name="export_csv"),
     path("p/<int:project_id>/members/", views.members, name="members"),
+    path("p/<int:project_id>/members/invite/", invites.invite, name="member_invite"),
     path("p/<int:project_id>/members/<int:membership_id>/remove/", views.member_remove, name="member_remove"),
     path("jobs/", views.job_list, name="job_list"),
     path("jobs/<int:job_id>/", views.job_detail, name="job_detail"),
