@@ -195,3 +195,18 @@ def multipart_frames(instances, k, numbers, boundary):
             f"{EXPLICIT_VR_LITTLE_ENDIAN}\r\n\r\n").encode("ascii")
     pixels = instances.frame_bytes(k)
     return b"".join(head + pixels + b"\r\n" for _ in numbers) + f"--{boundary}--\r\n".encode("ascii")
+
+
+def wants_bulk_data(accept):
+    """Whether an Accept header asks for bulk data (octet-stream parts) rather than DICOM instances."""
+    return "application/octet-stream" in accept and "application/dicom" not in accept
+
+
+def multipart_series_frames(instances, boundary, frames_url):
+    """Yield every frame of the series as one multipart/related body (PS3.18 bulk data of a series), in
+    slice order, each part with the Content-Location of its frame."""
+    for k, sop in enumerate(instances.sop_uids):
+        head = (f"--{boundary}\r\nContent-Type: application/octet-stream; transfer-syntax="
+                f"{EXPLICIT_VR_LITTLE_ENDIAN}\r\nContent-Location: {frames_url.format(sop=sop)}\r\n\r\n")
+        yield head.encode("ascii") + instances.frame_bytes(k) + b"\r\n"
+    yield f"--{boundary}--\r\n".encode("ascii")

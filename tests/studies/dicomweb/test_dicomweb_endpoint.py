@@ -7,6 +7,7 @@ import pytest
 import requests
 
 from analysis.imaging.volume import Volume
+from studies.dicomweb.instances import sop_uid_of
 from studies.dicomweb.tokens import create_token
 from studies.pacs.ingest import store_volume
 from tests.factories import ExamFactory, MembershipFactory, UserFactory
@@ -118,3 +119,22 @@ def test_metadata_of_each_instance_equals_its_dataset(db, storage):
         got = instances.metadata(k)
         del got["00020010"]
         assert got == expected
+
+
+def test_series_bulk_data_is_every_frame_in_one_response(live_server, two_series):
+    project, volumes = two_series
+    user = MembershipFactory(project=project, role="annotator").user
+    _, token = create_token(user)
+    volume = volumes[0]
+    answer = requests.get(f"{live_server.url}/p/{project.pk}/dicom-web/studies/1.2.3.4.1/series/{volume.series_uid}",
+                          headers={"Authorization": f"Bearer {token}",
+                                   "Accept": 'multipart/related; type="application/octet-stream"'}, timeout=60)
+    assert answer.status_code == 200 and 'type="application/octet-stream"' in answer.headers["Content-Type"]
+    boundary = answer.headers["Content-Type"].split("boundary=")[1].encode()
+    parts = [p for p in answer.content.split(b"--" + boundary) if p not in (b"", b"--\r\n")]
+    assert len(parts) == volume.shape[0]
+    for k, part in enumerate(parts):
+        head, body = part.split(b"\r\n\r\n", 1)
+        assert f"/instances/{sop_uid_of(volume.series_uid, k)}/frames/1".encode() in head
+        frame = np.frombuffer(body[:-2], dtype="<i2").reshape(volume.shape[1:])
+        assert np.array_equal(frame, volume.array[k])
