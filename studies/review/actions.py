@@ -113,7 +113,9 @@ def queue(project, *, user=None, status="open"):
     elif status:
         cases = cases.filter(status=status)
     if user is not None:
-        cases = cases.filter(Exists(Reading.objects.filter(case=OuterRef("pk"), reader=user, decided_at=None)))
+        # A join through the reader's open readings (indexed by reader and decided_at), not a correlated
+        # subquery per case: a reader has few open readings, the queue may hold 10,000 cases.
+        cases = cases.filter(readings__reader=user, readings__decided_at=None)
     return cases.order_by("-priority", "pk")
 
 

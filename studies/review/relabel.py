@@ -19,7 +19,7 @@ from django.db import transaction
 from analysis.models import LevelMeasurement, MeasurementRun
 from analysis.segmentation.levels import VERSE_LABEL
 
-from .segments import _has, run_segments, segment_index_volume
+from .segments import run_segments, segment_index_volume
 
 UNUSABLE_BY_READER = "unusable_by_reader"
 # Flags about the automatic naming that a reader's naming settles.
@@ -82,7 +82,7 @@ def create_reviewed_run(base, level_map, unusable, *, user, case_id=None):
                             "level_map": {str(k): v for k, v in sorted(level_map.items())}, "unusable": unusable}
     flags = [f for f in (base.flags or []) if f not in CASE_NAMING_FLAGS] + ["reviewed"]
     extra = {}
-    if _has(base, "segments"):
+    if base.segments:
         extra["segments"] = [{**{k: v for k, v in s.items() if k not in ("rgb", "sd_hu")},
                               "level": level_map.get(s["index"]),
                               "confidence": 1.0 if level_map.get(s["index"]) else None,
@@ -93,7 +93,7 @@ def create_reviewed_run(base, level_map, unusable, *, user, case_id=None):
         run = MeasurementRun(exam=base.exam, source=base.source, segmenter_version=base.segmenter_version,
                              parameters=parameters, timings={}, flags=flags, code_version=base.code_version,
                              series_uid=base.series_uid, created_by=user, **extra)
-        if _has(base, "segment_labels") and getattr(base, "segment_labels", None):
+        if base.segment_labels:
             # The segments are the same voxels: the new run points at the same (immutable) file.
             run.segment_labels.name = base.segment_labels.name
         if index_volume is not None:

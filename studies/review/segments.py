@@ -23,15 +23,11 @@ def colour_of(index):
     return PALETTE[(index - 1) % len(PALETTE)]
 
 
-def _has(run, field):
-    return any(f.name == field for f in run._meta.get_fields())
-
-
 def run_segments(run):
     """The run's segments, head first: dicts with index, level (or None), confidence, centroid_mm, mean_hu,
     median_hu, sd_hu, roi_voxels, body_volume_ml, flags and rgb."""
     measured = {m.level: m for m in run.levels.all()}
-    recorded = getattr(run, "segments", None) if _has(run, "segments") else None
+    recorded = run.segments
     if recorded:
         segments = []
         for raw in recorded:
@@ -74,7 +70,7 @@ def segment_index_volume(run, segments=None):
     ValueError
         The run has no label map (imported HU values).
     """
-    if _has(run, "segment_labels") and getattr(run, "segment_labels", None):
+    if run.segment_labels:
         volume = _load_labels(run.segment_labels)
         return volume.with_array(np.asarray(volume.array).astype(np.uint8))
     if not run.labels:
