@@ -21,8 +21,11 @@ def model_list(request, project_id):
     versions = ModelVersion.objects.filter(project=project).select_related("cohort")
     cohorts = Cohort.objects.filter(project=project)
     can_train = request.project_role in TRAINING_LAUNCHERS
+    from studies.review.staleness import stale_versions
+
     return render(request, "analysis/model_list.html",
-                  {"project": project, "versions": versions, "cohorts": cohorts, "can_train": can_train})
+                  {"project": project, "versions": versions, "cohorts": cohorts, "can_train": can_train,
+                   "stale": stale_versions(project)})
 
 
 @login_required

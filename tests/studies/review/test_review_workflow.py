@@ -180,3 +180,19 @@ def test_queue_page_has_a_constant_number_of_queries(client, db, storage):
         counts.append(len(ctx.captured_queries))
         ReviewCase.objects.update(status=CaseStatus.PENDING)
     assert counts[0] == counts[1]
+
+
+def test_model_versions_built_on_a_superseded_run_are_marked_stale(client, case):
+    from analysis.models import ModelVersion
+
+    version = ModelVersion.objects.create(project=case.project, name="BDT chest", task="classification",
+                                          algorithm="BDT", feature_set="chest",
+                                          data_snapshot={"measurement_run_ids": [case.base_run_id]})
+    client.force_login(_reader(case, role="pi"))
+    assert "stale" not in client.get(f"/p/{case.project_id}/models/").content.decode()
+    reader = _reader(case)
+    reading = actions.working_reading(case, reader, "annotator")
+    actions.edit_levels(reading, 1, reader, "shift", delta=-1)
+    actions.decide(reading, 2, reader, "accept")
+    page = client.get(f"/p/{case.project_id}/models/")
+    assert page.context["stale"] == {version.pk: 1} and 'class="badge stale"' in page.content.decode()
