@@ -120,12 +120,15 @@ def test_unusable_vertebra_leaves_the_features(case):
     assert table.dropped and "L1" in str(table.dropped[0])
 
 
-def test_a_plain_accept_of_a_confident_case_creates_no_run(case):
+def test_a_plain_accept_of_a_confident_case_creates_no_run_and_lists_it_as_training_data(client, case):
     reader = _reader(case)
     reading = actions.working_reading(case, reader, "annotator")
     case = actions.decide(reading, 1, reader, "accept")
     assert case.status == CaseStatus.ACCEPTED and case.result_run is None
     assert MeasurementRun.objects.filter(exam=case.exam).count() == 1
+    client.force_login(reader)
+    page = client.get(f"/p/{case.project_id}/review/training/")
+    assert [c.pk for c in page.context["cases"]] == [case.pk] and f"{case.base_run_id} (confirmed)" in page.content.decode()
 
 
 def test_second_save_on_an_old_version_is_told_what_changed(case):
