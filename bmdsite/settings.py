@@ -44,6 +44,8 @@ INSTALLED_APPS = [
     "axes",
     "studies",
     "analysis",
+    "studies.dicomweb",
+    "studies.review",
 ]
 
 MIDDLEWARE = [

@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from . import views
+from . import invites, views
 
 app_name = "studies"
 
@@ -24,6 +24,7 @@ urlpatterns = [
     path("p/<int:project_id>/export.csv", views.export_csv, name="export_csv"),
     path("p/<int:project_id>/members/", views.members, name="members"),
     path("p/<int:project_id>/members/<int:membership_id>/role/", views.member_role, name="member_role"),
+    path("p/<int:project_id>/members/invite/", invites.invite, name="member_invite"),
     path("p/<int:project_id>/members/<int:membership_id>/remove/", views.member_remove, name="member_remove"),
     path("jobs/", views.job_list, name="job_list"),
     path("jobs/<int:job_id>/", views.job_detail, name="job_detail"),

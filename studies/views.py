@@ -42,6 +42,7 @@ from .models import (
     Membership,
     Patient,
     QCTResult,
+    Role,
 )
 from .registry import exam_rows, log_access
 
@@ -79,6 +80,8 @@ def project_list(request):
 @login_required
 def project_detail(request, project_id):
     project = get_project_for_user(request, project_id)
+    if request.project_role == Role.ANNOTATOR and "overview" not in request.GET:
+        return redirect("review:queue", project.pk)  # annotators see the review queue first
     counts = dict(
         QCTResult.objects.filter(exam__patient__project=project).values_list("category").annotate(n=Count("pk"))
     )

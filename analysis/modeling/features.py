@@ -51,7 +51,9 @@ __all__ = [
 # trabecular bone (too few voxels, only partly imaged, an outlier against its neighbours, two vertebrae with
 # one name, an uncertain level name, or contrast medium raising HU).
 BLOCKING_FLAGS = frozenset(
-    {ROI_TOO_SMALL, TOUCHES_VOLUME_EDGE, HU_OUTLIER, DUPLICATED_LEVEL, LOW_LEVEL_CONFIDENCE, CONTRAST_EXAM}
+    {ROI_TOO_SMALL, TOUCHES_VOLUME_EDGE, HU_OUTLIER, DUPLICATED_LEVEL, LOW_LEVEL_CONFIDENCE, CONTRAST_EXAM,
+     # A reader marked the vertebra unusable in review (fracture, lesion, artefact; studies.review.relabel).
+     "unusable_by_reader"}
 )
 
 

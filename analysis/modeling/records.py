@@ -84,10 +84,15 @@ def reviewed_run_ids(exams):
     """Ids of the runs of ``exams`` that a reviewer accepted.
 
     A run counts as reviewed when its ``parameters`` carry ``"reviewed": true`` (runs are immutable, so a
-    review that accepts or relabels a run records that in the run it creates). The review workflow may extend
-    this function; everything that chooses runs asks it.
+    review that relabels a run records that in the run it creates, see ``studies.review.relabel``) or when a
+    review case accepted it unchanged. Everything that chooses runs asks this function.
     """
-    return set(MeasurementRun.objects.filter(exam__in=exams, parameters__reviewed=True).values_list("pk", flat=True))
+    from studies.review.models import CaseStatus, ReviewCase
+
+    relabelled = MeasurementRun.objects.filter(exam__in=exams, parameters__reviewed=True).values_list("pk", flat=True)
+    # A case accepted as it was creates no new run: the run it accepted is the reviewed one.
+    accepted = ReviewCase.objects.filter(exam__in=exams, status=CaseStatus.ACCEPTED, result_run__isnull=True)
+    return set(relabelled) | set(accepted.values_list("base_run_id", flat=True))
 
 
 def chosen_runs(exams, source):

@@ -1,0 +1,124 @@
+"""Review queue of 10,000 exams: server time (median) of the queue page and its SQL queries.
+
+Target (issue 11): median under 300 ms and a constant number of queries (page 1, a later page, the open
+cases, a reader's own assignments). Baseline in the same process: the project overview page.
+
+Runs on a throw-away test database: PostgreSQL when DATABASE_URL points to one (as in CI), else SQLite.
+    .venv/bin/python benchmarks/bench_review_queue.py [--exams 10000] [--repeats 15]
+"""
+
+import argparse
+import datetime as dt
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bmdsite.settings")
+os.environ.setdefault("SECRET_KEY", "benchmark-only-secret-key-0123456789-abcdefghijklmnop")
+os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
+os.environ.setdefault("STATIC_MANIFEST", "false")
+os.environ.setdefault("BMDSITE_VAR_DIR", "/tmp/bmdsite-bench-var")
+
+TARGET_S = 0.300
+
+
+def populate(n_exams, readers, seed=0):
+    import numpy as np
+
+    from analysis.models import MeasurementRun
+    from studies.models import Exam, Patient, Project
+    from studies.review.models import Reading, ReadingKind, ReviewCase
+
+    rng = np.random.default_rng(seed)
+    project = Project.objects.create(name="Review benchmark")
+    patients = Patient.objects.bulk_create([Patient(project=project, pseudonym=f"R{i:06d}", sex="F")
+                                            for i in range(n_exams)])
+    exams = Exam.objects.bulk_create([Exam(patient=p, exam_date=dt.date(2023, 1, 1), region="both")
+                                      for p in patients])
+    runs = MeasurementRun.objects.bulk_create([MeasurementRun(exam=e, labels="x.nii.gz") for e in exams])
+    priorities = rng.integers(0, 1200, n_exams)
+    cases = ReviewCase.objects.bulk_create([
+        ReviewCase(project=project, exam=e, base_run=r, priority=int(p), priority_reasons=["benchmark"])
+        for e, r, p in zip(exams, runs, priorities)])
+    Reading.objects.bulk_create([Reading(case=c, kind=ReadingKind.SINGLE, reader=readers[i % len(readers)],
+                                         level_map={"1": "T12"}) for i, c in enumerate(cases)])
+    return project
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--exams", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+
+    import django
+
+    django.setup()
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext, setup_test_environment
+
+    from studies.models import Membership
+    from tests.factories import UserFactory
+
+    setup_test_environment()
+    old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
+    failed = False
+    try:
+        readers = [UserFactory() for _ in range(4)]
+        start = time.perf_counter()
+        project = populate(args.exams, readers)
+        print(f"database: {connection.vendor}; populated {args.exams} review cases in "
+              f"{time.perf_counter() - start:.1f} s")
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("ANALYZE")
+        coordinator = UserFactory()
+        Membership.objects.create(project=project, user=coordinator, role="coordinator")
+        for reader in readers:
+            Membership.objects.create(project=project, user=reader, role="annotator")
+
+        def timed(client, url):
+            times, queries = [], None
+            for _ in range(args.repeats):
+                with CaptureQueriesContext(connection) as ctx:
+                    t = time.perf_counter()
+                    response = client.get(url)
+                    times.append(time.perf_counter() - t)
+                assert response.status_code == 200, (url, response.status_code)
+                queries = len(ctx.captured_queries)
+            return statistics.median(times), queries
+
+        staff = Client()
+        staff.force_login(coordinator)
+        reader = Client()
+        reader.force_login(readers[0])
+        base_s, base_q = timed(staff, f"/p/{project.pk}/?overview=1")
+        print(f"baseline project overview: median {base_s * 1000:.1f} ms, {base_q} queries")
+        queue = f"/p/{project.pk}/review/"
+        rows = [("page 1, all open cases", staff, f"{queue}?mine=0"),
+                ("page 100, all open cases", staff, f"{queue}?mine=0&page=100"),
+                ("last page", staff, f"{queue}?mine=0&page=last"),
+                ("a reader's own cases, page 1", reader, f"{queue}?mine=1")]
+        counts = set()
+        for label, client, url in rows:
+            median_s, queries = timed(client, url)
+            counts.add(queries)
+            print(f"{label:30s} median {median_s * 1000:7.1f} ms  x{median_s / base_s:5.2f} of baseline  "
+                  f"{queries} queries")
+            failed |= median_s > TARGET_S
+        print(f"query counts: {sorted(counts)} (target: one count for every page; the reader's view may differ "
+              "by its role lookup only)")
+        failed |= len(counts) > 2
+    finally:
+        connection.creation.destroy_test_db(old_name, verbosity=0)
+    if failed:
+        print(f"FAIL: over {TARGET_S * 1000:.0f} ms or query count not constant")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Everything the case page shows about one exam, gathered in a few queries (the view only renders it)."""
+
+from __future__ import annotations
+
+from django.urls import reverse
+
+from analysis.models import MeasurementRun, Prediction
+from analysis.segmentation.levels import LEVEL_NAMES
+from studies.dicomweb.instances import study_uid_of
+from studies.models import ExclusionFlag
+from studies.pacs.models import StoredSeries
+
+from . import actions
+from .models import ReviewCase
+from .segments import run_segments
+
+
+def displayed_run(exam, case=None):
+    """The run the page shows: the case's reviewed run, else its base run, else the newest image run."""
+    if case is not None:
+        return case.result_run or case.base_run
+    return (MeasurementRun.objects.filter(exam=exam).exclude(labels="").order_by("-created_at", "-pk").first()
+            or MeasurementRun.objects.filter(exam=exam).order_by("-created_at", "-pk").first())
+
+
+def case_context(project, exam, user, role):
+    case = (ReviewCase.objects.filter(exam=exam).select_related("base_run", "result_run").first())
+    run = displayed_run(exam, case)
+    reading = actions.working_reading(case, user, role) if case else None
+    segments = run_segments(run) if run else []
+    names = actions.as_int_map(reading.level_map) if reading else {}
+    unusable = {int(i) for i in reading.unusable} if reading else set()
+    for segment in segments:
+        segment["auto_level"] = segment.get("level")
+        segment["shown_level"] = names.get(segment["index"], segment.get("level")) if reading else segment.get("level")
+        segment["unusable"] = segment["index"] in unusable or "unusable_by_reader" in (segment.get("flags") or [])
+    stored = None
+    if run is not None and run.series_uid:
+        stored = StoredSeries.objects.filter(project=project, series_uid=run.series_uid).first()
+    stored = stored or exam.stored_series.order_by("-created_at").first()
+    readings = actions.readings_visible_to(case, user, role) if case else []
+    visible_ids = {r.pk for r in readings}
+    events = [e for e in case.events.select_related("user")
+              if e.reading_id is None or e.reading_id in visible_ids] if case else []
+    comments = [c for c in case.comments.select_related("author")
+                if c.reading_id is None or c.reading_id in visible_ids] if case else []
+    flags = ExclusionFlag.objects.filter(patient=exam.patient).filter(exam__isnull=True) | \
+        ExclusionFlag.objects.filter(exam=exam)
+    predictions = (Prediction.objects.filter(exam=exam).select_related("model_version")
+                   .order_by("model_version__name", "-created_at"))
+    qct = getattr(exam, "qct", None) if hasattr(exam, "qct") else None
+    return {
+        "project": project, "exam": exam, "patient": exam.patient, "qct": qct, "case": case, "run": run,
+        "runs": MeasurementRun.objects.filter(exam=exam).order_by("-created_at", "-pk"),
+        "segments": segments, "reading": reading, "readings": readings, "events": events, "comments": comments,
+        "stored": stored, "study_uid": study_uid_of(stored) if stored else "", "exclusions": list(flags),
+        "predictions": list(predictions), "notes": run.level_notes if run else [], "role": role,
+        "level_names": LEVEL_NAMES,
+        # The endpoint's root: its QIDO "studies" URL without that last segment.
+        "dicomweb_root": reverse("dicomweb:studies", args=[project.pk]).rsplit("/studies", 1)[0],
+        "viewer_segments": [{"index": s["index"], "level": s["shown_level"], "rgb": s["rgb"]} for s in segments],
+    }

@@ -1,0 +1,142 @@
+"""Case review: one review case per measured exam, the readings of its readers, comments and the history of
+every review action.
+
+A reading holds a reader's working level map (segment index -> level name) with a version number. Every
+change is a conditional update on that version, so two people saving the same reading at once cannot
+overwrite each other: the second is told what changed in between (:mod:`.actions`). In double reading each
+reader has a reading of their own and sees only that one until both have decided; a disagreement gets a third,
+adjudication reading. The accepted result becomes a new, immutable measurement run (:mod:`.relabel`).
+"""
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+from analysis.models import MeasurementRun
+from studies.models import Exam, Project
+
+
+class CaseStatus(models.TextChoices):
+    PENDING = "pending", "To review"
+    ADJUDICATION = "adjudication", "Readers disagree: adjudication"
+    ACCEPTED = "accepted", "Accepted"
+    REJECTED = "rejected", "Rejected"
+    RESEGMENT = "resegment", "Re-segmentation requested"
+
+
+OPEN_STATUSES = (CaseStatus.PENDING, CaseStatus.ADJUDICATION)
+
+
+class Decision(models.TextChoices):
+    ACCEPT = "accept", "Accept"
+    REJECT = "reject", "Reject exam"
+    RESEGMENT = "resegment", "Request re-segmentation"
+
+
+class ReadingKind(models.TextChoices):
+    SINGLE = "single", "Reading"
+    FIRST = "first", "First reading"
+    SECOND = "second", "Second reading"
+    ADJUDICATION = "adjudication", "Adjudication"
+
+
+class ReviewSettings(models.Model):
+    """A project's review set-up: the share of cases read twice and the round-robin position."""
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="review_settings")
+    double_read_share = models.FloatField(default=0.0, help_text="fraction 0-1 of new cases read by two readers")
+    adjudicator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                    related_name="+")
+    next_reader = models.PositiveIntegerField(default=0, help_text="round-robin position among the readers")
+
+    def get_additional_data(self):
+        return {"project_id": self.project_id}
+
+
+class ReviewCase(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="review_cases")
+    exam = models.OneToOneField(Exam, on_delete=models.CASCADE, related_name="review_case")
+    # The run under review, and the reviewed run that replaced it (accepted relabels only).
+    base_run = models.ForeignKey(MeasurementRun, on_delete=models.PROTECT, related_name="+")
+    result_run = models.ForeignKey(MeasurementRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    status = models.CharField(max_length=20, choices=CaseStatus.choices, default=CaseStatus.PENDING)
+    # Need for review (higher first): withheld levels, low confidence and flags, computed when the case is
+    # made so the queue is one indexed, ordered query however long it is.
+    priority = models.IntegerField(default=0)
+    priority_reasons = models.JSONField(default=list, blank=True)
+    double_read = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "status", "-priority", "id"], name="review_queue_order")]
+
+    def __str__(self):
+        return f"review of exam {self.exam_id} ({self.status})"
+
+    def get_absolute_url(self):
+        return reverse("review:case", args=[self.project_id, self.exam_id])
+
+    def get_additional_data(self):
+        return {"project_id": self.project_id, "exam_id": self.exam_id}
+
+
+class Reading(models.Model):
+    case = models.ForeignKey(ReviewCase, on_delete=models.CASCADE, related_name="readings")
+    kind = models.CharField(max_length=20, choices=ReadingKind.choices, default=ReadingKind.SINGLE)
+    # The assigned reader (None: any annotator of the project may take a single reading).
+    reader = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                               related_name="review_readings")
+    # {"1": "T5", "2": null, ...}: the reader's level name for every segment (JSON keys are strings).
+    level_map = models.JSONField(default=dict)
+    unusable = models.JSONField(default=list, blank=True, help_text="segment indices marked unusable")
+    version = models.PositiveIntegerField(default=1)
+    decision = models.CharField(max_length=20, choices=Decision.choices, blank=True)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+")
+    decided_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["case", "kind"], name="one_reading_per_kind")]
+        indexes = [models.Index(fields=["reader", "decided_at"])]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} of case {self.case_id}"
+
+    def get_additional_data(self):
+        return {"project_id": self.case.project_id, "exam_id": self.case.exam_id}
+
+
+class ReviewEvent(models.Model):
+    """One review action as readers see it in the case history (the audit log holds the field changes)."""
+
+    case = models.ForeignKey(ReviewCase, on_delete=models.CASCADE, related_name="events")
+    reading = models.ForeignKey(Reading, on_delete=models.CASCADE, null=True, blank=True, related_name="events")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    action = models.CharField(max_length=30)
+    summary = models.CharField(max_length=300)
+    # The reading's version after the action: a reader who opened version v is shown the events after v.
+    version = models.PositiveIntegerField(default=0)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["at", "pk"]
+
+    def __str__(self):
+        return f"{self.at:%Y-%m-%d %H:%M} {self.user}: {self.summary}"
+
+
+class ReviewComment(models.Model):
+    case = models.ForeignKey(ReviewCase, on_delete=models.CASCADE, related_name="comments")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True)
+    text = models.TextField(max_length=2000)
+    # Comments written during a blinded reading stay hidden from the other reader until both decided.
+    reading = models.ForeignKey(Reading, on_delete=models.SET_NULL, null=True, blank=True, related_name="comments")
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["at", "pk"]
+
+    def get_additional_data(self):
+        return {"project_id": self.case.project_id, "exam_id": self.case.exam_id}

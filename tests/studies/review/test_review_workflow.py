@@ -1,0 +1,201 @@
+"""The review workflow on real measurement runs: queue order, relabel into a new immutable run that the
+features use, unusable vertebrae leaving the features, conflicts, audit."""
+
+import numpy as np
+import pytest
+from auditlog.models import LogEntry
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from analysis.imaging.volume import load_nifti
+from analysis.models import MeasurementRun
+from analysis.modeling.features import build_feature_table
+from analysis.modeling.records import records_for_exams
+from analysis.segmentation.levels import VERSE_LABEL
+from studies.models import Exam
+from studies.review import actions
+from studies.review.models import CaseStatus, Reading, ReviewCase
+from tests.factories import ExamFactory, MembershipFactory
+from tests.studies.review.conftest import LEVELS, make_measured_exam
+
+
+@pytest.fixture
+def case(db, storage):
+    exam, run, phantom = make_measured_exam()
+    actions.open_cases(exam.patient.project)
+    review_case = ReviewCase.objects.get(exam=exam)
+    review_case.phantom = phantom
+    return review_case
+
+
+def _reader(case, role="annotator"):
+    return MembershipFactory(project=case.project, role=role).user
+
+
+def test_queue_puts_withheld_low_confidence_and_flagged_cases_first(db, storage):
+    project = ExamFactory().patient.project
+    clean, _, _ = make_measured_exam(ExamFactory(patient__project=project))
+    low, _, _ = make_measured_exam(ExamFactory(patient__project=project), low=("T10",))
+    assert actions.open_cases(project) == 2 and actions.open_cases(project) == 0
+    ordered = list(actions.queue(project))
+    assert [c.exam_id for c in ordered] == [low.pk, clean.pk]
+    assert "low confidence: T10" in ordered[0].priority_reasons
+
+
+def test_naming_one_segment_relabels_the_spine_into_a_new_run_used_by_the_features(case):
+    reader, phantom = _reader(case), case.phantom
+    reading = actions.working_reading(case, reader, "annotator")
+    assert actions.as_int_map(reading.level_map) == dict(enumerate(LEVELS, start=1))
+    # The reader says segment 1 is T11 (the automatic levels were one off): all follow by counting.
+    actions.edit_levels(reading, 1, reader, "name", index=1, level="T11")
+    case = actions.decide(reading, 2, reader, "accept")
+    assert case.status == CaseStatus.ACCEPTED
+    new, base = case.result_run, case.base_run
+    assert new.pk != base.pk and new.source == base.source and new.parameters["review"]["base_run"] == base.pk
+    renamed = dict(zip(LEVELS, ("T11", "T12", "L1", "L2", "L3")))
+    old_levels = {m.level: m for m in base.levels.all()}
+    new_levels = {m.level: m for m in new.levels.all()}
+    assert set(new_levels) == set(renamed.values())
+    for old_name, new_name in renamed.items():  # same values, re-keyed
+        assert new_levels[new_name].mean_hu == old_levels[old_name].mean_hu
+        assert new_levels[new_name].roi_voxels == old_levels[old_name].roi_voxels
+    assert new.parameters["level_confidence"]["L3"] == 1.0 and "reviewed" in new.flags
+    # The label map is the same voxels re-numbered: VerSe T10 voxels now carry T11's number, and so on.
+    labels = load_nifti(_local(new.labels)).array
+    truth = phantom.body_labels
+    for old_name, new_name in renamed.items():
+        assert np.all(labels[truth == VERSE_LABEL[old_name]] == VERSE_LABEL[new_name])
+    assert np.array_equal(labels > 0, np.isin(truth, [VERSE_LABEL[n] for n in LEVELS]))
+    # The exam's features now read the reviewed run (the latest run of its source).
+    (record,) = records_for_exams(Exam.objects.filter(pk=case.exam_id), base.source)
+    assert record.run_id == new.pk and record.hu["L3"] == old_levels["L2"].mean_hu
+    # Immutable, and audited.
+    # Audited: the relabel and the decision on the reading, the case's new status.
+    entries = LogEntry.objects.get_for_object(reading).filter(action=LogEntry.Action.UPDATE)
+    assert entries.count() == 2 and entries.filter(actor=reader).count() == 2
+    assert LogEntry.objects.get_for_object(case).filter(action=LogEntry.Action.UPDATE).exists()
+
+
+def _local(field):
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "labels.nii.gz"
+    path.write_bytes(field.open("rb").read())
+    return path
+
+
+def test_a_withheld_segment_named_by_the_reader_gets_its_measured_values(db, storage):
+    exam, run, _ = make_measured_exam(withheld=("T10", "T11"))
+    project = exam.patient.project
+    actions.open_cases(project)
+    case = ReviewCase.objects.get(exam=exam)
+    assert case.priority_reasons[0] == "2 level(s) withheld"
+    reader = MembershipFactory(project=project, role="annotator").user
+    reading = actions.working_reading(case, reader, "annotator")
+    assert actions.as_int_map(reading.level_map) == {1: None, 2: None, 3: "T12", 4: "L1", 5: "L2"}
+    actions.edit_levels(reading, 1, reader, "name", index=5, level="L2")  # confirms by counting: 1 is T10
+    case = actions.decide(reading, 2, reader, "accept")
+    new = case.result_run
+    by_index = {s["index"]: s for s in run.segments}
+    levels = {m.level: m for m in new.levels.all()}
+    assert set(levels) == set(LEVELS)
+    # T10 was measured as segment 1 though unnamed: its values move into the new run's T10 row.
+    assert levels["T10"].mean_hu == by_index[1]["mean_hu"] and levels["T10"].roi_voxels == by_index[1]["roi_voxels"]
+    assert [s["level"] for s in new.segments] == list(LEVELS)
+    assert new.segment_labels.name == run.segment_labels.name  # same voxels, same file
+
+
+def test_unusable_vertebra_leaves_the_features(case):
+    case.exam.region = "abdomen"
+    case.exam.save()
+    reader = _reader(case)
+    reading = actions.working_reading(case, reader, "annotator")
+    actions.set_unusable(reading, 1, reader, 4)  # segment 4 is L1 (fracture, say)
+    case = actions.decide(reading, 2, reader, "accept")
+    l1 = case.result_run.levels.get(level="L1")
+    assert "unusable_by_reader" in l1.flags
+    records = records_for_exams(Exam.objects.filter(pk=case.exam_id), case.base_run.source)
+    table = build_feature_table(records, "abdomen", require_label=False, require_split=False)
+    assert table.dropped and "L1" in str(table.dropped[0])
+
+
+def test_a_plain_accept_of_a_confident_case_creates_no_run_and_lists_it_as_training_data(client, case):
+    reader = _reader(case)
+    reading = actions.working_reading(case, reader, "annotator")
+    case = actions.decide(reading, 1, reader, "accept")
+    assert case.status == CaseStatus.ACCEPTED and case.result_run is None
+    assert MeasurementRun.objects.filter(exam=case.exam).count() == 1
+    client.force_login(reader)
+    page = client.get(f"/p/{case.project_id}/review/training/")
+    assert [c.pk for c in page.context["cases"]] == [case.pk] and f"{case.base_run_id} (confirmed)" in page.content.decode()
+
+
+def test_second_save_on_an_old_version_is_told_what_changed(case):
+    first, second = _reader(case), _reader(case)
+    reading = actions.working_reading(case, first, "annotator")
+    opened = reading.version
+    actions.edit_levels(reading, opened, first, "shift", delta=1)
+    stale = Reading.objects.get(pk=reading.pk)
+    with pytest.raises(actions.EditConflict) as conflict:
+        actions.edit_levels(stale, opened, second, "rename", index=2, level="T12")
+    assert conflict.value.reading.version == opened + 1
+    assert [e.user for e in conflict.value.events] == [first]
+    assert "shifted all levels down by one" in conflict.value.events[0].summary
+    assert actions.as_int_map(Reading.objects.get(pk=reading.pk).level_map)[1] == "T11"  # first's edit kept
+
+
+def test_conflict_shown_on_the_page_and_resolved_by_reapplying(client, case):
+    first, second = _reader(case), _reader(case)
+    url = f"/p/{case.project_id}/exams/{case.exam_id}/case/"
+    client.force_login(first)
+    client.get(url)
+    reading = Reading.objects.get(case=case)
+    action = url + "action/"
+    client.force_login(second)
+    assert client.post(action, {"operation": "shift", "delta": "1", "reading": reading.pk, "version": 1}
+                       ).status_code == 302
+    client.force_login(first)
+    page = client.post(action, {"operation": "rename", "index": "1", "level": "T9", "reading": reading.pk,
+                                "version": 1})
+    assert page.status_code == 409
+    html = page.content.decode()
+    assert "changed while you had it open" in html and second.username in html and "shifted all levels" in html
+    assert actions.as_int_map(Reading.objects.get(pk=reading.pk).level_map)[1] == "T11"
+    again = client.post(action, {"operation": "rename", "index": "1", "level": "T9", "reading": reading.pk,
+                                 "version": 2})
+    assert again.status_code == 302
+    assert actions.as_int_map(Reading.objects.get(pk=reading.pk).level_map)[1] == "T9"
+
+
+def test_queue_page_has_a_constant_number_of_queries(client, db, storage):
+    exam, run, _ = make_measured_exam()
+    project = exam.patient.project
+    cases = [ReviewCase(project=project, exam=ExamFactory(patient__project=project), base_run=run, priority=i)
+             for i in range(60)]
+    ReviewCase.objects.bulk_create(cases)
+    client.force_login(MembershipFactory(project=project, role="coordinator").user)
+    counts = []
+    for per in (10, 60):
+        ReviewCase.objects.filter(pk__in=[c.pk for c in cases[per:]]).update(status=CaseStatus.ACCEPTED)
+        with CaptureQueriesContext(connection) as ctx:
+            assert client.get(f"/p/{project.pk}/review/?mine=0").status_code == 200
+        counts.append(len(ctx.captured_queries))
+        ReviewCase.objects.update(status=CaseStatus.PENDING)
+    assert counts[0] == counts[1]
+
+
+def test_model_versions_built_on_a_superseded_run_are_marked_stale(client, case):
+    from analysis.models import ModelVersion
+
+    version = ModelVersion.objects.create(project=case.project, name="BDT chest", task="classification",
+                                          algorithm="BDT", feature_set="chest",
+                                          data_snapshot={"measurement_run_ids": [case.base_run_id]})
+    client.force_login(_reader(case, role="pi"))
+    assert "stale" not in client.get(f"/p/{case.project_id}/models/").content.decode()
+    reader = _reader(case)
+    reading = actions.working_reading(case, reader, "annotator")
+    actions.edit_levels(reading, 1, reader, "shift", delta=-1)
+    actions.decide(reading, 2, reader, "accept")
+    page = client.get(f"/p/{case.project_id}/models/")
+    assert page.context["stale"] == {version.pk: 1} and 'class="badge stale"' in page.content.decode()
