@@ -190,7 +190,9 @@ def test_model_versions_built_on_a_superseded_run_are_marked_stale(client, case)
 
     version = ModelVersion.objects.create(project=case.project, name="BDT chest", task="classification",
                                           algorithm="BDT", feature_set="chest",
-                                          data_snapshot={"measurement_run_ids": [case.base_run_id]})
+                                          measurement_source="default",
+                                          data_snapshot={"exam_ids": [case.exam_id], "measurement_source": "default",
+                                                         "measurement_run_ids": [case.base_run_id]})
     client.force_login(_reader(case, role="pi"))
     assert "stale" not in client.get(f"/p/{case.project_id}/models/").content.decode()
     reader = _reader(case)
@@ -198,4 +200,10 @@ def test_model_versions_built_on_a_superseded_run_are_marked_stale(client, case)
     actions.edit_levels(reading, 1, reader, "shift", delta=-1)
     actions.decide(reading, 2, reader, "accept")
     page = client.get(f"/p/{case.project_id}/models/")
-    assert page.context["stale"] == {version.pk: 1} and 'class="badge stale"' in page.content.decode()
+    # One staleness rule for every cause (analysis.modeling.staleness): the reviewed run is now the one chosen.
+    case.refresh_from_db()
+    listed = {v.pk: v.stale_reasons for v in page.context["versions"]}
+    assert listed[version.pk] == [f"another measurement run would be used for 1 exam "
+                                  f"({case.exam.patient.pseudonym} {case.exam.exam_date:%Y-%m-%d}: "
+                                  f"run {case.base_run_id} -> {case.result_run_id})"]
+    assert 'class="badge stale"' in page.content.decode()
