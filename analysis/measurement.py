@@ -185,6 +185,8 @@ class LevelMeasurement:
 
 
 def _duplicated(mask_box: np.ndarray, voxel_ml: float) -> bool:
+    """Whether one body label holds two or more separate pieces of vertebral-body size (``duplicated_level``:
+    the second largest at least DUPLICATE_FRACTION of the largest and DUPLICATE_MIN_ML)."""
     from scipy import ndimage
 
     components, count = ndimage.label(mask_box, structure=np.ones((3, 3, 3), dtype=bool))
@@ -193,6 +195,21 @@ def _duplicated(mask_box: np.ndarray, voxel_ml: float) -> bool:
     sizes = np.sort(np.bincount(components.ravel())[1:])[::-1]
     second = sizes[1]
     return bool(second >= DUPLICATE_FRACTION * sizes[0] and second * voxel_ml >= DUPLICATE_MIN_ML)
+
+
+def body_in_pieces(mask: np.ndarray, voxel_ml: float) -> bool:
+    """Whether a body mask is two or more separate pieces of vertebral-body size (the ``duplicated_level``
+    rule: two vertebrae under one name, or one body split by a false disc).
+
+    Parameters
+    ----------
+    mask : np.ndarray of bool, shape (z, y, x)
+        One body (a crop around it is enough).
+    voxel_ml : float
+        Volume of one voxel in ml.
+    """
+    box = _bounding_box(mask)
+    return False if box is None else _duplicated(np.asarray(mask)[box], voxel_ml)
 
 
 def measure_levels(

@@ -53,6 +53,8 @@ class Segment:
         Volume of its body as measured (ml); None when not measured.
     body_height_mm : float or None
         Height of its body as measured, along the body axis of the scan (mm); None when not measured.
+    in_pieces : bool
+        Its body as measured is two or more separate pieces of body size (``duplicated_level``).
     merged : bool
         Holds more than one vertebra (a missed disc): never an anchor.
     ala_gap_mm : float
@@ -74,6 +76,7 @@ class Segment:
     pitch_mm: float | None = None
     body_ml: float | None = None
     body_height_mm: float | None = None
+    in_pieces: bool = False
     merged: bool = False
     flags: list = field(default_factory=list)
 
@@ -299,6 +302,13 @@ def _cross_check(segments, levels, flags, notes, anchors, slice_mm):
             suspect(k, "body_mostly_missed",
                     f"body check: the body of segment {k} ({name}) is {segments[k].body_ml:.0f} ml, its neighbours "
                     f"{float(np.median(near)):.0f} ml: it was mostly missed, and the discs around it are uncertain")
+    # --- a body in two body-sized pieces is two vertebrae under one name, or one body split by a false
+    # disc (osteoporotic marrow reads like disc): either way the count across it is not to be trusted.
+    for k, (name, _) in sorted(levels.items()):
+        if segments[k].in_pieces:
+            suspect(k, "body_in_pieces",
+                    f"body check: the body of segment {k} ({name}) is in two or more body-sized pieces: two "
+                    "vertebrae under one name or a body split by a false disc")
     # --- the stretch counted from an anchor must be as long as the levels counted over it.
     for anchor, _, _ in anchors:
         for step in (1, -1):

@@ -523,11 +523,14 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
     # Height of each body as measured along the body axis (native axis 0 of the canonical grid).
     from scipy import ndimage
 
+    from analysis.measurement import body_in_pieces
+
     boxes = ndimage.find_objects(native)
     for k, index in index_of.items():
         segments[k].body_ml = float(voxels[index]) * voxel_ml
         box = boxes[index - 1] if index - 1 < len(boxes) else None
         segments[k].body_height_mm = 0.0 if box is None else (box[0].stop - box[0].start) * float(grid.native_spacing[0])
+        segments[k].in_pieces = box is not None and body_in_pieces(native[box] == index, voxel_ml)
 
     levels, flags, notes = label_segments(segments, slice_mm=float(spacing[0]))
     levels, withheld, dropped = _withhold_beyond_missed_disc(levels, disc_s)

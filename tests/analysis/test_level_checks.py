@@ -284,3 +284,29 @@ def test_sliver_check_uses_the_body_as_measured():
     levels, _, notes = label_segments(segs)
     assert levels[len(segs) - 1][1] < CONFIDENT
     assert any(note.startswith("sliver check: only 6 mm of T11") for note in notes)
+
+
+def test_a_body_in_pieces_doubts_the_levels_counted_across_it():
+    # Osteoporotic marrow (example_ct with its marrow 100 HU darker): L1, L3 and L5 each came out in two
+    # body-sized pieces (marrow reading like disc), the discs were misplaced and "T12" lay mostly on L1 at
+    # 0.95, though the sacrum and the last rib agreed. A body in pieces between the two anchors contradicts
+    # their agreement: every level is doubted.
+    segs = _lumbar_crop()
+    segs[4].in_pieces = True  # L2
+    levels, flags, notes = label_segments(segs)
+    assert _confident(levels) == []
+    assert "body_in_pieces" in segs[4].flags
+    assert any("the anchors agree, but segment(s) [4]" in note for note in notes)
+
+
+def test_body_in_pieces_is_the_duplicated_level_rule():
+    import numpy as np
+
+    from analysis.measurement import body_in_pieces
+
+    mask = np.zeros((20, 10, 10), dtype=bool)
+    mask[1:8, 2:8, 2:8] = True
+    assert not body_in_pieces(mask, 1.0)
+    mask[10:14, 2:8, 2:8] = True  # a second piece 144/252 = 57 % of the first, 144 ml at 1 ml voxels
+    assert body_in_pieces(mask, 1.0)
+    assert not body_in_pieces(mask, 0.001)  # 0.144 ml: under DUPLICATE_MIN_ML, not a body
