@@ -30,6 +30,13 @@ def _quoted(name):
     return connection.ops.quote_name(name)
 
 
+def _versioned(model):
+    """Rows with an edit version (``studies.models.VersionedModel``): a bulk write is an edit like any other, so
+    a new row starts at version 1 and an updated row moves to the next version (an open form then sees the
+    conflict instead of overwriting the import)."""
+    return any(f.name == "version" for f in model._meta.concrete_fields)
+
+
 def insert(model, fields, rows):
     """Insert ``rows`` (tuples of values in ``fields`` order). Returns the new primary keys, in row order."""
     rows = list(rows)
@@ -51,10 +58,11 @@ def _copy_insert(model, fields, rows):
         cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
                        [table, pk_column, len(rows)])
         ids = [value for (value,) in cursor.fetchall()]
-        columns = ", ".join(_quoted(c) for c in [pk_column] + _columns(model, fields))
+        extra = ("version",) if _versioned(model) and "version" not in fields else ()
+        columns = ", ".join(_quoted(c) for c in [pk_column] + _columns(model, tuple(fields) + extra))
         with cursor.cursor.copy(f"COPY {_quoted(table)} ({columns}) FROM STDIN") as copy:
             for pk, row in zip(ids, rows):
-                copy.write_row((pk, *row))
+                copy.write_row((pk, *row, *(1 for _ in extra)))
     return ids
 
 
@@ -74,6 +82,12 @@ def update(model, fields, rows):
             setattr(obj, name, value)
         objects.append(obj)
     model.objects.bulk_update(objects, [model._meta.get_field(name).name for name in fields], batch_size=CHUNK)
+    if _versioned(model) and "version" not in fields:
+        from django.db.models import F
+
+        pks = [row[0] for row in rows]
+        for start in range(0, len(pks), CHUNK):
+            model.objects.filter(pk__in=pks[start:start + CHUNK]).update(version=F("version") + 1)
 
 
 def _copy_update(model, fields, rows):
@@ -89,6 +103,8 @@ def _copy_update(model, fields, rows):
             for row in rows:
                 copy.write_row(row)
         assignments = ", ".join(f"{_quoted(c)} = new.{_quoted(c)}" for c in columns)
+        if _versioned(model) and "version" not in fields:
+            assignments += f", {_quoted('version')} = old.{_quoted('version')} + 1"
         cursor.execute(f"UPDATE {_quoted(table)} AS old SET {assignments} FROM {temp} AS new "
                        f"WHERE old.{_quoted(pk_column)} = new.{_quoted(pk_column)}")
         updated = cursor.rowcount

@@ -108,6 +108,19 @@ def test_reimport_updates_values_without_duplicates(db, tmp_path):
     assert qct.qct_bmd == 61.0 and qct.category == "osteoporosis"
 
 
+def test_import_is_an_edit_new_rows_at_version_1_changed_rows_at_the_next(db, tmp_path):
+    # The bulk path (COPY on PostgreSQL) writes the edit version like a form save, so a form opened before the
+    # import sees a conflict instead of overwriting it (was: NULL version on PostgreSQL, no bump on SQLite).
+    path = write(tmp_path, HEADER + "".join(GOOD))
+    call_command("import_qct", str(path), "--project", "Study A")
+    assert set(QCTResult.objects.values_list("version", flat=True)) == {1}
+    assert set(Exam.objects.values_list("version", flat=True)) == {1}
+    write(tmp_path, HEADER + GOOD[0].replace("95.5", "60.5") + GOOD[1])
+    call_command("import_qct", str(path), "--project", "Study A")
+    versions = dict(QCTResult.objects.values_list("exam__patient__pseudonym", "version"))
+    assert versions == {"P001": 2, "P002": 1}
+
+
 def test_missing_file_and_non_utf8(db, tmp_path):
     with pytest.raises(CommandError, match="no such file"):
         call_command("import_qct", str(tmp_path / "nope.csv"), "--project", "A")
