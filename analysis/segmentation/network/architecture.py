@@ -58,13 +58,13 @@ def build_network(architecture):
             self.enc = torch.nn.ModuleList([stage(channels[0], blocks[0])])
             self.down = torch.nn.ModuleList()
             for i in range(1, len(channels)):
-                self.down.append(conv(channels[i - 1], channels[i], 2, stride=2))
+                self.down.append(conv(channels[i - 1], channels[i], 3, stride=2))
                 self.enc.append(stage(channels[i], blocks[i]))
             self.up = torch.nn.ModuleList()
             self.merge = torch.nn.ModuleList()
             self.dec = torch.nn.ModuleList()
             for i in range(len(channels) - 1, 0, -1):
-                self.up.append(conv(channels[i], channels[i - 1], 2, stride=2, transposed=True))
+                self.up.append(conv(channels[i], channels[i - 1], 3, stride=2, transposed=True))
                 self.merge.append(conv(2 * channels[i - 1], channels[i - 1], 1))
                 self.dec.append(stage(channels[i - 1], blocks[i - 1]))
             self.head = torch.nn.Conv3d(channels[0], int(architecture.get("out_channels", 2)), kernel_size=1)

@@ -14,9 +14,21 @@ DEFAULT_INFERENCE = {"roi_size": [96, 96, 96], "overlap": 0.25, "sw_batch_size":
 
 
 def resolve_device(device):
-    """The torch device to run on: ``"cuda"`` only when asked for and available (else ``"cpu"``)."""
+    """The torch device to run on: ``"cuda"`` only when asked for and available (else ``"cpu"``).
+
+    Also applies ``BMDSITE_TORCH_THREADS`` (CPU threads of torch) when set: on a machine whose cores are
+    shared with other busy processes, torch's default of one thread per core spins waiting for descheduled
+    threads (measured on a 2-core machine at load 11: 9.4 s per training step with 2 threads, 0.36 s with 1).
+    """
+    import os
+
     import torch
 
+    threads = os.environ.get("BMDSITE_TORCH_THREADS", "").strip()
+    if threads:
+        if not threads.isdigit() or int(threads) < 1:
+            raise ValueError(f"BMDSITE_TORCH_THREADS must be a positive integer, got {threads!r}")
+        torch.set_num_threads(int(threads))
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     return "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
