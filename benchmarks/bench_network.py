@@ -212,6 +212,9 @@ def main():
     args = parser.parse_args()
     import torch
 
+    from analysis.segmentation.network.inference import resolve_device
+
+    resolve_device(args.device)  # applies BMDSITE_TORCH_THREADS
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()} "
           f"(BMDSITE_TORCH_THREADS={os.environ.get('BMDSITE_TORCH_THREADS', 'unset')}), load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")

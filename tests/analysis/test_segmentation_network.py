@@ -59,6 +59,22 @@ def _state(weights):
     return torch.load(io.BytesIO(weights), weights_only=True)
 
 
+def test_web_process_and_job_modules_do_not_load_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, django; django.setup(); import bmdsite.urls, analysis.tasks, analysis.models, "
+            "analysis.segmentation.network.registry, analysis.segmentation.network.segmenter, "
+            "analysis.segmentation.network.training, analysis.management.commands.measure_volume; "
+            "print(sorted(m for m in ('torch', 'monai', 'SimpleITK') if m in sys.modules))")
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="bmdsite.settings")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 # -- preprocessing -----------------------------------------------------------------------------------------
 
 def test_orientation_does_not_change_what_the_network_sees():
