@@ -356,3 +356,52 @@ def test_cuda_inference_agrees_with_cpu(tmp_path):
     # float16 autocast on CUDA against float32 on CPU.
     np.testing.assert_allclose(gpu, cpu, atol=2e-2)
     assert segmenter(phantom.volume, device="cuda").device == "cuda"
+
+
+# -- exam jobs -----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def phantom_exam(db):
+    import dataclasses
+
+    from studies.pacs.ingest import store_volume
+    from tests.factories import ExamFactory
+
+    phantom = make_spine_phantom(spacing=(2.0, 2.0, 2.0), levels=("L1", "L2"), noise_sd=0)
+    volume = dataclasses.replace(phantom.volume, series_uid="1.2.826.0.1.3680043.8.498.13")
+    exam = ExamFactory(region="abdomen")
+    store_volume(exam.patient.project, volume, exam=exam, source="test")
+    return exam, phantom
+
+
+def test_segment_exam_job_uses_the_chosen_segmenter(phantom_exam, tmp_path):
+    from analysis.models import MeasurementRun
+    from analysis.modeling.versions import code_version
+    from studies import jobs
+    from studies.models import JobState
+
+    exam, phantom = phantom_exam
+    bundle = _bone_bundle(tmp_path / "bone_bundle")
+    job = jobs.submit("analysis.segment_exam", project=exam.patient.project, queue="gpu", exam_id=exam.pk,
+                      segmenter=str(bundle), device="cuda", code_version=code_version())
+    jobs.execute(row_id=job.pk, attempt=job.attempts)
+    job.refresh_from_db()
+    assert job.state == JobState.SUCCEEDED, job.error
+    run = MeasurementRun.objects.get(pk=job.result["measurement_run"])
+    assert run.segmenter_version.startswith("bundle:bone_bundle:")
+    # Recorded where it ran: no CUDA on this machine, so the CPU.
+    assert run.parameters["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    stored = load_nifti(run.labels.path).array
+    np.testing.assert_array_equal(stored, np.where(phantom.volume.array > 100, VERSE_LABEL["L1"], 0))
+
+
+def test_exam_pipeline_uses_the_promoted_version_by_default(phantom_exam):
+    from analysis import pipeline
+    from analysis.segmentation.network.registry import promote
+
+    exam, _ = phantom_exam
+    assert pipeline.measure_exam(exam).segmenter_version.startswith("anatomy")
+    version = _version(exam.patient.project, "promoted-net", _untrained_weights())
+    promote(version)
+    run = pipeline.measure_exam(exam)
+    assert run.segmenter_version == f"promoted-net:{version.weights_sha256[:12]}"
