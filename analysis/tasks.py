@@ -105,6 +105,12 @@ def submit_segmenter_training(project, *, name, train_sources, held_out_sources,
     from analysis.models import SegmenterVersion
     from studies import jobs
 
+    import re
+
+    # The name becomes a storage folder for the checkpoints and a file name for the weights.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name or ""):
+        raise ValueError(f"segmenter name {name!r}: use 1-100 letters, digits, '.', '_' or '-', starting with a "
+                         "letter or digit")
     if SegmenterVersion.objects.filter(name=name).exists():
         raise ValueError(f"a segmenter version named {name!r} exists already; choose another name")
     return jobs.submit("analysis.train_segmenter", project=project, user=user, queue="gpu", project_id=project.pk,

@@ -175,6 +175,14 @@ def test_training_job_killed_after_first_checkpoint_resumes_and_records_both_att
     assert not default_storage.exists("segmenters/checkpoints/tiny-killed/epoch0001.pt")
 
 
+def test_training_names_that_are_not_plain_file_names_are_refused(db, project):
+    from analysis.tasks import submit_segmenter_training
+
+    for name in ("../escape", "", ".hidden", "a/b"):
+        with pytest.raises(ValueError, match="use 1-100 letters"):
+            submit_segmenter_training(project, name=name, train_sources=TRAIN, held_out_sources=[])
+
+
 def test_worker_refuses_a_job_submitted_by_other_code(db, project):
     from studies import jobs
     from studies.models import JobState
