@@ -114,7 +114,8 @@ def submit_segmenter_training(project, *, name, train_sources, held_out_sources,
     if SegmenterVersion.objects.filter(name=name).exists():
         raise ValueError(f"a segmenter version named {name!r} exists already; choose another name")
     return jobs.submit("analysis.train_segmenter", project=project, user=user, queue="gpu", project_id=project.pk,
-                       name=name, train_sources=list(train_sources), held_out_sources=list(held_out_sources), epochs=int(epochs),
+                       name=name, train_sources=list(train_sources), held_out_sources=list(held_out_sources),
+                       epochs=int(epochs),
                        seed=int(seed), architecture=architecture, preprocessing=preprocessing, inference=inference,
                        training=training, code_version=code_version(), user_id=user.pk if user else None)
 

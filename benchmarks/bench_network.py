@@ -38,7 +38,8 @@ from analysis.segmentation.levels import LEVEL_OF_LABEL  # noqa: E402
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalseg"
 ARCHITECTURES = {
     "tiny": {"name": "vbnet", "in_channels": 1, "out_channels": 2, "channels": [4, 8, 16], "blocks": [1, 1, 1]},
-    "small": {"name": "vbnet", "in_channels": 1, "out_channels": 2, "channels": [8, 16, 32, 64], "blocks": [1, 1, 1, 1]},
+    "small": {"name": "vbnet", "in_channels": 1, "out_channels": 2, "channels": [8, 16, 32, 64],
+              "blocks": [1, 1, 1, 1]},
 }
 
 
@@ -95,7 +96,8 @@ def inference(segmenter, device):
     bare, n = bare_forward_s(segmenter, grid.shape, device)
     network = result.timings_s.get("network", float("nan"))
     print(f"inference on {device}, 512x512x300 -> network grid {grid.shape}, {n} windows of "
-          f"{segmenter.inference['roi_size']}: end to end {total:.2f} s {({k: round(v, 2) for k, v in result.timings_s.items()})}")
+          f"{segmenter.inference['roi_size']}: end to end {total:.2f} s "
+          f"{({k: round(v, 2) for k, v in result.timings_s.items()})}")
     print(f"  bare forward {bare:.2f} s; sliding window + way back / bare = {network / bare:.2f}; "
           f"end to end / bare = {total / bare:.2f}")
     missed = []
@@ -153,8 +155,8 @@ def training(args):
         (("T4", "T5", "T6", "T7", "T8", "T9"), 0.6, "LPS", 10.0),
         (("L1", "L2", "L3", "L4", "L5", "S1"), 1.0, "RAS", 20.0),
     ]):
-        sources.append({"kind": "phantom", "levels": list(levels), "trabecular_scale": scale, "orientation": orientation,
-                        "noise_sd": noise, "seed": seed, "spacing": [2.0, 1.5, 1.5]})
+        sources.append({"kind": "phantom", "levels": list(levels), "trabecular_scale": scale,
+                        "orientation": orientation, "noise_sd": noise, "seed": seed, "spacing": [2.0, 1.5, 1.5]})
     t0 = time.perf_counter()
     cases = [load_source(s, preprocessing) for s in sources]
     ct = load_volume(DATA / "example_ct.nii.gz")
