@@ -413,3 +413,20 @@ def test_exam_pipeline_uses_the_promoted_version_by_default(phantom_exam):
     promote(version)
     run = pipeline.measure_exam(exam)
     assert run.segmenter_version == f"promoted-net:{version.weights_sha256[:12]}"
+
+
+def test_a_perfect_body_mask_is_split_and_named_like_the_truth():
+    """The naming step alone: given the phantom's exact bodies as the 'network' mask, every body becomes one
+    segment, head first, and takes its true level from the anatomy rules by anchor and counting."""
+    from analysis.segmentation.network.naming import labels_of_segments, name_segments, split_bodies
+    from analysis.segmentation.spine import segment_vertebrae
+
+    levels = ("T10", "T11", "T12", "L1", "L2")
+    phantom = make_spine_phantom(spacing=(2.0, 1.5, 1.5), levels=levels, random_state=3, orientation="RAS")
+    segment_labels = split_bodies(phantom.body_labels > 0, phantom.volume)
+    assert int(segment_labels.max()) == len(levels)
+    rules = segment_vertebrae(phantom.volume)
+    segments, notes, flags = name_segments(segment_labels, rules.labels, rules.level_confidence)
+    assert [s.level for s in segments] == list(levels)
+    assert all(s.confidence is not None and s.confidence >= 0.5 for s in segments), segments
+    np.testing.assert_array_equal(labels_of_segments(segment_labels, segments), phantom.body_labels)
