@@ -135,6 +135,9 @@ def compare(title, volume, results, reference):
             row.append(f"{dice:16.3f} {'y' if ok else 'n':>2s} {hu:6.1f}")
         print(f"  {LEVEL_OF_LABEL[value]:5s} " + " ".join(row) + f" {hus[0] - hus[-1]:6.1f}")
     print("  level accuracy: " + ", ".join(f"{n} {right[n]}/{len(levels)}" for n in names))
+    for n in names:
+        named = [s.level for s in results[n].segments if s.level]
+        print(f"  {n}: {len(results[n].segments)} segments, named {named}, flags {results[n].flags}")
 
 
 def training(args):
