@@ -65,7 +65,7 @@ def bare_forward_s(segmenter, grid_shape, device):
 
     roi = tuple(int(r) for r in segmenter.inference["roi_size"])
     size = tuple(max(a, b) for a, b in zip(grid_shape, roi))
-    interval = _get_scan_interval(size, roi, 3, float(segmenter.inference["overlap"]))
+    interval = _get_scan_interval(size, roi, 3, (float(segmenter.inference["overlap"]),) * 3)
     n = len(dense_patch_slices(size, roi, interval))
     batch = int(segmenter.inference["sw_batch_size"])
     model = segmenter.model(device)
@@ -93,12 +93,12 @@ def inference(segmenter, device):
     result = segmenter(volume, device=device)
     total = time.perf_counter() - start
     grid = network_grid(volume, segmenter.preprocessing["spacing_mm"])
+    print(f"inference on {device}, 512x512x300 -> network grid {grid.shape}, windows of "
+          f"{segmenter.inference['roi_size']}: end to end {total:.2f} s "
+          f"{({k: round(v, 2) for k, v in result.timings_s.items()})}", flush=True)
     bare, n = bare_forward_s(segmenter, grid.shape, device)
     network = result.timings_s.get("network", float("nan"))
-    print(f"inference on {device}, 512x512x300 -> network grid {grid.shape}, {n} windows of "
-          f"{segmenter.inference['roi_size']}: end to end {total:.2f} s "
-          f"{({k: round(v, 2) for k, v in result.timings_s.items()})}")
-    print(f"  bare forward {bare:.2f} s; sliding window + way back / bare = {network / bare:.2f}; "
+    print(f"  bare forward over the same {n} windows {bare:.2f} s; sliding window + way back / bare = {network / bare:.2f}; "
           f"end to end / bare = {total / bare:.2f}")
     missed = []
     if device == "cpu" and total > 60.0:
