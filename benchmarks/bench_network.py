@@ -98,7 +98,8 @@ def inference(segmenter, device):
           f"{({k: round(v, 2) for k, v in result.timings_s.items()})}", flush=True)
     bare, n = bare_forward_s(segmenter, grid.shape, device)
     network = result.timings_s.get("network", float("nan"))
-    print(f"  bare forward over the same {n} windows {bare:.2f} s; sliding window + way back / bare = {network / bare:.2f}; "
+    print(f"  bare forward over the same {n} windows {bare:.2f} s; sliding window (blending, softmax) / bare = "
+          f"{network / bare:.2f}; "
           f"end to end / bare = {total / bare:.2f}")
     missed = []
     if device == "cpu" and total > 60.0:

@@ -81,8 +81,10 @@ class NetworkSegmenter:
         if not level_classes:
             prob = predict_probability(self.model(ran_on), image, self.inference, ran_on, foreground=None)
             body = prob[body_classes].sum(axis=0)
-            mask = to_input(body, grid, volume) >= threshold
             timings["network"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            mask = to_input(body, grid, volume) >= threshold
+            timings["resample_back"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             segment_labels = naming.split_bodies(mask, volume)
             from analysis.segmentation.spine import segment_vertebrae
@@ -100,8 +102,10 @@ class NetworkSegmenter:
             lut = np.zeros(256, dtype=np.uint8)
             for c, lvl in level_classes.items():
                 lut[int(c)] = VERSE_LABEL[lvl]
-            labels = to_input(lut[argmax], grid, volume, nearest=True)
             timings["network"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            labels = to_input(lut[argmax], grid, volume, nearest=True)
+            timings["resample_back"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             present = sorted(int(v) for v in np.unique(labels) if v)
             seg_lut = np.zeros(256, dtype=np.uint8)
