@@ -199,7 +199,53 @@ class Prediction(models.Model):
         return f"{self.model_version} -> {self.exam_id}: {self.predicted_category}"
 
 
+
+class SegmenterVersion(models.Model):
+    """One trained segmentation network (analysis/segmentation/network) with everything to reproduce it.
+
+    Everything but ``promoted`` is written once, when training ends: the weights file (Django storage, so
+    an object store works, with its SHA-256 checked at load), the architecture, preprocessing and inference
+    parameters, the label map (output class -> "body" or a level), the training and held-out data, the
+    per-epoch log (one entry per epoch and the job attempt that ran it, so a resumed job shows both
+    attempts), the held-out per-level Dice and the code version. Promotion to the project default is
+    explicit (:func:`analysis.segmentation.network.registry.promote`) and audited.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="segmenter_versions")
+    name = models.CharField(max_length=100, unique=True)
+    weights = models.FileField(upload_to="segmenters/%Y/%m/", max_length=300)
+    weights_sha256 = models.CharField(max_length=64)
+    architecture = models.JSONField(default=dict)
+    preprocessing = models.JSONField(default=dict)
+    inference = models.JSONField(default=dict)
+    label_map = models.JSONField(default=dict, help_text='output class -> "body" or a level name')
+    training_data = models.JSONField(default=dict, help_text="training and held-out cases (sources)")
+    training_log = models.JSONField(default=list, help_text="one entry per epoch: attempt, loss, held-out Dice")
+    metrics = models.JSONField(default=dict, help_text="held-out Dice per level after the last epoch")
+    random_seed = models.IntegerField(default=0)
+    code_version = models.CharField(max_length=100, blank=True)
+    training_job = models.ForeignKey("studies.Job", on_delete=models.SET_NULL, null=True, blank=True,
+                                     related_name="+")
+    promoted = models.BooleanField(default=False, help_text="the project's default segmenter")
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["project"], condition=models.Q(promoted=True),
+                                    name="one_promoted_segmenter_per_project"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    def get_additional_data(self):
+        return {"project_id": self.project_id}
+
+
 # Measurement runs and model versions are the inputs of labels and papers: who created or deleted them is
 # audited (their contents never change, see ImmutableModel).
 auditlog.register(MeasurementRun)
 auditlog.register(ModelVersion, exclude_fields=["data_snapshot"])
+auditlog.register(SegmenterVersion, exclude_fields=["training_log"])

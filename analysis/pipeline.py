@@ -33,11 +33,11 @@ def _labels_nifti_bytes(volume, labels):
         return path.read_bytes()
 
 
-def measure_exam(exam, *, erosion_mm=3.0, device="cpu", user=None, progress=None):
+def measure_exam(exam, *, erosion_mm=3.0, device="cpu", user=None, progress=None, segmenter=None):
     """Segment, label and measure the exam's stored series; returns the new MeasurementRun."""
     from analysis.measurement import case_flags, measure_segmentation, segments_json
     from analysis.modeling.versions import code_version
-    from analysis.segmentation.spine import segment_vertebrae
+    from analysis.segmentation.network.registry import resolve_segmenter
 
     stored = series_for_exam(exam)
     report = progress or (lambda fraction, message="": None)
@@ -46,7 +46,8 @@ def measure_exam(exam, *, erosion_mm=3.0, device="cpu", user=None, progress=None
     volume = stored.load_volume()
     loaded = time.perf_counter()
     report(0.2, "segmenting vertebrae")
-    segmentation = segment_vertebrae(volume, device=device)
+    # ``segmenter``: a name for the registry; None is the project's promoted version, else the rule-based one.
+    segmentation = resolve_segmenter(segmenter, project=exam.patient.project)(volume, device=device)
     segmented = time.perf_counter()
     report(0.8, "measuring trabecular HU")
     contrast = bool(stored.meta.get("contrast") or exam.contrast)

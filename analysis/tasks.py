@@ -73,3 +73,175 @@ def measure_exam(*, exam_id, progress, erosion_mm=3.0, device="cpu", user_id=Non
     run = pipeline.measure_exam(exam, erosion_mm=erosion_mm, device=device, user=user, progress=progress)
     return {"measurement_run": run.pk, "levels": list(run.levels.values_list("level", flat=True)),
             "flags": run.flags}
+
+
+# -- segmentation network (analysis/segmentation/network): jobs on the "gpu" queue ---------------------------
+
+SEGMENTER_CHECKPOINTS = "segmenters/checkpoints"
+
+
+def refuse_other_code(site_code_version):
+    """Refuse a job submitted by a site running other code than this worker (a GPU worker on another machine
+    must run the site's exact code: a network trained or applied by other code is not the version recorded).
+
+    Raises ``ValueError`` naming both versions; an empty ``site_code_version`` (a job submitted without one)
+    is accepted.
+    """
+    from analysis.modeling.versions import code_version
+
+    mine = code_version()
+    if site_code_version and site_code_version != mine:
+        raise ValueError(f"This worker runs code {mine} but the site submitted the job with {site_code_version}; "
+                         f"update the worker to the site's code and retry.")
+
+
+def submit_segmenter_training(project, *, name, train_sources, held_out_sources, epochs=20, seed=0, user=None,
+                              architecture=None, preprocessing=None, inference=None, training=None):
+    """Submit a training job of the segmentation network on the ``gpu`` queue (returns the Job row).
+
+    The site's code version is recorded with the job; a worker running other code refuses it.
+    """
+    from analysis.modeling.versions import code_version
+    from analysis.models import SegmenterVersion
+    from studies import jobs
+
+    import re
+
+    # The name becomes a storage folder for the checkpoints and a file name for the weights.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name or ""):
+        raise ValueError(f"segmenter name {name!r}: use 1-100 letters, digits, '.', '_' or '-', starting with a "
+                         "letter or digit")
+    if SegmenterVersion.objects.filter(name=name).exists():
+        raise ValueError(f"a segmenter version named {name!r} exists already; choose another name")
+    return jobs.submit("analysis.train_segmenter", project=project, user=user, queue="gpu", project_id=project.pk,
+                       name=name, train_sources=list(train_sources), held_out_sources=list(held_out_sources),
+                       epochs=int(epochs),
+                       seed=int(seed), architecture=architecture, preprocessing=preprocessing, inference=inference,
+                       training=training, code_version=code_version(), user_id=user.pk if user else None)
+
+
+def _training_cases(sources, preprocessing):
+    """Training cases for source descriptions; ``{"kind": "measurement_run", "id": N}`` loads a run's series and
+    its body labels (a reviewed case), the other kinds are read by the network package."""
+    import tempfile
+
+    from analysis.imaging.volume import load_nifti
+    from analysis.models import MeasurementRun
+    from analysis.segmentation.network.training import case_from_volume, load_source
+
+    cases = []
+    for source in sources:
+        if source.get("kind") != "measurement_run":
+            cases.append(load_source(source, preprocessing))
+            continue
+        run = MeasurementRun.objects.select_related("exam").get(pk=source["id"])
+        stored = run.exam.stored_series.filter(series_uid=run.series_uid).first()
+        if stored is None or not run.labels:
+            raise ValueError(f"measurement run {run.pk} has no stored series or label map to train on")
+        volume = stored.load_volume()
+        with run.labels.open("rb") as fh, tempfile.NamedTemporaryFile(suffix=".nii.gz") as tmp:
+            tmp.write(fh.read())
+            tmp.flush()
+            labels = load_nifti(tmp.name).array
+        cases.append(case_from_volume(f"run {run.pk}", volume, labels, preprocessing))
+    return cases
+
+
+@task("analysis.train_segmenter")
+def train_segmenter(*, project_id, progress, name, train_sources, held_out_sources, epochs=20, seed=0,
+                    architecture=None, preprocessing=None, inference=None, training=None, code_version="",
+                    user_id=None, device="cuda"):
+    """Train the body network; every epoch is checkpointed in storage, so a killed job resumes where it stopped.
+
+    The version is registered when the last epoch ends, with the training log of every attempt.
+    """
+    import hashlib
+
+    from django.contrib.auth import get_user_model
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+    from rq import get_current_job
+
+    from analysis.models import SegmenterVersion
+    from analysis.segmentation.network.architecture import DEFAULT_ARCHITECTURE
+    from analysis.segmentation.network.inference import DEFAULT_INFERENCE, resolve_device
+    from analysis.segmentation.network.preprocess import DEFAULT_PREPROCESSING
+    from analysis.segmentation.network.training import DEFAULT_TRAINING, train
+    from studies.models import Project
+
+    refuse_other_code(code_version)
+    project = Project.objects.get(pk=project_id)
+    architecture = architecture or DEFAULT_ARCHITECTURE
+    preprocessing = {**DEFAULT_PREPROCESSING, **(preprocessing or {})}
+    inference = {**DEFAULT_INFERENCE, **(inference or {})}
+    training = {**DEFAULT_TRAINING, **(training or {})}
+    rq_job = get_current_job()
+    attempt = int(rq_job.kwargs.get("attempt") or 0) if rq_job else 0
+    folder = f"{SEGMENTER_CHECKPOINTS}/{name}"
+
+    def checkpoints():
+        if not default_storage.exists(folder):
+            return []
+        found = []
+        for entry in default_storage.listdir(folder)[1]:
+            if entry.startswith("epoch") and entry.endswith(".pt"):
+                found.append((int(entry[5:-3]), f"{folder}/{entry}"))
+        return sorted(found)
+
+    def load_checkpoint():
+        found = checkpoints()
+        if not found:
+            return None
+        with default_storage.open(found[-1][1], "rb") as fh:
+            return fh.read()
+
+    def save_checkpoint(epoch, data):
+        # Written under a new name before the older ones are removed: a kill at any moment leaves a checkpoint.
+        default_storage.save(f"{folder}/epoch{epoch:04d}.pt", ContentFile(data))
+        for e, path in checkpoints():
+            if e < epoch:
+                default_storage.delete(path)
+
+    progress(0.0, "loading training cases")
+    train_cases = _training_cases(train_sources, preprocessing)
+    held_out = _training_cases(held_out_sources, preprocessing)
+    outcome = train(train_cases, held_out, architecture=architecture, inference=inference, training=training,
+                    epochs=int(epochs), seed=int(seed), attempt=attempt, load_checkpoint=load_checkpoint,
+                    save_checkpoint=save_checkpoint, progress=progress, device=device)
+    from analysis.modeling.versions import code_version as current_code_version
+    from studies.models import Job
+
+    user = get_user_model().objects.filter(pk=user_id).first() if user_id else None
+    job_id = rq_job.kwargs.get("row_id") if rq_job else None
+    version = SegmenterVersion(
+        project=project, name=name, weights_sha256=hashlib.sha256(outcome.weights).hexdigest(),
+        architecture=architecture, preprocessing=preprocessing, inference=inference, label_map={"1": "body"},
+        training_data={"train": list(train_sources), "held_out": list(held_out_sources),
+                       "device": resolve_device(device), "training": training, "epochs": int(epochs)},
+        training_log=outcome.log, metrics=outcome.metrics, random_seed=int(seed), code_version=current_code_version(),
+        training_job=Job.objects.filter(pk=job_id).first() if job_id else None, created_by=user,
+    )
+    version.weights.save(f"{name}.pt", ContentFile(outcome.weights), save=False)
+    version.save()
+    for _, path in checkpoints():
+        default_storage.delete(path)
+    return {"segmenter_version": version.pk, "name": name, "epochs": int(epochs),
+            "mean_held_out_dice": outcome.metrics.get("mean_dice"),
+            "attempts": sorted({e["attempt"] for e in outcome.log})}
+
+
+@task("analysis.segment_exam")
+def segment_exam(*, exam_id, progress, segmenter="", erosion_mm=3.0, device="cuda", code_version="", user_id=None):
+    """Segment and measure an exam with a chosen segmenter (default: the project's promoted one) on a GPU worker."""
+    from django.contrib.auth import get_user_model
+
+    from analysis import pipeline
+    from studies.models import Exam
+
+    refuse_other_code(code_version)
+    exam = Exam.objects.select_related("patient").get(pk=exam_id)
+    user = get_user_model().objects.filter(pk=user_id).first() if user_id else None
+    run = pipeline.measure_exam(exam, erosion_mm=erosion_mm, device=device, user=user, progress=progress,
+                                segmenter=segmenter or None)
+    return {"measurement_run": run.pk, "segmenter_version": run.segmenter_version,
+            "levels": list(run.levels.values_list("level", flat=True)), "flags": run.flags}

@@ -65,6 +65,17 @@ JOB_KINDS = {
         "Segment and measure an exam", REGISTRY_EDITORS,
         params={"exam_id": "Exam", "erosion_mm": "Erosion (mm)", "device": "Device"},
         results={"measurement_run": "Measurement run", "levels": "Levels measured", "flags": "Flags"}),
+    "analysis.train_segmenter": JobKind(
+        "Train a segmentation network", TRAINING_LAUNCHERS,
+        params={"name": "Segmenter version", "epochs": "Epochs", "seed": "Random seed",
+                "train_sources": "Training cases", "held_out_sources": "Held-out cases", "code_version": "Code version"},
+        results={"segmenter_version": "Segmenter version", "mean_held_out_dice": "Held-out Dice (mean of levels)",
+                 "attempts": "Job attempts that trained it"}),
+    "analysis.segment_exam": JobKind(
+        "Segment and measure an exam with a chosen segmenter", REGISTRY_EDITORS,
+        params={"exam_id": "Exam", "segmenter": "Segmenter", "device": "Device", "erosion_mm": "Erosion (mm)"},
+        results={"measurement_run": "Measurement run", "segmenter_version": "Segmenter", "levels": "Levels measured",
+                 "flags": "Flags"}),
     "pacs.pull_series": JobKind(
         "Pull a series from PACS", REGISTRY_EDITORS,
         params={"study_uid": "Study UID", "series_uid": "Series UID", "exam_id": "Exam"},

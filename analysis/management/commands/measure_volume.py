@@ -1,5 +1,5 @@
 """python manage.py measure_volume INPUT --out OUT.json [--labels-out LABELS.nii.gz] [--device cpu|cuda]
-[--labels-in LABELS.nii.gz] [--erosion-mm MM] [--segments-out SEGMENTS.nii.gz]
+[--labels-in LABELS.nii.gz] [--erosion-mm MM] [--segments-out SEGMENTS.nii.gz] [--segmenter NAME|FOLDER]
 
 Segments (or takes the given VerSe body labels), and measures the trabecular HU of every vertebra of one CT,
 without touching the database (SPEC section 6). Centroids are in the input's own convention: RAS for
@@ -43,9 +43,11 @@ class Command(BaseCommand):
         parser.add_argument("--labels-in", help="measure this VerSe-numbered body label NIfTI instead of segmenting")
         parser.add_argument("--erosion-mm", type=float, default=3.0, help="ROI erosion depth in mm (default 3)")
         parser.add_argument("--segments-out", help="write every body segment's index (1 at the head end) as NIfTI")
+        parser.add_argument("--segmenter", help="segmenter version name, 'anatomy' (rule-based) or a MONAI bundle "
+                                                "folder (default: the rule-based segmenter)")
 
     def handle(self, *args, input, out, labels_out=None, device="cpu", labels_in=None, erosion_mm=3.0,
-               segments_out=None, **options):
+               segments_out=None, segmenter=None, **options):
         from analysis.imaging.volume import load_volume, save_nifti
         from analysis.measurement import measure_segmentation, measurement_json, segments_json
         from analysis.segmentation.external import from_verse
@@ -84,12 +86,14 @@ class Command(BaseCommand):
                 raise CommandError(f"{labels_in}: {_one_line(exc)}") from None
             segmenter = {"name": "labels-in", "path": str(labels_in)}
         else:
+            from analysis.segmentation.network.registry import resolve_segmenter
+
             try:
-                from analysis.segmentation.spine import segment_vertebrae
-            except ImportError:
-                raise CommandError("default segmenter not available") from None
+                segment = resolve_segmenter(segmenter)
+            except Exception as exc:
+                raise CommandError(f"--segmenter {segmenter}: {_one_line(exc)}") from None
             try:
-                result = segment_vertebrae(volume, device=device)
+                result = segment(volume, device=device)
             except Exception as exc:
                 raise CommandError(f"{input}: segmentation failed: {_one_line(exc)}") from None
             labels = result.labels
@@ -98,8 +102,8 @@ class Command(BaseCommand):
             segmentation_flags = list(result.flags)
             segmenter_timings = dict(result.timings_s)
             # The device the segmenter actually ran on, not the one asked for.
-            segmenter = {"name": "default", "version": result.segmenter_version, "device": result.device,
-                         "notes": list(result.notes)}
+            segmenter = {"name": segment.name if segmenter else "default", "version": result.segmenter_version,
+                         "device": result.device, "notes": list(result.notes)}
         segmented = time.perf_counter()
 
         try:
