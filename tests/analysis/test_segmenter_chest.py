@@ -63,3 +63,23 @@ def test_t5_to_t10_are_measured(chest):
         level = measured[name]
         assert level.roi_volume_ml >= 1.0, (name, level.roi_volume_ml)
         assert 80.0 <= level.mean_hu <= 220.0, (name, level.mean_hu)
+
+
+def test_vertebra_cut_by_the_top_of_the_scan_is_not_taken_for_c7():
+    # aorta_ct_cropped ends in the lower 14 mm of T2: the root of its rib (beside the upper half of the
+    # body, at the transverse process) lies above the scan, so the segment looks rib-free. Taken as C7 it
+    # named every level two too high at confidence 0.5-0.8 (T12 named T10). A rib-free segment cut by the
+    # top of the scan is no C7 anchor; a top segment whose body ends below the edge of the scan is.
+    from analysis.segmentation.labelling import Segment, label_segments
+
+    def stack(top_cut):
+        segs = [Segment(complete=False, cut=True)]  # the lowest, cut by the bottom of the scan
+        segs += [Segment(complete=True, rib_left=True, rib_right=True) for _ in range(10)]
+        segs.append(Segment(complete=False, cut=top_cut, extent_mm=14.0))
+        return segs
+
+    levels, flags, notes = label_segments(stack(top_cut=True))
+    assert not any("first rib" in note for note in notes)
+    assert all(conf < 0.5 for _, conf in levels.values()), levels
+    levels, flags, notes = label_segments(stack(top_cut=False))
+    assert levels[11][0] == "C7" and levels[10][0] == "T1"
