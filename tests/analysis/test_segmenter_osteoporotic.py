@@ -2,9 +2,9 @@
 
 Truth comes from :func:`analysis.imaging.phantom.make_spine_phantom` with ``cortical_mm`` 0.5-1 mm (painted
 one voxel thick at its partial-volume HU) and 1.5 mm endplates, marrow HU set per level, noise SD 20 HU.
-Before anatomy-0.8 such bodies were split at the slice where the faint ring did not close and mostly lost
-(the issue's real osteoporotic lumbar spine: one body split, the others mostly missed). Every body must be
-found whole (one piece covering nearly all of it), named right or not at all, and measured.
+Before issue 9 (anatomy-0.7) such bodies were split at a slice where the faint ring did not close and partly
+lost (the issue's real osteoporotic lumbar spine: one body split, the others mostly missed). Every body must
+be found whole (one piece covering nearly all of it), named right or not at all, and measured.
 """
 
 import numpy as np
