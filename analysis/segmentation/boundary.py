@@ -124,6 +124,24 @@ def _inside_edge(h, mask, band, spacing, surround):
     return out
 
 
+# A labelled body spans the slices between its two discs; a slice missing inside it is one where the
+# cortical ring did not close (a thin osteoporotic cortex in noise), not a disc (a disc splits the labels).
+# Up to this much is bridged with what the slices above and below have in common; without it a body split
+# by one missing 3 mm slice loses the smaller piece (too thin for a core below).
+BRIDGE_MM = 6.0
+
+
+def _bridge_missing_slices(mask, slice_mm):
+    """Fill empty slices (along axis 0) inside a body's slice range from its neighbours (in place)."""
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    if len(zs) < 2:
+        return
+    for lower, upper in zip(zs[:-1], zs[1:]):
+        if upper - lower > 1 and (upper - lower - 1) * slice_mm <= BRIDGE_MM:
+            common = mask[lower] & mask[upper]
+            mask[lower + 1 : upper] = common if common.any() else mask[lower] | mask[upper]
+
+
 def refine_bodies(hu, spacing, labels):
     """Move every labelled body's surface to the half-maximum edge of its cortical shell.
 
@@ -162,6 +180,7 @@ def refine_bodies(hu, spacing, labels):
         lab = labels[sl]
         mask = lab == value
         others = (lab != 0) & ~mask
+        _bridge_missing_slices(mask, spacing[0])
         sigma = SMOOTH_MM / spacing
         h = ndimage.gaussian_filter(hu[sl].astype(np.float32), sigma=sigma)
         outer = ndimage.binary_dilation(mask, structure=grow_el) & ~others

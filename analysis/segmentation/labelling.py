@@ -436,10 +436,12 @@ def _counted_levels(segments):
     if rib_idx:
         first = max(rib_idx)
         above = segments[first + 1] if first + 1 < n else None
-        # C7 may be cut by the top of the scan: most of its body in view is enough (a cervical rib, at its
-        # transverse process, would be in view with it).
+        # C7 may be the end segment with no disc above it in view, but its body must not be cut by the top
+        # of the scan: a rib root sits beside the upper half of its vertebra, so the lower part of a
+        # rib-bearing vertebra cut by the scan looks rib-free (aorta_ct_cropped: the lower 14 mm of T2).
         run_below = sum(1 for i in rib_idx if first - FIRST_RIB_RUN < i <= first)
-        if (above is not None and above.ribs == 0 and (above.complete or (above.extent_mm or 0.0) >= C7_IN_VIEW_MM)
+        if (above is not None and above.ribs == 0
+                and (above.complete or (not above.cut and (above.extent_mm or 0.0) >= C7_IN_VIEW_MM))
                 and run_below >= FIRST_RIB_RUN):
             first_anchor = first
             notes.append(f"first rib-bearing vertebra (segment {first}) = T1, with a complete rib-free "

@@ -270,7 +270,8 @@ def _chest(n_thoracic_ribs, c7=True, lumbar=1):
     segs[0].complete, segs[0].cut = False, True  # the lowest is cut by the edge of the volume
     segs += [Segment(complete=True, rib_left=True, rib_right=True) for _ in range(n_thoracic_ribs)]
     if c7:
-        segs.append(Segment(complete=False, cut=True, extent_mm=12.0))
+        # The top end segment (no disc above it in view), its body below the edge of the scan.
+        segs.append(Segment(complete=False, cut=False, extent_mm=12.0))
     return segs
 
 

@@ -1,0 +1,89 @@
+"""Default segmenter on osteoporotic phantoms (issue 9): marrow of 30-90 HU, a thin cortex, bright endplates.
+
+Truth comes from :func:`analysis.imaging.phantom.make_spine_phantom` with ``cortical_mm`` 0.5-1 mm (painted
+one voxel thick at its partial-volume HU) and 1.5 mm endplates, marrow HU set per level, noise SD 20 HU.
+Before issue 9 (anatomy-0.7) such bodies were split at a slice where the faint ring did not close and partly
+lost (the issue's real osteoporotic lumbar spine: one body split, the others mostly missed). Every body must
+be found whole (one piece covering nearly all of it), named right or not at all, and measured.
+"""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from analysis.imaging.phantom import make_spine_phantom
+from analysis.measurement import trabecular_roi
+from analysis.segmentation.levels import LEVEL_OF_LABEL, VERSE_LABEL
+from analysis.segmentation.spine import segment_vertebrae
+
+# Marrow HU per level in the issue's range (30-90 HU), set per case.
+CASES = {
+    # spacing (dz, dy, dx) mm, marrow HU per level, cortex mm, noise seed.
+    # 3 mm voxels: the 0.5 mm cortex reads about 150 HU; the sacrum below names the levels.
+    "3mm_L2-S1": ((3.0, 3.0, 3.0), {"L2": 45.0, "L3": 90.0, "L4": 30.0, "L5": 60.0, "S1": 80.0}, 0.5, 0),
+    # 3 mm slices with 1 mm pixels, the lowest ribs in view. In one slice of L2 (30 HU) the faint ring
+    # does not close: anatomy-0.7 kept 22 % of L2 (the two slices below the gap were dropped).
+    "3x1x1_T11-L3": ((3.0, 1.0, 1.0), {"T11": 90.0, "T12": 70.0, "L1": 50.0, "L2": 30.0, "L3": 60.0}, 0.5, 1),
+    # 1 mm slices (1.5 mm pixels, the working grid itself): the thoracolumbar junction, 1 mm cortex.
+    "1x1.5x1.5_T11-L2": ((1.0, 1.5, 1.5), {"T11": 85.0, "T12": 40.0, "L1": 65.0, "L2": 30.0}, 1.0, 0),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request):
+    spacing, marrow, cortex, seed = CASES[request.param]
+    phantom = make_spine_phantom(spacing=spacing, levels=tuple(marrow), noise_sd=20.0, random_state=seed,
+                                 trabecular_hu=marrow, cortical_mm=cortex, endplate_mm=1.5)
+    return phantom, segment_vertebrae(phantom.volume)
+
+
+def _bodies(phantom):
+    return [LEVEL_OF_LABEL[int(v)] for v in np.unique(phantom.body_labels) if v]
+
+
+def test_every_body_is_found_whole(case):
+    # Truth: the phantom's body masks. The label covering most of each body matches it with Dice >= 0.9
+    # (measured 0.94-0.95 at 3 mm voxels, 0.96-0.99 finer; a body split at a missing slice or lost scores
+    # 0.3-0.8) and is one connected piece (not split where the faint cortex did not close).
+    phantom, result = case
+    for name in _bodies(phantom):
+        truth = phantom.body_labels == VERSE_LABEL[name]
+        values, counts = np.unique(result.labels[truth & (result.labels > 0)], return_counts=True)
+        assert len(values), f"{name} not found"
+        ours = result.labels == values[np.argmax(counts)]
+        dice = 2 * (ours & truth).sum() / (ours.sum() + truth.sum())
+        assert dice >= 0.9, (name, dice)
+        _, pieces = ndimage.label(ours)
+        assert pieces == 1, (name, pieces)
+
+
+def test_levels_are_right_or_withheld(case):
+    # Every label we write lies mostly on the body of that level, or its confidence is below 0.5.
+    phantom, result = case
+    for value in np.unique(result.labels):
+        if value == 0:
+            continue
+        truth = phantom.body_labels[result.labels == value]
+        values, counts = np.unique(truth[truth > 0], return_counts=True)
+        name = LEVEL_OF_LABEL[int(value)]
+        if not len(values) or values[np.argmax(counts)] != value:
+            assert result.level_confidence.get(name, 0.0) < 0.5, (name, result.level_confidence)
+    # Each case has an anchor in view (the last rib with the rib-free L1 below, or the sacrum): every
+    # body is named, and named right.
+    for name in _bodies(phantom):
+        truth = phantom.body_labels == VERSE_LABEL[name]
+        values, counts = np.unique(result.labels[truth & (result.labels > 0)], return_counts=True)
+        assert len(values) and LEVEL_OF_LABEL[int(values[np.argmax(counts)])] == name, name
+        assert result.level_confidence[name] >= 0.5
+
+
+def test_marrow_hu_is_measured(case):
+    # Truth: the marrow HU painted per level. The 3 mm ROI of our body reads it to within 8 HU (the ROI of
+    # the exact body mask on the same noisy image is within about 3 HU at 3 mm voxels: 40-150 ROI voxels).
+    phantom, result = case
+    errors = {}
+    for name in _bodies(phantom):
+        roi = trabecular_roi(result.labels == VERSE_LABEL[name], phantom.volume.spacing)
+        assert roi.sum() >= 30, name
+        errors[name] = float(phantom.volume.array[roi].mean()) - phantom.trabecular_hu[name]
+    assert max(abs(e) for e in errors.values()) <= 8.0, errors
