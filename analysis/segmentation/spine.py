@@ -14,7 +14,7 @@ import numpy as np
 
 from analysis.segmentation.levels import VERSE_LABEL, BodySegment
 
-SEGMENTER_VERSION = "anatomy-0.7"
+SEGMENTER_VERSION = "anatomy-0.8"
 
 
 @dataclass
