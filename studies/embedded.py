@@ -20,5 +20,10 @@ def start_server(host, port):
     from fakeredis import TcpFakeServer
 
     server = TcpFakeServer((host, port), server_type="redis")
+    # One handler thread per client connection. A connection this process keeps open itself (the web side's
+    # queue connection) never ends, so closing the server must not wait for handler threads: it would hang
+    # the shutdown of `runembedded` for ever.
+    server.daemon_threads = True
+    server.block_on_close = False
     threading.Thread(target=server.serve_forever, name="embedded-redis", daemon=True).start()
     return server
