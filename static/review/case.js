@@ -20,6 +20,12 @@ document.addEventListener("keydown", (event) => {
   target.click();
 });
 
+// Each level row's colour swatch, the segment's overlay colour. Set through the CSSOM: the CSP (no
+// 'unsafe-inline' for styles) blocks style="" attributes in the page, and the colour is per segment.
+document.querySelectorAll("#level-table .swatch[data-rgb]").forEach((swatch) => {
+  swatch.style.backgroundColor = `rgb(${swatch.dataset.rgb})`;
+});
+
 const select = document.getElementById("segment-select");
 document.querySelectorAll("#level-table tr[data-index]").forEach((row) => row.addEventListener("click", () => {
   document.querySelectorAll("#level-table tr.selected").forEach((r) => r.classList.remove("selected"));

@@ -200,7 +200,9 @@ def test_cohort_table_page_is_table_1_of_the_cohort(client, trained):
     unknown = client.get(reverse("analysis:cohort_table", args=[project.pk]), {"cohort": "nope"}).content.decode()
     assert "not one of the available choices" in unknown and 'id="cohort-table"' not in unknown
     link = reverse("analysis:cohort_table", args=[project.pk])
-    assert link in client.get(project.get_absolute_url()).content.decode()
+    # An annotator opening the project is sent to the review queue (studies.views.project_detail, merged with
+    # the review queue); the project overview with its link is at ?overview.
+    assert link in client.get(project.get_absolute_url(), {"overview": 1}).content.decode()
     assert link in client.get(reverse("analysis:model_list", args=[project.pk])).content.decode()
 
 

@@ -38,6 +38,10 @@ def test_viewer_shows_exam_with_overlay_and_scrolls(webgl_browser, live_server, 
     # Jump to L1 by clicking its row: the axial view shows its body, in its overlay colour.
     row = browser.find_element(By.CSS_SELECTOR, "#level-table tr[data-index='4']")
     assert "L1" in row.text
+    # Its swatch has segment 4's colour (studies.review.segments.PALETTE[3]), set by case.js through the
+    # CSSOM: a style="" attribute would be blocked by the CSP.
+    swatch = row.find_element(By.CLASS_NAME, "swatch")
+    assert swatch.value_of_css_property("background-color") == "rgba(0, 130, 200, 1)"
     row.click()
     time.sleep(1.0)
     at_l1 = canvas_stats(browser)

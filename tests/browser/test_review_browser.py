@@ -4,6 +4,7 @@ relabel is a new run that the exam's features use."""
 
 import pytest
 from django.test import Client
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -53,8 +54,9 @@ def test_conflict_then_relabel_and_accept_by_keyboard(webgl_browser, live_server
 
     # Re-applying names the spine from segment 1 on the current version.
     browser.find_element(By.ID, "reapply").click()
-    WebDriverWait(browser, 60).until(lambda b: "T9" in b.find_element(By.CSS_SELECTOR,
-                                                                      "#level-table tr[data-index='1']").text)
+    # The row may be read from the old page just as the new one replaces it: a stale reference is retried.
+    WebDriverWait(browser, 60, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda b: "T9" in b.find_element(By.CSS_SELECTOR, "#level-table tr[data-index='1']").text)
     wait_for_viewer(browser)
     assert actions.as_int_map(Reading.objects.get(pk=reading.pk).level_map) == {
         1: "T9", 2: "T10", 3: "T11", 4: "T12", 5: "L1"}
