@@ -6,8 +6,7 @@ import pytest
 from tests.conftest import which_or_missing
 
 
-@pytest.fixture
-def browser():
+def _chromium():
     """Headless Debian Chromium driven through chromedriver (both from apt), with a throw-away profile."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -26,3 +25,14 @@ def browser():
     yield driver
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def browser():
+    yield from _chromium()
+
+
+@pytest.fixture
+def second_browser():
+    """Another browser with its own profile, so its own session (two users at once)."""
+    yield from _chromium()

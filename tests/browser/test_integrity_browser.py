@@ -3,8 +3,6 @@ measurement with the source chosen on the page (run by a real worker); two brows
 the second is shown the conflict and decides."""
 
 import datetime as dt
-import shutil
-import tempfile
 
 import pytest
 from selenium.common.exceptions import StaleElementReferenceException
@@ -17,7 +15,6 @@ from analysis.models import LevelMeasurement, MeasurementRun, ModelVersion
 from studies.demo import seed_demo_project
 from studies.models import Exam, Job, JobState, QCTResult
 from tests.browser.test_registry_browser import wait_for_text
-from tests.conftest import which_or_missing
 from tests.factories import MembershipFactory
 
 pytestmark = pytest.mark.browser
@@ -28,28 +25,6 @@ def storage(settings, tmp_path):
     settings.STORAGES = {**settings.STORAGES, "default": {
         "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path)}}}
     return tmp_path
-
-
-@pytest.fixture
-def second_browser():
-    """Another headless Chromium with its own profile (own session), set up as tests/browser/conftest.py does."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium = which_or_missing("/usr/bin/chromium", "chromium")
-    driver_path = which_or_missing("/usr/bin/chromedriver", "chromium-driver")
-    profile = tempfile.mkdtemp(prefix="bmdsite-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--window-size=1400,1000", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    driver.implicitly_wait(5)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
 
 
 def login(browser, live_server, user, password):
