@@ -71,7 +71,7 @@ def measure_exam(*, exam_id, progress, erosion_mm=3.0, device="cpu", user_id=Non
     exam = Exam.objects.select_related("patient").get(pk=exam_id)
     user = get_user_model().objects.filter(pk=user_id).first() if user_id else None
     run = pipeline.measure_exam(exam, erosion_mm=erosion_mm, device=device, user=user, progress=progress)
-    return {"measurement_run": run.pk, "levels": list(run.levels.values_list("level", flat=True)),
+    return {"measurement_run": run.pk, "levels": _head_to_foot(run.levels.values_list("level", flat=True)),
             "flags": run.flags}
 
 
@@ -244,4 +244,11 @@ def segment_exam(*, exam_id, progress, segmenter="", erosion_mm=3.0, device="cud
     run = pipeline.measure_exam(exam, erosion_mm=erosion_mm, device=device, user=user, progress=progress,
                                 segmenter=segmenter or None)
     return {"measurement_run": run.pk, "segmenter_version": run.segmenter_version,
-            "levels": list(run.levels.values_list("level", flat=True)), "flags": run.flags}
+            "levels": _head_to_foot(run.levels.values_list("level", flat=True)), "flags": run.flags}
+
+
+def _head_to_foot(levels):
+    """Level names in anatomical order (C1 first), as the job page lists them."""
+    from analysis.segmentation.levels import level_sort_key
+
+    return sorted(levels, key=level_sort_key)
