@@ -19,13 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bmdsite.settings")
-os.environ.setdefault("SECRET_KEY", "benchmark-only-secret-key-0123456789-abcdefghijklmnop")
-os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
-os.environ.setdefault("STATIC_MANIFEST", "false")
+import django_bench  # noqa: E402, F401  (sets the environment before Django loads)
 os.environ.setdefault("DEBUG", "false")
-os.environ.setdefault("BMDSITE_VAR_DIR", "/tmp/bmdsite-bench-var")
 os.environ.setdefault("STORAGE_ROOT", tempfile.mkdtemp(prefix="bmdsite-bench-storage-"))
 
 PAGE_TARGET_S = 0.300

@@ -19,7 +19,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    old = dashboard_setup.start()
+    old = dashboard_setup.start_test_database()
     try:
         from django.urls import reverse
 
@@ -43,7 +43,7 @@ def main():
         print("PASS" if ok else "FAIL")
         return 0 if ok else 1
     finally:
-        dashboard_setup.stop(old)
+        dashboard_setup.stop_test_database(old)
 
 
 if __name__ == "__main__":

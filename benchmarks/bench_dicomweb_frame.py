@@ -15,14 +15,8 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bmdsite.settings")
-os.environ.setdefault("SECRET_KEY", "benchmark-only-secret-key-0123456789-abcdefghijklmnop")
-os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
-os.environ.setdefault("STATIC_MANIFEST", "false")
-os.environ.setdefault("BMDSITE_VAR_DIR", "/tmp/bmdsite-bench-var")
+from django_bench import start_test_database, stop_test_database  # noqa: E402 (sets the environment first)
 os.environ.setdefault("STORAGE_ROOT", tempfile.mkdtemp(prefix="bmdsite-bench-storage-"))
 
 TARGET_S = 0.050
@@ -51,7 +45,6 @@ def main():
     import numpy as np
     from django.db import connection
     from django.test import Client
-    from django.test.utils import setup_test_environment
 
     from analysis.imaging.volume import Volume
     from studies.dicomweb.instances import sop_uid_of
@@ -60,8 +53,7 @@ def main():
     from studies.pacs.ingest import store_volume
     from tests.factories import ExamFactory, UserFactory
 
-    setup_test_environment()
-    old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
+    old_name = start_test_database()
     try:
         exam = ExamFactory()
         project = exam.patient.project
@@ -98,7 +90,7 @@ def main():
         meta_s, size = timed(client, f"{series}/metadata", 3, headers)
         print(f"series metadata ({args.slices} instances, {size / 1e6:.1f} MB JSON): median {meta_s * 1000:.0f} ms")
     finally:
-        connection.creation.destroy_test_db(old_name, verbosity=0)
+        stop_test_database(old_name)
     if frame_s > TARGET_S:
         print("FAIL: frame over target")
         sys.exit(1)

@@ -17,16 +17,9 @@ import argparse
 import datetime as dt
 import csv
 import io
-import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bmdsite.settings")
-os.environ.setdefault("SECRET_KEY", "benchmark-only-secret-key-0123456789-abcdefghijklmnop")
-os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
-os.environ.setdefault("STATIC_MANIFEST", "false")
-os.environ.setdefault("BMDSITE_VAR_DIR", "/tmp/bmdsite-bench-var")
+from django_bench import start_test_database, stop_test_database  # noqa: E402 (sets the environment first)
 
 from benchmarks.timing import median_time  # noqa: E402
 
@@ -101,13 +94,11 @@ def main():
 
     django.setup()
     from django.db import connection
-    from django.test.utils import setup_test_environment
 
     from studies.importers import import_qct
     from studies.models import Exam, Project, QCTResult
 
-    setup_test_environment()
-    old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
+    old_name = start_test_database()
     failed = False
     try:
         print(f"database: {connection.vendor}")
@@ -168,7 +159,7 @@ def main():
         else:
             print(f"note: {TARGET_ROWS} rows not measured (--sizes); target not checked")
     finally:
-        connection.creation.destroy_test_db(old_name, verbosity=0)
+        stop_test_database(old_name)
     return 1 if failed else 0
 
 

@@ -9,18 +9,11 @@ Runs on a throw-away test database: PostgreSQL when DATABASE_URL points to one (
 
 import argparse
 import datetime as dt
-import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bmdsite.settings")
-os.environ.setdefault("SECRET_KEY", "benchmark-only-secret-key-0123456789-abcdefghijklmnop")
-os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
-os.environ.setdefault("STATIC_MANIFEST", "false")
-os.environ.setdefault("BMDSITE_VAR_DIR", "/tmp/bmdsite-bench-var")
+from django_bench import start_test_database, stop_test_database  # noqa: E402 (sets the environment first)
 
 TARGET_S = 0.300
 
@@ -59,13 +52,12 @@ def main():
     django.setup()
     from django.db import connection
     from django.test import Client
-    from django.test.utils import CaptureQueriesContext, setup_test_environment
+    from django.test.utils import CaptureQueriesContext
 
     from studies.models import Membership
     from tests.factories import UserFactory
 
-    setup_test_environment()
-    old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
+    old_name = start_test_database()
     failed = False
     try:
         readers = [UserFactory() for _ in range(4)]
@@ -114,7 +106,7 @@ def main():
               "by its role lookup only)")
         failed |= len(counts) > 2
     finally:
-        connection.creation.destroy_test_db(old_name, verbosity=0)
+        stop_test_database(old_name)
     if failed:
         print(f"FAIL: over {TARGET_S * 1000:.0f} ms or query count not constant")
         sys.exit(1)

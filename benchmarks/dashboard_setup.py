@@ -5,34 +5,8 @@ calibrated chest variants, 6 algorithms each: 30 versions) and, for the comparis
 of two more seeds, all with 2000-resample CIs stored as training stores them.
 """
 
-import os
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bmdsite.settings")
-os.environ.setdefault("SECRET_KEY", "benchmark-only-secret-key-0123456789-abcdefghijklmnop")
-os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
-os.environ.setdefault("STATIC_MANIFEST", "false")
-os.environ.setdefault("BMDSITE_VAR_DIR", "/tmp/bmdsite-bench-var")
-
-
-def start():
-    """Set Django up on a new test database; returns the old database name for :func:`stop`."""
-    import django
-
-    django.setup()
-    from django.db import connection
-    from django.test.utils import setup_test_environment
-
-    setup_test_environment()
-    return connection.creation.create_test_db(verbosity=0, autoclobber=True)
-
-
-def stop(old_name):
-    from django.db import connection
-
-    connection.creation.destroy_test_db(old_name, verbosity=0)
+# Sets the environment before Django loads; the benchmarks call these two through this module.
+from django_bench import start_test_database, stop_test_database  # noqa: F401
 
 
 def trained_project(extra_classifier_seeds=(), n_resamples=2000):
