@@ -41,7 +41,9 @@ def test_killed_worker_and_horse_leave_job_failed_and_retry_runs_it_once(rq_work
     counter = tmp_path / "runs.txt"
     job = jobs.submit("test.steps", project=project, path=str(counter), steps=300, step_s=0.1)
     worker = rq_worker()
-    wait_for(lambda: state_of(job) == JobState.RUNNING, timeout=WAIT_S, what="the job to start")
+    # The row turns RUNNING before the task body writes "start": wait for both, so the kill lands in the task.
+    wait_for(lambda: state_of(job) == JobState.RUNNING and runs(counter)[0] == 1, timeout=WAIT_S,
+             what="the job to start")
     horse = horse_of(worker)
     # RQ's work horse calls os.setpgrp(), so the worker's process group does not contain it: SIGKILL both
     # groups, as an OOM killer or `kill -9` of both would. Nothing gets a chance to clean up.
