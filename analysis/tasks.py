@@ -61,18 +61,24 @@ def predict(*, model_version_id, progress, exam_ids=None, measurement_source=Non
 
 
 @task("analysis.measure_exam")
-def measure_exam(*, exam_id, progress, erosion_mm=3.0, device="cpu", user_id=None):
-    """Segment and measure an exam's stored CT series; the result is a new, immutable measurement run."""
+def measure_exam(*, exam_id, progress, erosion_mm=3.0, device="cpu", user_id=None, segmenter="", code_version=""):
+    """Segment and measure an exam's stored CT series; the result is a new, immutable measurement run.
+
+    ``segmenter``: a name for :func:`analysis.segmentation.network.registry.resolve_segmenter` (empty: the
+    project's promoted version, else the rule-based one), as a reader's request of re-segmentation chooses.
+    """
     from django.contrib.auth import get_user_model
 
     from analysis import pipeline
     from studies.models import Exam
 
+    refuse_other_code(code_version)
     exam = Exam.objects.select_related("patient").get(pk=exam_id)
     user = get_user_model().objects.filter(pk=user_id).first() if user_id else None
-    run = pipeline.measure_exam(exam, erosion_mm=erosion_mm, device=device, user=user, progress=progress)
-    return {"measurement_run": run.pk, "levels": _head_to_foot(run.levels.values_list("level", flat=True)),
-            "flags": run.flags}
+    run = pipeline.measure_exam(exam, erosion_mm=erosion_mm, device=device, user=user, progress=progress,
+                                segmenter=segmenter or None)
+    return {"measurement_run": run.pk, "segmenter_version": run.segmenter_version,
+            "levels": _head_to_foot(run.levels.values_list("level", flat=True)), "flags": run.flags}
 
 
 # -- segmentation network (analysis/segmentation/network): jobs on the "gpu" queue ---------------------------

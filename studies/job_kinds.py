@@ -63,8 +63,9 @@ JOB_KINDS = {
                  "not_predicted": "Exams not predicted"}),
     "analysis.measure_exam": JobKind(
         "Segment and measure an exam", REGISTRY_EDITORS,
-        params={"exam_id": "Exam", "erosion_mm": "Erosion (mm)", "device": "Device"},
-        results={"measurement_run": "Measurement run", "levels": "Levels measured", "flags": "Flags"}),
+        params={"exam_id": "Exam", "segmenter": "Segmenter", "erosion_mm": "Erosion (mm)", "device": "Device"},
+        results={"measurement_run": "Measurement run", "segmenter_version": "Segmenter", "levels": "Levels measured",
+                 "flags": "Flags"}),
     "analysis.train_segmenter": JobKind(
         "Train a segmentation network", TRAINING_LAUNCHERS,
         params={"name": "Segmenter version", "epochs": "Epochs", "seed": "Random seed",

@@ -27,6 +27,7 @@ import traceback
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
 from .job_kinds import kind_of, may_act, may_start
@@ -38,6 +39,12 @@ _TASKS = {}
 
 # RQ job states in which the job is still on its way to a worker or running there.
 _LIVE_RQ_STATES = ("queued", "started", "deferred", "scheduled")
+
+
+# Sent in the worker once a job's success is recorded (``job``: the Job row). Receivers act on what the job
+# produced (the review puts a re-segmented case back into its queue); a receiver's error is logged, the job
+# stays succeeded.
+job_succeeded = Signal()
 
 
 class JobError(Exception):
@@ -164,6 +171,9 @@ def execute(*, row_id, attempt=None):
     ):
         log.warning("job %s attempt %s was superseded; its result is discarded", job_id, attempt)
         return None
+    for receiver, error in job_succeeded.send_robust(sender=Job, job=Job.objects.get(pk=job_id)):
+        if error is not None:
+            log.error("job %s: %s failed after the job succeeded: %r", job_id, receiver, error)
     return result
 
 

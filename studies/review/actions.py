@@ -109,7 +109,7 @@ def queue(project, *, user=None, status="open"):
     """The project's cases ordered by need (one query; ``user``: only cases with a reading assigned to them)."""
     cases = ReviewCase.objects.filter(project=project).select_related("exam__patient")
     if status == "open":
-        cases = cases.filter(status__in=OPEN_STATUSES)
+        cases = cases.filter(is_open=True)  # indexed with the order (see ReviewCase.is_open)
     elif status:
         cases = cases.filter(status=status)
     if user is not None:
@@ -279,8 +279,12 @@ def comment(case, user, text, reading=None):
 
 
 # -- deciding ------------------------------------------------------------------------------------------
-def decide(reading, opened_version, user, decision):
-    """Record the reading's decision; settle the case when it is the last decision needed. Returns the case."""
+def decide(reading, opened_version, user, decision, *, segmenter=""):
+    """Record the reading's decision; settle the case when it is the last decision needed. Returns the case.
+
+    ``segmenter``: for a request of re-segmentation, the segmenter to run (see :mod:`.resegment`; empty: the
+    project's default). In double reading the request is made with the choice of the reader who decided last.
+    """
     if decision not in Decision.values:
         raise ReviewError(f"unknown decision {decision!r}")
     now = timezone.now()
@@ -290,13 +294,13 @@ def decide(reading, opened_version, user, decision):
                       decision=decision, decided_by=user, decided_at=now)
         case = ReviewCase.objects.select_for_update().get(pk=reading.case_id)
         if reading.kind in (ReadingKind.SINGLE, ReadingKind.ADJUDICATION):
-            _settle(case, reading, user)
+            _settle(case, reading, user, segmenter)
         else:
             pair = list(case.readings.filter(kind__in=[ReadingKind.FIRST, ReadingKind.SECOND]))
             if all(r.decided_at for r in pair):
                 first, second = sorted(pair, key=lambda r: r.kind != ReadingKind.FIRST)
                 if _same_result(first, second):
-                    _settle(case, reading, user)
+                    _settle(case, reading, user, segmenter)
                 else:
                     _to_adjudication(case, first, second, user)
     return case
@@ -321,16 +325,19 @@ def _to_adjudication(case, first, second, user):
                     for i in sorted(set(a) | set(b)) if a.get(i) != b.get(i)]
     if sorted(first.unusable) != sorted(second.unusable):
         differences.append(f"unusable {first.unusable} / {second.unusable}")
-    Reading.objects.create(case=case, kind=ReadingKind.ADJUDICATION, reader=adjudicator,
-                           level_map=_initial_map(case))
+    # A case back from re-segmentation has the adjudication reading of its earlier round: it starts afresh.
+    Reading.objects.update_or_create(case=case, kind=ReadingKind.ADJUDICATION, defaults={
+        "reader": adjudicator, "level_map": _initial_map(case), "unusable": [], "decision": "", "decided_by": None,
+        "decided_at": None})
     case.status = CaseStatus.ADJUDICATION
     case.save()
     ReviewEvent.objects.create(case=case, user=user, action="disagreement", version=0,
                                summary=("readers disagree: " + "; ".join(differences))[:300])
 
 
-def _settle(case, reading, user):
-    """Close the case with ``reading``'s decision; an accepted change becomes a new measurement run."""
+def _settle(case, reading, user, segmenter=""):
+    """Close the case with ``reading``'s decision; an accepted change becomes a new measurement run, a request
+    of re-segmentation starts the exam's segment-and-measure job."""
     if reading.decision == Decision.ACCEPT:
         level_map, unusable = as_int_map(reading.level_map), [int(i) for i in reading.unusable]
         if changes_anything(case.base_run, level_map, unusable):
@@ -347,6 +354,10 @@ def _settle(case, reading, user):
         summary += f"; reviewed measurement run {case.result_run_id} created"
     ReviewEvent.objects.create(case=case, reading=reading, user=user, action="settled", summary=summary,
                                version=reading.version)
+    if case.status == CaseStatus.RESEGMENT:
+        from .resegment import request_resegmentation
+
+        request_resegmentation(case, user, segmenter)
 
 
 # -- agreement ------------------------------------------------------------------------------------------

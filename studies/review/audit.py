@@ -2,9 +2,10 @@
 
 from auditlog.registry import auditlog
 
-from .models import Reading, ReviewCase, ReviewComment, ReviewSettings
+from .models import Reading, ResegmentationRequest, ReviewCase, ReviewComment, ReviewSettings
 
 auditlog.register(ReviewSettings)
 auditlog.register(ReviewCase)
 auditlog.register(Reading)
 auditlog.register(ReviewComment)
+auditlog.register(ResegmentationRequest)

@@ -24,7 +24,12 @@ def displayed_run(exam, case=None):
 
 
 def case_context(project, exam, user, role):
-    case = (ReviewCase.objects.filter(exam=exam).select_related("base_run", "result_run").first())
+    from . import resegment
+
+    case = ReviewCase.objects.filter(exam=exam).select_related("base_run", "result_run").first()
+    # A re-segmentation whose job finished while no worker could tell the case: settled now, then shown.
+    if case is not None and resegment.settle_finished(resegment.ResegmentationRequest.objects.filter(case=case)):
+        case = ReviewCase.objects.filter(exam=exam).select_related("base_run", "result_run").first()
     run = displayed_run(exam, case)
     reading = actions.working_reading(case, user, role) if case else None
     segments = run_segments(run) if run else []
@@ -59,4 +64,20 @@ def case_context(project, exam, user, role):
         # The endpoint's root: its QIDO "studies" URL without that last segment.
         "dicomweb_root": reverse("dicomweb:studies", args=[project.pk]).rsplit("/studies", 1)[0],
         "viewer_segments": [{"index": s["index"], "level": s["shown_level"], "rgb": s["rgb"]} for s in segments],
+        **resegment_context(case, role),
+    }
+
+
+def resegment_context(case, role):
+    """The case's re-segmentation requests, and whether (and with what) the user may request one now."""
+    from . import resegment
+
+    requests = resegment.case_requests(case) if case else []
+    active = next((r for r in requests if r.active), None)
+    return {
+        "resegmentations": requests, "active_resegmentation": active,
+        "segmenter_choices": resegment.segmenter_choices(case.project) if case else [],
+        # A new request from the case page: after a failed or cancelled one (open cases request it by deciding).
+        "can_request_again": bool(case and case.status == "resegment" and active is None
+                                  and resegment.may_request(role)),
     }

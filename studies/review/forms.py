@@ -18,6 +18,8 @@ class CaseActionForm(forms.Form):
     level = forms.ChoiceField(choices=LEVEL_CHOICES, required=False)
     delta = forms.TypedChoiceField(choices=[("1", "down"), ("-1", "up")], coerce=int, required=False)
     text = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
+    # With "resegment": the segmenter to run (empty: the project's default; see studies.review.resegment).
+    segmenter = forms.CharField(required=False, max_length=100)
 
     def clean(self):
         data = super().clean()
@@ -37,3 +39,9 @@ class AssignForm(forms.Form):
     double_read_share = forms.FloatField(min_value=0.0, max_value=1.0, initial=0.0,
                                          help_text="share of cases read by two readers (0-1)")
     seed = forms.IntegerField(initial=0)
+
+
+class ResegmentForm(forms.Form):
+    """Request re-segmentation of a case again (after a failed or cancelled job)."""
+
+    segmenter = forms.CharField(required=False, max_length=100)

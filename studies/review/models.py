@@ -10,6 +10,7 @@ adjudication reading. The accepted result becomes a new, immutable measurement r
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.urls import reverse
 
 from analysis.models import MeasurementRun
@@ -64,12 +65,19 @@ class ReviewCase(models.Model):
     # made so the queue is one indexed, ordered query however long it is.
     priority = models.IntegerField(default=0)
     priority_reasons = models.JSONField(default=list, blank=True)
+    # Open (to review or in adjudication), computed and stored by the database from ``status``. The queue
+    # filters on this one value, so the (project, is_open, -priority, id) index gives its order: filtering on
+    # ``status IN (pending, adjudication)`` made SQLite sort every open case of the project (with its joined
+    # exam and patient) for each page.
+    is_open = models.GeneratedField(expression=Q(status__in=[s.value for s in OPEN_STATUSES]),
+                                    output_field=models.BooleanField(), db_persist=True)
     double_read = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     decided_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["project", "status", "-priority", "id"], name="review_queue_order")]
+        indexes = [models.Index(fields=["project", "status", "-priority", "id"], name="review_queue_order"),
+                   models.Index(fields=["project", "is_open", "-priority", "id"], name="review_open_queue_order")]
 
     def __str__(self):
         return f"review of exam {self.exam_id} ({self.status})"
@@ -137,6 +145,40 @@ class ReviewComment(models.Model):
 
     class Meta:
         ordering = ["at", "pk"]
+
+    def get_additional_data(self):
+        return {"project_id": self.case.project_id, "exam_id": self.case.exam_id}
+
+
+class ResegmentationRequest(models.Model):
+    """A reader's request to segment and measure the exam again with a chosen segmenter (:mod:`.resegment`).
+
+    The request starts the exam's segment-and-measure job. While that job is queued or running the request
+    is ``active``, and the database holds at most one active request per case: a second request (a second
+    click, another reader) is refused by the constraint whatever the timing. When the job succeeds its new run
+    becomes the case's run and the case is back in the queue; the replaced run stays as it was.
+    """
+
+    case = models.ForeignKey(ReviewCase, on_delete=models.CASCADE, related_name="resegmentations")
+    # The segmenter by name, resolved when requested ("anatomy" or a SegmenterVersion of the project), so a
+    # later promotion does not change what the request asked for.
+    segmenter = models.CharField(max_length=100)
+    job = models.ForeignKey("studies.Job", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    replaced_run = models.ForeignKey(MeasurementRun, on_delete=models.PROTECT, related_name="+")
+    new_run = models.ForeignKey(MeasurementRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    active = models.BooleanField(default=True)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                     related_name="+")
+    requested_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-requested_at", "-pk"]
+        constraints = [models.UniqueConstraint(fields=["case"], condition=Q(active=True),
+                                               name="one_active_resegmentation_per_case")]
+
+    def __str__(self):
+        return f"re-segmentation of case {self.case_id} with {self.segmenter}"
 
     def get_additional_data(self):
         return {"project_id": self.case.project_id, "exam_id": self.case.exam_id}

@@ -16,7 +16,8 @@ from studies.registry import log_access
 
 from . import actions
 from .case import case_context
-from .forms import AssignForm, CaseActionForm
+from . import resegment
+from .forms import AssignForm, CaseActionForm, ResegmentForm
 from .levels import RelabelError
 from .models import ReviewCase
 from .segments import segment_index_volume
@@ -48,6 +49,8 @@ def queue(request, project_id):
             else:
                 messages.success(request, f"{n} case(s) assigned.")
             return redirect("review:queue", project.pk)
+    # A re-segmentation whose job finished while no worker could tell the case (one query; usually nothing).
+    resegment.settle_finished(resegment.ResegmentationRequest.objects.filter(case__project=project))
     mine = request.GET.get("mine", "1" if role in actions.READERS and not can_assign else "") == "1"
     status = request.GET.get("status", "open")
     cases = actions.queue(project, user=request.user if mine else None, status=status)
@@ -91,16 +94,36 @@ def case_action(request, project_id, exam_id):
         elif op in ("unusable", "usable"):
             actions.set_unusable(reading, data["version"], request.user, data["index"], op == "unusable")
         else:
-            actions.decide(reading, data["version"], request.user, op)
+            actions.decide(reading, data["version"], request.user, op, segmenter=data.get("segmenter") or "")
             messages.success(request, f"Decision saved: {op}.")
             return redirect(_next_case(project, request.user) or back)
     except actions.EditConflict as conflict:
         context = case_context(project, exam, request.user, request.project_role)
         context.update({"conflict": conflict, "attempt": data})
         return render(request, "review/case.html", context, status=409)
-    except (actions.ReviewError, RelabelError) as exc:
+    except (actions.ReviewError, RelabelError, resegment.ResegmentationError) as exc:
         messages.error(request, str(exc))
     return redirect(back)
+
+
+@login_required
+@require_POST
+def case_resegment(request, project_id, exam_id):
+    """Request re-segmentation of a case again, after its last job failed or was cancelled."""
+    project = get_project_for_user(request, project_id)
+    exam = _exam(project, exam_id)
+    review_case = get_object_or_404(ReviewCase, exam=exam)
+    if not resegment.may_request(request.project_role):
+        raise PermissionDenied("Only the readers of a case (annotators, PIs, admins) request re-segmentation.")
+    form = ResegmentForm(request.POST)
+    if form.is_valid():
+        try:
+            row = resegment.request_resegmentation(review_case, request.user, form.cleaned_data["segmenter"])
+        except resegment.ResegmentationError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, f"Re-segmentation with {row.segmenter} requested (job #{row.job_id}).")
+    return redirect("review:case", project.pk, exam.pk)
 
 
 def _next_case(project, user):

@@ -1,0 +1,146 @@
+"""Request re-segmentation from review: a real segment-and-measure job, run by a real `manage.py rqworker`,
+whose new run puts the case back into the queue; who may request it; one request at a time; audited."""
+
+import pytest
+from auditlog.models import LogEntry
+from django.urls import reverse
+
+from analysis.models import MeasurementRun
+from studies import jobs
+from studies.models import Job, JobState
+from studies.review import actions, resegment
+from studies.review.models import CaseStatus, Reading, ResegmentationRequest, ReviewCase
+from tests.factories import ExamFactory, MembershipFactory, UserFactory
+from tests.studies.review.conftest import make_measured_exam
+
+WAIT_S = 300  # the rule-based segmenter takes ~2 s on this phantom; generous for a loaded 2-core machine
+
+
+@pytest.fixture
+def case(transactional_db, storage):
+    exam, run, phantom = make_measured_exam()
+    actions.open_cases(exam.patient.project)
+    return ReviewCase.objects.get(exam=exam)
+
+
+def _login(client, case, role):
+    user = MembershipFactory(project=case.project, role=role).user
+    client.force_login(user)
+    return user
+
+
+def _decide_resegment(client, case, segmenter):
+    page = client.get(reverse("review:case", args=[case.project_id, case.exam_id]))
+    reading = page.context["reading"]
+    return client.post(reverse("review:case_action", args=[case.project_id, case.exam_id]),
+                       {"operation": "resegment", "reading": reading.pk, "version": reading.version,
+                        "segmenter": segmenter})
+
+
+def test_annotator_request_runs_the_exam_job_and_the_case_returns_with_the_new_run(client, case, rq_worker,
+                                                                                   storage, redis_url):
+    annotator = _login(client, case, "annotator")
+    old_run = case.base_run
+    response = _decide_resegment(client, case, "anatomy")
+    assert response.status_code == 302
+    case.refresh_from_db()
+    assert case.status == CaseStatus.RESEGMENT
+    row = ResegmentationRequest.objects.get(case=case)
+    job = row.job
+    # The job the exam's HU page starts, with the reader's segmenter, named after the reader.
+    assert (job.kind, job.params["exam_id"], job.params["segmenter"], job.queue) == (
+        "analysis.measure_exam", case.exam_id, "anatomy", "default")
+    assert job.created_by == annotator and row.requested_by == annotator and row.active
+    page = client.get(reverse("review:case", args=[case.project_id, case.exam_id])).content.decode()
+    assert f"job #{job.pk}" in page and 'id="resegment-state">Queued' in page
+
+    worker = rq_worker(burst=True, extra_env={"STORAGE_ROOT": str(storage)})
+    worker.wait(timeout=WAIT_S)
+    job.refresh_from_db()
+    assert job.state == JobState.SUCCEEDED, job.error or worker.output()
+    row.refresh_from_db()
+    case.refresh_from_db()
+    new_run = MeasurementRun.objects.get(pk=job.result["measurement_run"])
+    # The worker's success signal put the case back: pending, on the new run, with that run's priority.
+    assert not row.active and row.new_run == new_run and row.replaced_run == old_run
+    assert case.status == CaseStatus.PENDING and case.base_run == new_run and case.result_run is None
+    assert new_run.segmenter_version.startswith("anatomy") and new_run.exam_id == case.exam_id
+    assert (case.priority, case.priority_reasons) == actions.priority_of(new_run)
+    assert MeasurementRun.objects.filter(pk=old_run.pk).exists()  # the old run stays
+    assert case in actions.queue(case.project)
+    # The reader's reading starts again on the new segments, at a new version.
+    reading = Reading.objects.get(case=case)
+    assert reading.decided_at is None and reading.decision == "" and reading.version == 3
+    assert actions.as_int_map(reading.level_map) == {s["index"]: s["level"] for s in new_run.segments}
+    page = client.get(reverse("review:case", args=[case.project_id, case.exam_id])).content.decode()
+    assert f"run {new_run.pk}</a> (replaced run {old_run.pk})" in page and 'id="op-accept"' in page
+    # Audited: the request's creation with its actor, the case's status changes.
+    entries = LogEntry.objects.get_for_object(row)
+    assert entries.filter(action=LogEntry.Action.CREATE, actor=annotator).exists()
+    assert {"resegment", "resegmented"} <= set(case.events.values_list("action", flat=True))
+
+
+def test_who_may_request(client, case, redis_url):
+    url = reverse("review:case_resegment", args=[case.project_id, case.exam_id])
+    ReviewCase.objects.filter(pk=case.pk).update(status=CaseStatus.RESEGMENT)  # as after a failed request
+    # Coordinators assign cases but do not read them: refused. A user outside the project does not see it.
+    _login(client, case, "coordinator")
+    assert client.post(url, {"segmenter": ""}).status_code == 403
+    client.force_login(UserFactory())
+    assert client.post(url, {"segmenter": ""}).status_code == 404
+    assert not ResegmentationRequest.objects.exists() and not Job.objects.exists()
+    # Annotators, PIs and admins (the readers) may: the first is accepted, the others refused while it is queued.
+    readers = {role: _login(client, case, role) for role in ("annotator", "pi", "admin")}
+    for role, user in readers.items():
+        client.force_login(user)
+        page = client.post(url, {"segmenter": ""}, follow=True).content.decode()
+        assert ("already queued or running" in page) == (role != "annotator")
+    assert ResegmentationRequest.objects.count() == 1 and Job.objects.count() == 1
+    assert ResegmentationRequest.objects.get().requested_by == readers["annotator"]
+
+
+def test_second_request_refused_while_queued_and_allowed_after_a_cancel(case, redis_url):
+    user = MembershipFactory(project=case.project, role="annotator").user
+    first = resegment.request_resegmentation(case, user, "")
+    assert first.segmenter == "anatomy"  # no promoted version: the project default is the rule-based one
+    with pytest.raises(resegment.ResegmentationError, match="already queued or running"):
+        resegment.request_resegmentation(case, user, "anatomy")
+    assert ResegmentationRequest.objects.count() == 1 and Job.objects.count() == 1
+    jobs.cancel(first.job, user=None)
+    second = resegment.request_resegmentation(case, user, "anatomy")
+    first.refresh_from_db()
+    assert not first.active and second.active and Job.objects.count() == 2
+    assert "cancelled" in case.events.get(action="resegment_failed").summary
+
+
+def test_unknown_segmenter_or_no_stored_series_writes_nothing(client, transactional_db, storage, redis_url):
+    exam, run, _ = make_measured_exam()
+    project = exam.patient.project
+    other = ExamFactory(patient__project=project)
+    actions.open_cases(project)
+    case = ReviewCase.objects.get(exam=exam)
+    user = MembershipFactory(project=project, role="annotator").user
+    with pytest.raises(resegment.ResegmentationError, match="no segmenter named 'nonesuch'"):
+        resegment.request_resegmentation(case, user, "nonesuch")
+    # An exam without stored series: the decision is refused whole (the reading stays undecided).
+    other_case = ReviewCase.objects.create(project=project, exam=other, base_run=run)
+    reading = actions.working_reading(other_case, user, "annotator")
+    with pytest.raises(resegment.ResegmentationError, match="no stored CT series"):
+        actions.decide(reading, reading.version, user, "resegment")
+    reading.refresh_from_db()
+    other_case.refresh_from_db()
+    assert reading.decided_at is None and other_case.status == CaseStatus.PENDING
+    assert not ResegmentationRequest.objects.exists() and not Job.objects.exists()
+
+
+def test_choices_offer_the_promoted_default_the_rule_based_one_and_the_versions(case):
+    from analysis.models import SegmenterVersion
+
+    SegmenterVersion.objects.create(project=case.project, name="net-a", weights="x.pt", weights_sha256="0" * 64)
+    SegmenterVersion.objects.create(project=case.project, name="net-b", weights="y.pt", weights_sha256="0" * 64,
+                                    promoted=True)
+    assert resegment.segmenter_choices(case.project) == [
+        ("", "project default (net-b)"), ("anatomy", "rule-based (anatomy rules)"),
+        ("net-b", "net-b (promoted)"), ("net-a", "net-a")]
+    assert resegment.resolve_segmenter_name(case.project, "") == "net-b"
+    assert resegment.resolve_segmenter_name(case.project, "rule-based") == "anatomy"
