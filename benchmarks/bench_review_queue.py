@@ -1,15 +1,21 @@
 """Review queue of 10,000 exams: server time (median) of the queue page and its SQL queries.
 
 Target (issue 11): median under 300 ms and a constant number of queries (page 1, a later page, the open
-cases, a reader's own assignments). Baseline in the same process: the project overview page.
+cases, a reader's own assignments). Baseline in the same process: the project overview page. A reference row
+times page 100 as the queue used to select it (``status IN (pending, adjudication)`` ordered by need, with
+its exam and patient joined): SQLite sorted every open case for it (588 ms reported at page 100).
 
-Runs on a throw-away test database: PostgreSQL when DATABASE_URL points to one (as in CI), else SQLite.
-    .venv/bin/python benchmarks/bench_review_queue.py [--exams 10000] [--repeats 15]
+Runs on a throw-away test database: PostgreSQL when DATABASE_URL points to one (as in CI), else SQLite (the
+embedded default). ``--backends both`` runs it on the configured PostgreSQL and then on SQLite (a second
+process without DATABASE_URL); the exit status is non-zero if either misses the target.
+    .venv/bin/python benchmarks/bench_review_queue.py [--exams 10000] [--repeats 15] [--backends both]
 """
 
 import argparse
 import datetime as dt
+import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -41,11 +47,34 @@ def populate(n_exams, readers, seed=0):
     return project
 
 
+def former_page_100(project, repeats):
+    """Median seconds of the queue's former page-100 query: open cases by ``status IN``, ordered by need,
+    with exam and patient joined, OFFSET 4950 (the page's rows fetched, as the page did)."""
+    from studies.review.models import OPEN_STATUSES, ReviewCase
+
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        list(ReviewCase.objects.filter(project=project, status__in=OPEN_STATUSES).select_related("exam__patient")
+             .order_by("-priority", "pk")[4950:5000])
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--exams", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--backends", choices=["configured", "both"], default="configured",
+                        help="both: the configured PostgreSQL (DATABASE_URL), then SQLite in a second process")
     args = parser.parse_args()
+    if args.backends == "both":
+        if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
+            sys.exit("--backends both needs DATABASE_URL pointing to PostgreSQL (SQLite runs without it)")
+        child = [sys.executable, __file__, "--exams", str(args.exams), "--repeats", str(args.repeats)]
+        codes = [subprocess.call(child), subprocess.call(child, env={k: v for k, v in os.environ.items()
+                                                                     if k != "DATABASE_URL"})]
+        sys.exit(1 if any(codes) else 0)
 
     import django
 
@@ -104,6 +133,9 @@ def main():
             failed |= median_s > TARGET_S
         print(f"query counts: {sorted(counts)} (target: one count for every page; the reader's view may differ "
               "by its role lookup only)")
+        former_s = former_page_100(project, args.repeats)
+        print(f"reference: page 100 as selected before (status IN, joined, ordered): median {former_s * 1000:.1f} "
+              f"ms  x{former_s / base_s:5.2f} of baseline")
         failed |= len(counts) > 2
     finally:
         stop_test_database(old_name)

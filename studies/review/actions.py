@@ -109,7 +109,7 @@ def queue(project, *, user=None, status="open"):
     """The project's cases ordered by need (one query; ``user``: only cases with a reading assigned to them)."""
     cases = ReviewCase.objects.filter(project=project).select_related("exam__patient")
     if status == "open":
-        cases = cases.filter(is_open=True)  # indexed with the order (see ReviewCase.is_open)
+        cases = cases.filter(in_queue=1)  # indexed with the order (see ReviewCase.in_queue)
     elif status:
         cases = cases.filter(status=status)
     if user is not None:

@@ -65,19 +65,22 @@ class ReviewCase(models.Model):
     # made so the queue is one indexed, ordered query however long it is.
     priority = models.IntegerField(default=0)
     priority_reasons = models.JSONField(default=list, blank=True)
-    # Open (to review or in adjudication), computed and stored by the database from ``status``. The queue
-    # filters on this one value, so the (project, is_open, -priority, id) index gives its order: filtering on
-    # ``status IN (pending, adjudication)`` made SQLite sort every open case of the project (with its joined
-    # exam and patient) for each page.
-    is_open = models.GeneratedField(expression=Q(status__in=[s.value for s in OPEN_STATUSES]),
-                                    output_field=models.BooleanField(), db_persist=True)
+    # 1 while the case is open (to review or in adjudication), else 0: computed and stored by the database from
+    # ``status``. The queue filters on this one value, so the (project, in_queue, -priority, id) index gives
+    # its order: filtering on ``status IN (pending, adjudication)`` made SQLite sort every open case of the
+    # project (with its joined exam and patient) for each page. An integer, not a boolean: Django writes a
+    # boolean filter as the bare column, which SQLite does not match to the index.
+    in_queue = models.GeneratedField(
+        expression=models.Case(models.When(status__in=[s.value for s in OPEN_STATUSES], then=models.Value(1)),
+                               default=models.Value(0)),
+        output_field=models.PositiveSmallIntegerField(), db_persist=True)
     double_read = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     decided_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["project", "status", "-priority", "id"], name="review_queue_order"),
-                   models.Index(fields=["project", "is_open", "-priority", "id"], name="review_open_queue_order")]
+                   models.Index(fields=["project", "in_queue", "-priority", "id"], name="review_open_queue_order")]
 
     def __str__(self):
         return f"review of exam {self.exam_id} ({self.status})"

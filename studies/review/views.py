@@ -54,7 +54,12 @@ def queue(request, project_id):
     mine = request.GET.get("mine", "1" if role in actions.READERS and not can_assign else "") == "1"
     status = request.GET.get("status", "open")
     cases = actions.queue(project, user=request.user if mine else None, status=status)
-    page = Paginator(cases, 50).get_page(request.GET.get("page"))
+    # The page's ids first (from the queue's index alone), then those cases with their exam and patient: a
+    # later page skips index entries instead of joining every case before it.
+    page = Paginator(cases.values_list("pk", flat=True), 50).get_page(request.GET.get("page"))
+    ids = list(page.object_list)
+    found = ReviewCase.objects.select_related("exam__patient").in_bulk(ids)
+    page.object_list = [found[pk] for pk in ids if pk in found]
     return render(request, "review/queue.html", {
         "project": project, "page": page, "mine": mine, "status": status, "form": form, "can_assign": can_assign,
     })
