@@ -136,3 +136,77 @@ class ReportForm(forms.Form):
     def __init__(self, *args, project, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["v"].queryset = ModelVersion.objects.filter(project=project).order_by("pk").defer(*LIST_DEFERRED)
+
+
+class SegmenterTrainForm(forms.Form):
+    """Train the segmentation network on training data the site offers (phantoms, imported label maps,
+    cases accepted in review), each chosen for training or the held-out set."""
+
+    USE = [("", "not used"), ("train", "train"), ("held_out", "held out")]
+
+    name = forms.CharField(max_length=100, help_text="letters, digits, '.', '_' or '-'; becomes the version name")
+    configuration = forms.ChoiceField(choices=[
+        ("default", "network defaults (for a GPU worker)"),
+        ("cpu_trial", "CPU trial (4 mm grid, 32³ windows, 10 steps per epoch)")])
+    epochs = forms.IntegerField(min_value=1, max_value=500, initial=20)
+    seed = forms.IntegerField(initial=0)
+    phantoms = forms.IntegerField(min_value=0, max_value=50, initial=4, label="Phantoms for training")
+    osteoporotic = forms.BooleanField(required=False, initial=True,
+                                      label="every other training phantom with osteoporotic marrow")
+    held_out_phantoms = forms.IntegerField(min_value=0, max_value=10, initial=1, label="Held-out phantoms",
+                                           help_text="other seeds, stored RAS, osteoporotic marrow")
+
+    def __init__(self, *args, project, **kwargs):
+        super().__init__(*args, **kwargs)
+        from .segmenters import label_map_folders, reviewed_reference_runs
+
+        self.reviewed = {f"run_{run.pk}": run for run in reviewed_reference_runs(project)}
+        for key, run in self.reviewed.items():
+            self.fields[key] = forms.ChoiceField(choices=self.USE, required=False, initial="train",
+                                                 label=f"{run.exam.patient.pseudonym} {run.exam.exam_date:%Y-%m-%d}"
+                                                       f" (reviewed run {run.pk})")
+        self.label_maps = {f"map_{name}": source for name, source in label_map_folders().items()}
+        for key, source in self.label_maps.items():
+            self.fields[key] = forms.ChoiceField(choices=self.USE, required=False, initial="train",
+                                                 label=f"{source['name']} ({source['format']} label map)")
+
+    def case_fields(self):
+        return [self[key] for key in [*self.reviewed, *self.label_maps]]
+
+    def clean(self):
+        data = super().clean()
+        from .segmenters import phantom_sources
+
+        train, held_out = [], []
+        if data.get("phantoms"):
+            train += phantom_sources(data["phantoms"], seed=data.get("seed") or 0,
+                                     osteoporotic=data.get("osteoporotic", False))
+        if data.get("held_out_phantoms"):
+            held_out += phantom_sources(data["held_out_phantoms"], seed=data.get("seed") or 0, held_out=True)
+        for key, run in self.reviewed.items():
+            use = data.get(key)
+            if use:
+                (train if use == "train" else held_out).append({"kind": "measurement_run", "id": run.pk})
+        for key, source in self.label_maps.items():
+            use = data.get(key)
+            if use:
+                (train if use == "train" else held_out).append(source)
+        if not train:
+            raise forms.ValidationError("choose at least one training case (phantoms, label maps or reviewed cases)")
+        data["train_sources"], data["held_out_sources"] = train, held_out
+        return data
+
+
+class SegmenterCompareForm(forms.Form):
+    a = forms.ChoiceField(label="Segmenter A")
+    b = forms.ChoiceField(label="Segmenter B")
+
+    def __init__(self, *args, project, **kwargs):
+        super().__init__(*args, **kwargs)
+        from .segmenters import segmenter_choices
+
+        choices = segmenter_choices(project, with_default=False)
+        self.fields["a"].choices = choices
+        self.fields["b"].choices = choices
+        if len(choices) > 1:
+            self.fields["b"].initial = choices[1][0]

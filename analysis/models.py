@@ -244,8 +244,38 @@ class SegmenterVersion(models.Model):
         return {"project_id": self.project_id}
 
 
+class SegmenterComparison(models.Model):
+    """Two segmenters on a project's reviewed cases (:mod:`analysis.segmentation.comparison`), computed by a
+    job (:func:`analysis.segmenters.run_comparison`) and stored: the page only reads ``results``.
+
+    ``reference_runs`` are the reviewed runs (one per exam) whose masks were the reference when the comparison
+    was started; ``results`` holds the per-level Dice of each segmenter, their level agreement, the paired ROI
+    HU statistics and every case's numbers. Written once, by the job.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="segmenter_comparisons")
+    segmenter_a = models.CharField(max_length=100)
+    segmenter_b = models.CharField(max_length=100)
+    job = models.ForeignKey("studies.Job", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    reference_runs = models.JSONField(default=list, help_text="ids of the reviewed runs compared against")
+    n_cases = models.PositiveIntegerField(null=True, blank=True)
+    results = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self):
+        return f"{self.segmenter_a} vs {self.segmenter_b}"
+
+    def get_additional_data(self):
+        return {"project_id": self.project_id}
+
+
 # Measurement runs and model versions are the inputs of labels and papers: who created or deleted them is
 # audited (their contents never change, see ImmutableModel).
 auditlog.register(MeasurementRun)
 auditlog.register(ModelVersion, exclude_fields=["data_snapshot"])
 auditlog.register(SegmenterVersion, exclude_fields=["training_log"])
+auditlog.register(SegmenterComparison, exclude_fields=["results"])

@@ -253,6 +253,22 @@ def segment_exam(*, exam_id, progress, segmenter="", erosion_mm=3.0, device="cud
             "levels": _head_to_foot(run.levels.values_list("level", flat=True)), "flags": run.flags}
 
 
+@task("analysis.compare_segmenters")
+def compare_segmenters(*, comparison_id, progress, device="cpu", code_version=""):
+    """Two segmenters on the project's reviewed cases: Dice per level, level agreement, paired ROI HU."""
+    from analysis.models import SegmenterComparison
+    from analysis.segmenters import run_comparison
+
+    refuse_other_code(code_version)
+    comparison = SegmenterComparison.objects.select_related("project").get(pk=comparison_id)
+    results = run_comparison(comparison, device=device, progress=progress)
+    hu = results["hu"]
+    return {"comparison": comparison.pk, "segmenters": [comparison.segmenter_a, comparison.segmenter_b],
+            "cases": results["n_cases"], "mean_dice": [results["mean_dice_a"], results["mean_dice_b"]],
+            "level_agreement": [results["agreement"]["a"]["share"], results["agreement"]["b"]["share"]],
+            "hu_mean_difference": hu.get("mean_difference"), "wilcoxon_p": hu.get("p_value")}
+
+
 def _head_to_foot(levels):
     """Level names in anatomical order (C1 first), as the job page lists them."""
     from analysis.segmentation.levels import level_sort_key

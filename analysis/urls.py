@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import segmenter_views, views
 
 app_name = "analysis"
 
@@ -15,4 +15,10 @@ urlpatterns = [
     path("p/<int:project_id>/report/<slug:table_id>.csv", views.study_report_csv, name="study_report_csv"),
     path("p/<int:project_id>/exams/<int:exam_id>/measurements/", views.exam_measurements,
          name="exam_measurements"),
+    path("p/<int:project_id>/segmenters/", segmenter_views.segmenter_list, name="segmenter_list"),
+    path("p/<int:project_id>/segmenters/train/", segmenter_views.segmenter_train, name="segmenter_train"),
+    path("p/<int:project_id>/segmenters/promote/", segmenter_views.segmenter_promote, name="segmenter_promote"),
+    path("p/<int:project_id>/segmenters/compare/", segmenter_views.segmenter_compare, name="segmenter_compare"),
+    path("p/<int:project_id>/segmenters/compare/<int:comparison_id>/", segmenter_views.segmenter_comparison,
+         name="segmenter_comparison"),
 ]

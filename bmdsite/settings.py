@@ -31,6 +31,9 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[:
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 STORAGE_ROOT = Path(env.str("STORAGE_ROOT", default=str(VAR_DIR / "storage")))
+# Imported label maps (TotalSegmentator / VerSe NIfTI) that the segmenter page offers as training data: one
+# sub-folder per case with ct.nii.gz and labels-verse.nii.gz or labels-totalsegmentator.nii.gz.
+SEGMENTER_LABEL_MAPS = Path(env.str("SEGMENTER_LABEL_MAPS", default=str(VAR_DIR / "label-maps")))
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -77,6 +77,12 @@ JOB_KINDS = {
         params={"exam_id": "Exam", "segmenter": "Segmenter", "device": "Device", "erosion_mm": "Erosion (mm)"},
         results={"measurement_run": "Measurement run", "segmenter_version": "Segmenter", "levels": "Levels measured",
                  "flags": "Flags"}),
+    "analysis.compare_segmenters": JobKind(
+        "Compare two segmenters on the reviewed cases", TRAINING_LAUNCHERS,
+        params={"comparison_id": "Comparison", "device": "Device"},
+        results={"segmenters": "Segmenters (A, B)", "cases": "Reviewed cases", "mean_dice": "Mean Dice (A, B)",
+                 "level_agreement": "Level agreement (A, B)", "hu_mean_difference": "ROI HU difference A - B (mean)",
+                 "wilcoxon_p": "Wilcoxon p"}),
     "pacs.pull_series": JobKind(
         "Pull a series from PACS", REGISTRY_EDITORS,
         params={"study_uid": "Study UID", "series_uid": "Series UID", "exam_id": "Exam"},
@@ -162,6 +168,8 @@ def _links(key, value, job):
         exam_id = job.params.get("exam_id")
         url = _url("analysis:exam_measurements", project_id, exam_id) if exam_id else ""
         return [(f"run #{value}", url)]
+    if key in ("comparison", "comparison_id") and value:
+        return [(f"comparison #{value}", _url("analysis:segmenter_comparison", project_id, value))]
     if key == "series_uid" and value and job.result and key in job.result:
         return [(str(value), _url("studies:pacs_series", project_id))]
     return None

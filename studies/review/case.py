@@ -70,13 +70,15 @@ def case_context(project, exam, user, role):
 
 def resegment_context(case, role):
     """The case's re-segmentation requests, and whether (and with what) the user may request one now."""
+    from analysis.segmenters import segmenter_choices
+
     from . import resegment
 
     requests = resegment.case_requests(case) if case else []
     active = next((r for r in requests if r.active), None)
     return {
         "resegmentations": requests, "active_resegmentation": active,
-        "segmenter_choices": resegment.segmenter_choices(case.project) if case else [],
+        "segmenter_choices": segmenter_choices(case.project) if case else [],
         # A new request from the case page: after a failed or cancelled one (open cases request it by deciding).
         "can_request_again": bool(case and case.status == "resegment" and active is None
                                   and resegment.may_request(role)),

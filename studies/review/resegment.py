@@ -42,49 +42,6 @@ def may_request(role):
     return role in READERS
 
 
-def default_segmenter(project):
-    """The name the project's default stands for now: its promoted version, else the rule-based segmenter."""
-    from analysis.models import SegmenterVersion
-    from analysis.segmentation.network.registry import RULE_BASED
-
-    promoted = SegmenterVersion.objects.filter(project=project, promoted=True).values_list("name", flat=True).first()
-    return promoted or RULE_BASED
-
-
-def segmenter_choices(project):
-    """``[(value, label)]`` for the request form: the default first, then the rule-based one and the versions."""
-    from analysis.models import SegmenterVersion
-    from analysis.segmentation.network.registry import RULE_BASED
-
-    default = default_segmenter(project)
-    choices = [("", f"project default ({default})"), (RULE_BASED, "rule-based (anatomy rules)")]
-    for name, promoted in SegmenterVersion.objects.filter(project=project).values_list("name", "promoted"):
-        choices.append((name, f"{name} (promoted)" if promoted else name))
-    return choices
-
-
-def resolve_segmenter_name(project, choice):
-    """The segmenter name a choice stands for; refuses names that are not the project's."""
-    from analysis.models import SegmenterVersion
-    from analysis.segmentation.network.registry import RULE_BASED, RULE_BASED_NAMES
-
-    choice = (choice or "").strip()
-    if not choice:
-        return default_segmenter(project)
-    if choice in RULE_BASED_NAMES:
-        return RULE_BASED
-    if SegmenterVersion.objects.filter(project=project, name=choice).exists():
-        return choice
-    raise ResegmentationError(f"no segmenter named {choice!r} in this project")
-
-
-def _queue_and_device(name):
-    """A network runs on the ``gpu`` queue (on CUDA where the worker has it); the rule-based one on CPU."""
-    from analysis.segmentation.network.registry import RULE_BASED
-
-    return ("default", "cpu") if name == RULE_BASED else ("gpu", "cuda")
-
-
 def request_resegmentation(case, user, segmenter=""):
     """Start the exam's segment-and-measure job with ``segmenter`` for ``case``; returns the request.
 
@@ -93,13 +50,17 @@ def request_resegmentation(case, user, segmenter=""):
     The caller checks the role (:func:`may_request`).
     """
     from analysis.modeling.versions import code_version
+    from analysis.segmenters import SegmenterChoiceError, queue_and_device, resolve_name
 
     project = case.project
     if not case.exam.stored_series.exists():
         raise ResegmentationError("this exam has no stored CT series to segment; pull or import one first")
-    name = resolve_segmenter_name(project, segmenter)
+    try:
+        name = resolve_name(project, segmenter)
+    except SegmenterChoiceError as exc:
+        raise ResegmentationError(str(exc)) from None
     settle_finished(ResegmentationRequest.objects.filter(case=case))
-    queue, device = _queue_and_device(name)
+    queue, device = queue_and_device(name)
     with transaction.atomic(), set_actor(user):
         try:
             with transaction.atomic():

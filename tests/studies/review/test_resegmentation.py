@@ -6,6 +6,7 @@ from auditlog.models import LogEntry
 from django.urls import reverse
 
 from analysis.models import MeasurementRun
+from analysis.segmenters import resolve_name, segmenter_choices
 from studies import jobs
 from studies.models import Job, JobState
 from studies.review import actions, resegment
@@ -139,8 +140,8 @@ def test_choices_offer_the_promoted_default_the_rule_based_one_and_the_versions(
     SegmenterVersion.objects.create(project=case.project, name="net-a", weights="x.pt", weights_sha256="0" * 64)
     SegmenterVersion.objects.create(project=case.project, name="net-b", weights="y.pt", weights_sha256="0" * 64,
                                     promoted=True)
-    assert resegment.segmenter_choices(case.project) == [
+    assert segmenter_choices(case.project) == [
         ("", "project default (net-b)"), ("anatomy", "rule-based (anatomy rules)"),
         ("net-b", "net-b (promoted)"), ("net-a", "net-a")]
-    assert resegment.resolve_segmenter_name(case.project, "") == "net-b"
-    assert resegment.resolve_segmenter_name(case.project, "rule-based") == "anatomy"
+    assert resolve_name(case.project, "") == "net-b"
+    assert resolve_name(case.project, "rule-based") == "anatomy"
