@@ -173,6 +173,18 @@ class SegmenterTrainForm(forms.Form):
     def case_fields(self):
         return [self[key] for key in [*self.reviewed, *self.label_maps]]
 
+    def clean_name(self):
+        from studies.models import Job, JobState
+
+        name = self.cleaned_data["name"]
+        # The version is registered when training ends: a name taken by a training still on its way is refused
+        # now rather than after hours of training.
+        if Job.objects.filter(kind="analysis.train_segmenter", state__in=[JobState.QUEUED, JobState.RUNNING],
+                              params__name=name).exists():
+            raise forms.ValidationError(f"a training of a version named {name!r} is queued or running; choose "
+                                        "another name")
+        return name
+
     def clean(self):
         data = super().clean()
         from .segmenters import phantom_sources

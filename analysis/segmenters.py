@@ -100,9 +100,16 @@ def training_summary(training_data):
 
 
 def last_epoch(version):
-    """The last epoch entry of a version's training log (held-out Dice per level), or None."""
+    """The last epoch entry of a version's training log, with its held-out Dice as ``dice_rows``
+    ([(level, Dice)] head to foot), or None."""
+    from .segmentation.levels import VERSE_LABEL
+
     epochs = [e for e in version.training_log or [] if e.get("event") == "epoch"]
-    return epochs[-1] if epochs else None
+    if not epochs:
+        return None
+    entry = dict(epochs[-1])
+    entry["dice_rows"] = sorted((entry.get("held_out_dice") or {}).items(), key=lambda kv: VERSE_LABEL.get(kv[0], 99))
+    return entry
 
 
 def phantom_sources(n, *, seed=0, osteoporotic=False, held_out=False):
