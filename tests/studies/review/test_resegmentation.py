@@ -53,7 +53,7 @@ def test_annotator_request_runs_the_exam_job_and_the_case_returns_with_the_new_r
         "analysis.measure_exam", case.exam_id, "anatomy", "default")
     assert job.created_by == annotator and row.requested_by == annotator and row.active
     page = client.get(reverse("review:case", args=[case.project_id, case.exam_id])).content.decode()
-    assert f"job #{job.pk}" in page and 'id="resegment-state">Queued' in page
+    assert f"job #{job.pk}" in page and 'id="resegment-state" data-job-state>Queued' in page
 
     worker = rq_worker(burst=True, extra_env={"STORAGE_ROOT": str(storage)})
     worker.wait(timeout=WAIT_S)
