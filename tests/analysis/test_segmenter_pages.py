@@ -113,3 +113,36 @@ def test_stored_comparison_is_shown_with_its_numbers(client, project):
         reverse("analysis:segmenter_comparison", args=[project.pk, comparison.pk])).content.decode()
     assert "<strong>3</strong> reviewed cases" in text and "0.912" in text and "0.54 to 4.46 HU" in text
     assert "p = 0.2500" in text and "Wilcoxon signed-rank" in text
+
+
+def test_a_version_trained_from_the_page_on_a_reviewed_case(client, rq_worker, redis_url, settings, tmp_path):
+    """The page's training job, run by a real worker on the gpu queue (CPU here), trains on a case accepted in
+    review (its stored series and reviewed body labels) and a phantom, and the new version is listed."""
+    pytest.importorskip("torch")
+    from studies.review import actions
+    from studies.review.models import ReviewCase
+    from tests.factories import ExamFactory
+    from tests.studies.review.conftest import make_measured_exam
+
+    settings.STORAGES = {**settings.STORAGES, "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path)}}}
+    project = ExamFactory().patient.project
+    exam, run, _ = make_measured_exam(ExamFactory(patient__project=project))
+    actions.open_cases(project)
+    reader = MembershipFactory(project=project, role="annotator").user
+    reading = actions.working_reading(ReviewCase.objects.get(exam=exam), reader, "annotator")
+    actions.decide(reading, reading.version, reader, "accept")
+    _client(client, project, "admin")
+    response = client.post(reverse("analysis:segmenter_train", args=[project.pk]), {
+        "name": "net-reviewed", "configuration": "cpu_trial", "epochs": 1, "seed": 0, "phantoms": 1,
+        "held_out_phantoms": 1, f"run_{run.pk}": "train"})
+    assert response.status_code == 302
+    worker = rq_worker("gpu", burst=True, extra_env={"STORAGE_ROOT": str(tmp_path), "BMDSITE_TORCH_THREADS": "1"})
+    worker.wait(timeout=900)
+    job = Job.objects.get(kind="analysis.train_segmenter")
+    assert job.state == "succeeded", job.error or worker.output()
+    version = SegmenterVersion.objects.get(name="net-reviewed")
+    assert version.training_data["train"][-1] == {"kind": "measurement_run", "id": run.pk}
+    assert set(version.metrics["dice_per_level"]) == {"T10", "T11", "T12", "L1", "L2"}  # the held-out phantom
+    text = client.get(reverse("analysis:segmenter_list", args=[project.pk])).content.decode()
+    assert "1 phantom, 1 reviewed case; held out: 1 phantom" in text and 'id="promote-net-reviewed"' in text
