@@ -145,3 +145,36 @@ def test_choices_offer_the_promoted_default_the_rule_based_one_and_the_versions(
         ("net-b", "net-b (promoted)"), ("net-a", "net-a")]
     assert resolve_name(case.project, "") == "net-b"
     assert resolve_name(case.project, "rule-based") == "anatomy"
+
+
+def test_double_read_case_both_asking_is_one_request_and_both_readings_start_again(case, storage):
+    """Two blind readers both ask for re-segmentation: the case settles with one request (the choice of the
+    reader who decided last). The job, executed here in-process, puts the case back and both readings start
+    again undecided on the new segments; a later disagreement reuses the adjudication reading."""
+    first, second = (MembershipFactory(project=case.project, role="annotator").user for _ in range(2))
+    actions.assign(case.project, readers=[first, second], double_read_share=1.0)
+    case.refresh_from_db()
+    one = actions.working_reading(case, first, "annotator")
+    two = actions.working_reading(case, second, "annotator")
+    actions.decide(one, one.version, first, "resegment", segmenter="")
+    assert not ResegmentationRequest.objects.exists()  # the second reader has not decided yet
+    actions.decide(two, two.version, second, "resegment", segmenter="anatomy")
+    row = ResegmentationRequest.objects.get()
+    assert (row.segmenter, row.requested_by) == ("anatomy", second)
+
+    jobs.execute(row_id=row.job_id, attempt=row.job.attempts)
+    case.refresh_from_db()
+    row.refresh_from_db()
+    assert row.job.state == JobState.SUCCEEDED and case.status == CaseStatus.PENDING and case.double_read
+    assert case.base_run_id == row.new_run_id
+    readings = {r.kind: r for r in case.readings.all()}
+    assert {k: (r.decision, r.decided_at) for k, r in readings.items()} == {
+        "first": ("", None), "second": ("", None)}
+    # The next round disagrees: adjudication, on the new run.
+    one, two = readings["first"], readings["second"]
+    actions.decide(one, one.version, first, "accept")
+    actions.decide(two, two.version, second, "reject")
+    case.refresh_from_db()
+    assert case.status == CaseStatus.ADJUDICATION
+    adjudication = case.readings.get(kind="adjudication")
+    assert actions.as_int_map(adjudication.level_map) == {s["index"]: s["level"] for s in case.base_run.segments}
