@@ -177,7 +177,10 @@ def train_segmenter(*, project_id, progress, name, train_sources, held_out_sourc
     training = {**DEFAULT_TRAINING, **(training or {})}
     rq_job = get_current_job()
     attempt = int(rq_job.kwargs.get("attempt") or 0) if rq_job else 0
-    folder = f"{SEGMENTER_CHECKPOINTS}/{name}"
+    # One folder per job row: a retry of this job resumes from it, while a new job of the same name (after an
+    # earlier one failed before registering its version) starts afresh instead of resuming another run.
+    row_id = rq_job.kwargs.get("row_id") if rq_job else None
+    folder = f"{SEGMENTER_CHECKPOINTS}/{name}" + (f"-job{row_id}" if row_id else "")
 
     def checkpoints():
         if not default_storage.exists(folder):
@@ -212,19 +215,20 @@ def train_segmenter(*, project_id, progress, name, train_sources, held_out_sourc
     from studies.models import Job
 
     user = get_user_model().objects.filter(pk=user_id).first() if user_id else None
-    job_id = rq_job.kwargs.get("row_id") if rq_job else None
     version = SegmenterVersion(
         project=project, name=name, weights_sha256=hashlib.sha256(outcome.weights).hexdigest(),
         architecture=architecture, preprocessing=preprocessing, inference=inference, label_map={"1": "body"},
         training_data={"train": list(train_sources), "held_out": list(held_out_sources),
                        "device": resolve_device(device), "training": training, "epochs": int(epochs)},
         training_log=outcome.log, metrics=outcome.metrics, random_seed=int(seed), code_version=current_code_version(),
-        training_job=Job.objects.filter(pk=job_id).first() if job_id else None, created_by=user,
+        training_job=Job.objects.filter(pk=row_id).first() if row_id else None, created_by=user,
     )
     version.weights.save(f"{name}.pt", ContentFile(outcome.weights), save=False)
     version.save()
     for _, path in checkpoints():
         default_storage.delete(path)
+    if default_storage.exists(folder) and not any(default_storage.listdir(folder)):
+        default_storage.delete(folder)
     return {"segmenter_version": version.pk, "name": name, "epochs": int(epochs),
             "mean_held_out_dice": outcome.metrics.get("mean_dice"),
             "attempts": sorted({e["attempt"] for e in outcome.log})}

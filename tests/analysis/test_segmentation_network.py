@@ -155,7 +155,7 @@ def test_training_job_killed_after_first_checkpoint_resumes_and_records_both_att
         wait_for(lambda: process_gone(horse), timeout=120, what="the work horse to die")
     wait_for(lambda: jobs.reconcile() or (job.refresh_from_db() or job.state == JobState.FAILED), timeout=120,
              what="the killed job to be marked failed")
-    assert default_storage.exists("segmenters/checkpoints/tiny-killed/epoch0001.pt")
+    assert default_storage.exists(f"segmenters/checkpoints/tiny-killed-job{job.pk}/epoch0001.pt")
     assert not SegmenterVersion.objects.filter(name="tiny-killed").exists()
 
     jobs.retry(job)
@@ -172,7 +172,7 @@ def test_training_job_killed_after_first_checkpoint_resumes_and_records_both_att
         assert hashlib.sha256(fh.read()).hexdigest() == version.weights_sha256
     assert set(version.metrics["dice_per_level"]) == {"T12", "L1", "L2"}
     assert version.training_data["train"] == TRAIN and version.training_data["held_out"] == HELD_OUT
-    assert not default_storage.exists("segmenters/checkpoints/tiny-killed/epoch0001.pt")
+    assert not default_storage.exists(f"segmenters/checkpoints/tiny-killed-job{job.pk}")
 
 
 def test_training_names_that_are_not_plain_file_names_are_refused(db, project):

@@ -342,7 +342,9 @@ def learning_rate(training, epoch, epochs):
     if schedule != "cosine":
         raise ValueError(f"unknown lr_schedule {schedule!r} (cosine or constant)")
     t = (epoch - 1) / (epochs - 1)
-    return base * (COSINE_FLOOR + (1.0 - COSINE_FLOOR) * 0.5 * (1.0 + np.cos(np.pi * t)))
+    # A Python float: the checkpoint (optimizer state) is read back with torch.load(weights_only=True), which
+    # refuses numpy scalars.
+    return float(base * (COSINE_FLOOR + (1.0 - COSINE_FLOOR) * 0.5 * (1.0 + np.cos(np.pi * t))))
 
 
 @dataclass
