@@ -446,3 +446,66 @@ def test_a_perfect_body_probability_is_split_and_named_like_the_truth(levels, or
     for level in bodies:
         mine, true = on_input == VERSE_LABEL[level], phantom.body_labels == VERSE_LABEL[level]
         assert 2 * (mine & true).sum() / (mine.sum() + true.sum()) >= 0.9, level
+
+
+# -- training from reviewed cases ----------------------------------------------------------------------------
+
+def _review_case(exam, status):
+    from analysis import pipeline
+    from studies.review.models import ReviewCase
+
+    run = pipeline.measure_exam(exam)
+    return ReviewCase.objects.create(project=exam.patient.project, exam=exam, base_run=run, status=status)
+
+
+def test_training_from_reviewed_cases_records_the_accepted_runs_it_used(phantom_exam):
+    """A ``reviewed`` source becomes the runs of the cases accepted in review (not the pending ones), the
+    training job trains on them, and the version's data list names each run, its case and exam."""
+    from analysis.models import SegmenterVersion
+    from analysis.tasks import submit_segmenter_training
+    from studies import jobs
+    from studies.models import JobState
+    from studies.review.models import CaseStatus
+
+    exam, _ = phantom_exam
+    accepted = _review_case(exam, CaseStatus.ACCEPTED)
+    _review_case(_second_exam(exam), CaseStatus.PENDING)
+
+    job = submit_segmenter_training(exam.patient.project, name="from-review", train_sources=[{"kind": "reviewed"}],
+                                    held_out_sources=HELD_OUT, epochs=1, seed=0, **TINY)
+    expected = [{"kind": "measurement_run", "id": accepted.base_run_id, "review_case": accepted.pk, "exam": exam.pk}]
+    assert job.params["train_sources"] == expected
+    jobs.execute(row_id=job.pk, attempt=job.attempts)
+    job.refresh_from_db()
+    assert job.state == JobState.SUCCEEDED, job.error
+    version = SegmenterVersion.objects.get(name="from-review")
+    assert version.training_data["train"] == expected
+    assert [e["event"] for e in version.training_log] == ["start", "epoch"]
+
+
+def test_training_from_review_without_accepted_cases_is_refused(phantom_exam):
+    from analysis.tasks import submit_segmenter_training
+    from studies.review.models import CaseStatus
+
+    exam, _ = phantom_exam
+    _review_case(exam, CaseStatus.PENDING)
+    with pytest.raises(ValueError, match="no case accepted in review"):
+        submit_segmenter_training(exam.patient.project, name="nothing-reviewed", train_sources=[{"kind": "reviewed"}],
+                                  held_out_sources=HELD_OUT, epochs=1, **TINY)
+    accepted = _review_case(_second_exam(exam), CaseStatus.ACCEPTED)
+    with pytest.raises(ValueError, match=rf"\[{accepted.base_run_id}\] are both training and held-out"):
+        submit_segmenter_training(exam.patient.project, name="overlap", train_sources=[{"kind": "reviewed"}],
+                                  held_out_sources=[{"kind": "reviewed"}], epochs=1, **TINY)
+
+
+def _second_exam(exam):
+    import dataclasses
+
+    from studies.pacs.ingest import store_volume
+    from tests.factories import ExamFactory
+
+    other = ExamFactory(region="abdomen", patient__project=exam.patient.project)
+    phantom = make_spine_phantom(spacing=(2.0, 2.0, 2.0), levels=("T12", "L1"), noise_sd=0, random_state=4)
+    store_volume(other.patient.project, dataclasses.replace(phantom.volume, series_uid="1.2.826.0.1.3680043.8.498.14"),
+                 exam=other, source="test")
+    return other
