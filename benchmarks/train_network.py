@@ -93,7 +93,7 @@ def main():
     subprocess.run([sys.executable, "manage.py", "rqworker", "gpu", "--burst"], cwd=REPO,
                    env=env, check=False)
     job = Job.objects.get(pk=job.pk)
-    print(f"job {job.pk}: {job.status} after {time.perf_counter() - start:.0f} s; load average {os.getloadavg()}")
+    print(f"job {job.pk}: {job.state} after {time.perf_counter() - start:.0f} s; load average {os.getloadavg()}")
     version = SegmenterVersion.objects.filter(name=args.name).first()
     if version is None:
         print("no version registered")

@@ -23,7 +23,7 @@ pieces) and kept, unnamed (``no_anchor``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,20 +32,20 @@ from analysis.segmentation.levels import BodySegment
 # A vertebral body holds at least a few ml (an adult C7 body about 5 ml, lumbar bodies 20-40 ml); a piece
 # of a body cut by the edge of the field of view may be smaller, so the floor is low.
 MIN_SEGMENT_ML = 0.5
-# The box around the network's bodies in which the canal and the ribs are looked for (mm beyond the bodies):
-# ribs are traced to RIB_REACH_MM = 60 mm from the midline (bodies are at most 30 mm to each side of it),
-# the canal and the posterior arch lie up to about 70 mm behind the back of the bodies, the rib trace
-# reaches 60 mm in front of the canal, and a rib is followed up to 45 mm below its root.
-MARGIN_LATERAL_MM = 75.0
-MARGIN_FRONT_MM = 40.0
-MARGIN_BACK_MM = 90.0
-MARGIN_HEIGHT_MM = 50.0
+# The box around the network's bodies in which the canal, ribs and alae are looked for (mm beyond the bodies):
+# bodies reach at most 30 mm to each side of the midline and ribs are traced to RIB_REACH_MM = 60 mm from it
+# (a rib leaving the box sideways is farther out than that); the canal's centre lies 10-20 mm behind the
+# bodies and the rib trace reaches 40 mm behind it (and 60 mm in front, inside the bodies' own depth plus
+# the front margin); a rib is followed from 10 mm above its root, beside the upper part of its body, to
+# 45 mm below; the sacrum with its alae, below the lowest network body, needs some 40 mm.
+MARGIN_LATERAL_MM = 60.0
+MARGIN_FRONT_MM = 30.0
+MARGIN_BACK_MM = 75.0
+MARGIN_ABOVE_MM = 20.0
+MARGIN_BELOW_MM = 50.0
 # Body voxels farther than this from the body line are not body (as in the rules: the line runs 8 mm in
 # front of the canal, the front corners of a lumbar body lie about 37 mm from it).
 MAX_LINE_DISTANCE_MM = 45.0
-# The rules' body mask is computed from the bottom of the crop up to this far above the lowest network body
-# (enough to see the L5/S1 disc whatever the tilt of the sacrum).
-SACRUM_OVERLAP_MM = 10.0
 
 
 @dataclass
@@ -120,7 +120,7 @@ def crop_box(mask, spacing):
         return None
     box = boxes[0]
     sz, sy, sx = (float(v) for v in spacing)
-    margins = ((MARGIN_HEIGHT_MM / sz, MARGIN_HEIGHT_MM / sz), (MARGIN_FRONT_MM / sy, MARGIN_BACK_MM / sy),
+    margins = ((MARGIN_BELOW_MM / sz, MARGIN_ABOVE_MM / sz), (MARGIN_FRONT_MM / sy, MARGIN_BACK_MM / sy),
                (MARGIN_LATERAL_MM / sx, MARGIN_LATERAL_MM / sx))
     return tuple(slice(max(0, int(sl.start - lo)), min(n, int(np.ceil(sl.stop + hi))))
                  for sl, (lo, hi), n in zip(box, margins, mask.shape))
@@ -182,20 +182,21 @@ def name_bodies(hu, spacing, probability, threshold=0.5):
     if line is None:
         return _unnamed_pieces(mask, spacing, "no spinal canal found behind the network's bodies: levels withheld",
                                ["no_anchor"])
-    # The network learns bodies C1-L5 (the sacrum is in no training label). The sacrum anchors the lumbar
-    # levels, so below the lowest network body the rules' own body mask stands in for it: it joins the
-    # disc search and the iliac attachments, never the network's output.
+    # The rules' own body mask (in front of the canal, cheap on the crop) serves naming twice. The network
+    # learns bodies C1-L5 (the sacrum is in no training label), so below the lowest network body it stands
+    # in for the sacrum, which anchors the lumbar levels: it joins the disc search and the iliac attachments,
+    # never the network's output. And the bodies are taken out of the lateral bone before ribs and alae are
+    # looked for as the union of both masks: a network mask that falls short of the cortex leaves the
+    # body's own rim beside it, which joined to a transverse process or the ilium reads as an attachment.
     zz, yy, xx = np.nonzero(mask_c)
     _, _, s_net = _segment_index(np.stack([zz, yy, xx], axis=1) * spacing, line, [], return_s=True)
+    rules_body = bodies.body_mask(hu_c, spacing, track)
     sacral = np.zeros(mask_c.shape, dtype=bool)
-    z_low = int(zz.min())
-    if track.z_first < z_low:
-        low = replace(track, z_last=min(track.z_last, z_low + int(np.ceil(SACRUM_OVERLAP_MM / spacing[0]))))
-        rz, ry, rx = np.nonzero(bodies.body_mask(hu_c, spacing, low) & ~mask_c)
-        if len(rz):
-            _, rd, rs = _segment_index(np.stack([rz, ry, rx], axis=1) * spacing, line, [], return_s=True)
-            below = (rs < s_net.min() - float(spacing[0])) & (rd <= MAX_LINE_DISTANCE_MM)
-            sacral[rz[below], ry[below], rx[below]] = True
+    rz, ry, rx = np.nonzero(rules_body & ~mask_c)
+    if len(rz):
+        _, rd, rs = _segment_index(np.stack([rz, ry, rx], axis=1) * spacing, line, [], return_s=True)
+        below = (rs < s_net.min() - float(spacing[0])) & (rd <= MAX_LINE_DISTANCE_MM)
+        sacral[rz[below], ry[below], rx[below]] = True
     naming_mask = mask_c | sacral
     radius = bodies.BODY_LINE_RADIUS_MM
     fraction = bodies.perpendicular_profile(np.maximum(probability[box], sacral).astype(np.float32), spacing, line,
@@ -219,7 +220,7 @@ def name_bodies(hu, spacing, probability, threshold=0.5):
             pts = np.stack([zz[sel], yy[sel], xx[sel]], axis=1) + starts
             cut[k] = bool((pts.min(axis=0) == 0).any() or (pts.max(axis=0) == full).any())
     cut_ends = {k for k in (0, n_seg - 1) if cut[k]}
-    ribs, pelvic, ala_top = _lateral_attachments(hu_c, spacing, track, line, disc_s, n_seg, naming_mask,
+    ribs, pelvic, ala_top = _lateral_attachments(hu_c, spacing, track, line, disc_s, n_seg, naming_mask | rules_body,
                                                  cut_ends=cut_ends)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     stretches = []
@@ -245,8 +246,10 @@ def name_bodies(hu, spacing, probability, threshold=0.5):
         for k, near in ((0, pitches[:2]), (n_seg - 1, pitches[-2:])):
             if not stretches[k].pelvic and stretches[k].extent_mm > MERGED_RATIO * float(np.median(near)):
                 stretches[k].merged = True
-    # Only stretches with network bodies become segments (the sacrum from the rules named the others).
-    has_body = [bool((keep & from_network & (seg_of_voxel == k)).any()) for k in range(n_seg)]
+    # Only stretches with network bodies become segments (the sacrum from the rules named the others), and not
+    # a sliver of a network body that reaches across a disc.
+    on_line = np.bincount(seg_of_voxel[keep & from_network], minlength=n_seg)
+    has_body = [bool(on_line[k] * voxel_ml >= MIN_SEGMENT_ML) for k in range(n_seg)]
     found = [k for k in range(n_seg) if has_body[k]]
     if not found:
         return _unnamed_pieces(mask, spacing, "no network body lies along the body line: levels withheld",
