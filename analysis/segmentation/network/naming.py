@@ -62,7 +62,7 @@ class NamedBodies:
     disc_s : list of float
         Arc positions of the discs along ``line`` (mm).
     index_of : dict
-        Stretch number (0 = inferior) -> segment index.
+        Stretch number (0 = inferior) -> segment index, for the stretches that hold a network body.
     offset_mm : np.ndarray, shape (3,)
         Network-grid mm (S, P, L; voxel [0, 0, 0] at 0) of the crop's first voxel.
     segment_grid : np.ndarray of uint8
@@ -277,14 +277,16 @@ def name_bodies(hu, spacing, probability, threshold=0.5):
     notes.insert(0, f"network bodies split at {len(disc_s)} discs of their probability along the body line; "
                     f"ribs per stretch (inferior first): {[s.ribs for s in stretches]}; iliac attachment: "
                     f"{[s.pelvic for s in stretches]}")
+    # Voxels are placed only in stretches holding a body (a sliver across a disc stays background).
+    placed = {k: index for k, index in index_of.items() if has_body[k]}
     grid = np.zeros(mask.shape, dtype=np.uint8)
     lut = np.zeros(n_seg + 1, dtype=np.uint8)
-    for k, index in index_of.items():
+    for k, index in placed.items():
         lut[k] = index
     grid_c = grid[box]
     out = keep & from_network
     grid_c[zz[out], yy[out], xx[out]] = lut[seg_of_voxel[out]]
-    return NamedBodies(segments, notes, sorted(set(flags)), line=line, disc_s=disc_s, index_of=index_of,
+    return NamedBodies(segments, notes, sorted(set(flags)), line=line, disc_s=disc_s, index_of=placed,
                        offset_mm=offset_mm, segment_grid=grid)
 
 
