@@ -509,3 +509,65 @@ def _second_exam(exam):
     store_volume(other.patient.project, dataclasses.replace(phantom.volume, series_uid="1.2.826.0.1.3680043.8.498.14"),
                  exam=other, source="test")
     return other
+
+
+# -- training data ---------------------------------------------------------------------------------------------
+
+def test_bodies_derived_from_whole_vertebrae_match_totalsegmentators_body_mask(shared_data):
+    """example_ct has both TotalSegmentator's whole vertebrae (``totalseg.nii.gz``) and its body mask
+    (``totalseg_vertebrae_body.nii.gz``, label 1): the bodies derived from the whole vertebrae on a 2 mm
+    network grid (the part in front of the canal) agree with the whole vertebrae within that body mask, level
+    by level (measured Dice 0.95-0.99; the whole vertebrae are 1.4-1.6x the body volume, Dice about 0.8)."""
+    from analysis.segmentation.external import from_totalsegmentator, restrict_to_body
+    from analysis.segmentation.network.preprocess import to_network
+    from analysis.segmentation.network.training import bodies_of_vertebrae
+
+    folder = shared_data / "totalseg"
+    ct = load_nifti(folder / "example_ct.nii.gz")
+    whole = from_totalsegmentator(folder / "spine_report" / "totalseg.nii.gz", like=ct)
+    body = restrict_to_body(whole, load_nifti(folder / "spine_report" / "totalseg_vertebrae_body.nii.gz").array)
+    preprocessing = {"spacing_mm": [2.0, 2.0, 2.0]}
+    _, _, whole_grid = to_network(ct, preprocessing, labels=whole)
+    _, _, truth = to_network(ct, preprocessing, labels=body)
+    derived = bodies_of_vertebrae(whole_grid, [2.0, 2.0, 2.0])
+    for level in ("T12", "L1", "L2", "L3", "L4", "L5"):
+        value = VERSE_LABEL[level]
+        mine, true, all_of_it = derived == value, truth == value, whole_grid == value
+        assert 2 * (mine & true).sum() / (mine.sum() + true.sum()) >= 0.93, level
+        assert 2 * (all_of_it & true).sum() / (all_of_it.sum() + true.sum()) < 0.85, level
+
+
+def test_tilted_phantom_shows_an_inclined_spine_on_the_network_grid():
+    """``tilt_deg`` rotates the phantom's affine about the left-right axis: on the LPS network grid the body
+    centroids (a straight vertical column in the untilted phantom) run along a line inclined by that angle
+    in the sagittal (S, P) plane, and none move sideways."""
+    from analysis.segmentation.network.training import load_source
+
+    preprocessing = {"spacing_mm": [2.0, 2.0, 2.0]}
+    source = {"kind": "phantom", "levels": ["T12", "L1", "L2", "L3"], "noise_sd": 0.0, "spacing": [2.0, 2.0, 2.0]}
+    for tilt in (0.0, 12.0):
+        case = load_source({**source, "tilt_deg": tilt}, preprocessing)
+        centroids = np.array([np.argwhere(case.levels == VERSE_LABEL[lv]).mean(axis=0) for lv in source["levels"]])
+        slope_p = np.polyfit(centroids[:, 0], centroids[:, 1], 1)[0]  # rows (P) per slice (S), same spacing
+        slope_l = np.polyfit(centroids[:, 0], centroids[:, 2], 1)[0]
+        assert np.degrees(np.arctan(abs(slope_p))) == pytest.approx(tilt, abs=1.0)
+        assert abs(slope_l) < 0.02
+
+
+def test_contrast_aorta_is_painted_beside_the_bodies_and_not_labelled():
+    """``contrast_hu`` paints a 22 mm aorta of that HU in front of the bodies: the image there reads the
+    contrast HU (noise 0), the body labels are unchanged."""
+    from analysis.segmentation.network.preprocess import window
+    from analysis.segmentation.network.training import load_source
+
+    preprocessing = {"spacing_mm": [2.0, 2.0, 2.0], "hu_window": [-250.0, 1250.0]}
+    source = {"kind": "phantom", "levels": ["L1", "L2"], "noise_sd": 0.0, "spacing": [2.0, 2.0, 2.0]}
+    plain = load_source(source, preprocessing)
+    painted = load_source({**source, "contrast_hu": 300.0}, preprocessing)
+    np.testing.assert_array_equal(plain.levels, painted.levels)
+    changed = painted.image != plain.image
+    assert not (changed & (painted.levels > 0)).any()
+    # About a 22 mm disk per slice: pi * 11^2 / 4 mm^2 = 95 voxels (fewer where it leaves the body's slices).
+    per_slice = changed.sum(axis=(1, 2))
+    assert 70 <= np.median(per_slice[per_slice > 0]) <= 100
+    np.testing.assert_allclose(painted.image[changed], window(300.0, preprocessing["hu_window"]), atol=1e-6)
