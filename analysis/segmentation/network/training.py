@@ -12,12 +12,13 @@ Training cases (chosen per run and recorded with the version) come from:
   bodies by ``body`` (TotalSegmentator's ``vertebrae_body`` mask, label 1) where given; without a body
   mask, ``"bodies": "derive"`` keeps the part of each whole vertebra in front of its canal
   (:func:`bodies_of_vertebrae`), else the whole vertebrae are learnt as they are;
-- reviewed measurement runs, loaded by the caller (``analysis.tasks``) and passed as ready
-  :class:`TrainingCase` objects.
+- reviewed measurement runs (``{"kind": "reviewed"}`` expands to the cases accepted in review at
+  submission), loaded by the caller (``analysis.tasks``) and passed as ready :class:`TrainingCase` objects.
 
-Every epoch draws ``steps_per_epoch`` batches of random crops (two thirds centred on a body voxel) with
-augmentation (intensity scale and offset, Gaussian noise, left-right mirroring), then measures the held-out
-Dice per level and writes a checkpoint. Randomness is seeded per (seed, epoch), so a run resumed from the
+Every epoch draws ``steps_per_epoch`` batches of random crops (``foreground_fraction`` of them, default two
+thirds, centred on a body voxel) with augmentation (intensity scale and offset, Gaussian noise, left-right
+mirroring), optimises Dice + cross-entropy with AdamW at the epoch's rate of a cosine schedule, then measures
+the held-out Dice per level and writes a checkpoint. Randomness is seeded per (seed, epoch), so a run resumed from the
 checkpoint of epoch e repeats exactly what an uninterrupted run would have done from epoch e + 1 on (CPU).
 """
 
