@@ -226,7 +226,8 @@ def untrained(args):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=("inference", "compare", "all"), default="all")
+    parser.add_argument("--part", choices=("inference", "compare", "all"),
+                        help="default: all with --segmenter, inference without")
     parser.add_argument("--segmenter", help="a SegmenterVersion name in the environment's database")
     parser.add_argument("--architecture", choices=tuple(ARCHITECTURES), default="small")
     parser.add_argument("--crop", type=int, default=64)
@@ -234,6 +235,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
+    args.part = args.part or ("all" if args.segmenter else "inference")
     import torch
 
     from analysis.segmentation.network.inference import resolve_device
