@@ -105,7 +105,9 @@ def submit_segmenter_training(project, *, name, train_sources, held_out_sources,
                               architecture=None, preprocessing=None, inference=None, training=None):
     """Submit a training job of the segmentation network on the ``gpu`` queue (returns the Job row).
 
-    The site's code version is recorded with the job; a worker running other code refuses it.
+    The site's code version is recorded with the job; a worker running other code refuses it. A source
+    ``{"kind": "reviewed"}`` stands for the cases accepted in review in ``project`` now
+    (:func:`expand_reviewed_sources`); a run may not be both a training and a held-out case.
     """
     from analysis.modeling.versions import code_version
     from analysis.models import SegmenterVersion
@@ -119,11 +121,44 @@ def submit_segmenter_training(project, *, name, train_sources, held_out_sources,
                          "letter or digit")
     if SegmenterVersion.objects.filter(name=name).exists():
         raise ValueError(f"a segmenter version named {name!r} exists already; choose another name")
+    train_sources = expand_reviewed_sources(project, train_sources)
+    held_out_sources = expand_reviewed_sources(project, held_out_sources)
+    train_runs = {s["id"] for s in train_sources if s.get("kind") == "measurement_run"}
+    both = sorted(train_runs & {s["id"] for s in held_out_sources if s.get("kind") == "measurement_run"})
+    if both:
+        raise ValueError(f"measurement runs {both} are both training and held-out cases; hold out other cases")
     return jobs.submit("analysis.train_segmenter", project=project, user=user, queue="gpu", project_id=project.pk,
                        name=name, train_sources=list(train_sources), held_out_sources=list(held_out_sources),
                        epochs=int(epochs),
                        seed=int(seed), architecture=architecture, preprocessing=preprocessing, inference=inference,
                        training=training, code_version=code_version(), user_id=user.pk if user else None)
+
+
+def expand_reviewed_sources(project, sources):
+    """Sources with every ``{"kind": "reviewed"}`` replaced by the cases accepted in review in ``project``.
+
+    Each accepted case gives ``{"kind": "measurement_run", "id": RUN, "review_case": CASE, "exam": EXAM}``: the
+    reviewed run that replaced the measured one (relabelled on acceptance), else the measured run accepted as
+    it was. The job and the version thus record exactly which reviewed runs a training used, however many
+    cases are accepted later.
+
+    Raises ``ValueError`` when a ``reviewed`` source finds no accepted case.
+    """
+    from studies.review.models import CaseStatus, ReviewCase
+
+    out = []
+    for source in sources:
+        if source.get("kind") != "reviewed":
+            out.append(source)
+            continue
+        cases = (ReviewCase.objects.filter(project=project, status=CaseStatus.ACCEPTED)
+                 .order_by("id").values_list("id", "exam_id", "base_run_id", "result_run_id"))
+        found = [{"kind": "measurement_run", "id": result or base, "review_case": case, "exam": exam}
+                 for case, exam, base, result in cases]
+        if not found:
+            raise ValueError(f"project {project.name!r} has no case accepted in review to train on")
+        out.extend(found)
+    return out
 
 
 def _training_cases(sources, preprocessing):
@@ -183,7 +218,10 @@ def train_segmenter(*, project_id, progress, name, train_sources, held_out_sourc
     training = {**DEFAULT_TRAINING, **(training or {})}
     rq_job = get_current_job()
     attempt = int(rq_job.kwargs.get("attempt") or 0) if rq_job else 0
-    folder = f"{SEGMENTER_CHECKPOINTS}/{name}"
+    # One folder per job row: a retry of this job resumes from it, while a new job of the same name (after an
+    # earlier one failed before registering its version) starts afresh instead of resuming another run.
+    row_id = rq_job.kwargs.get("row_id") if rq_job else None
+    folder = f"{SEGMENTER_CHECKPOINTS}/{name}" + (f"-job{row_id}" if row_id else "")
 
     def checkpoints():
         if not default_storage.exists(folder):
@@ -218,19 +256,20 @@ def train_segmenter(*, project_id, progress, name, train_sources, held_out_sourc
     from studies.models import Job
 
     user = get_user_model().objects.filter(pk=user_id).first() if user_id else None
-    job_id = rq_job.kwargs.get("row_id") if rq_job else None
     version = SegmenterVersion(
         project=project, name=name, weights_sha256=hashlib.sha256(outcome.weights).hexdigest(),
         architecture=architecture, preprocessing=preprocessing, inference=inference, label_map={"1": "body"},
         training_data={"train": list(train_sources), "held_out": list(held_out_sources),
                        "device": resolve_device(device), "training": training, "epochs": int(epochs)},
         training_log=outcome.log, metrics=outcome.metrics, random_seed=int(seed), code_version=current_code_version(),
-        training_job=Job.objects.filter(pk=job_id).first() if job_id else None, created_by=user,
+        training_job=Job.objects.filter(pk=row_id).first() if row_id else None, created_by=user,
     )
     version.weights.save(f"{name}.pt", ContentFile(outcome.weights), save=False)
     version.save()
     for _, path in checkpoints():
         default_storage.delete(path)
+    if default_storage.exists(folder) and not any(default_storage.listdir(folder)):
+        default_storage.delete(folder)
     return {"segmenter_version": version.pk, "name": name, "epochs": int(epochs),
             "mean_held_out_dice": outcome.metrics.get("mean_dice"),
             "attempts": sorted({e["attempt"] for e in outcome.log})}

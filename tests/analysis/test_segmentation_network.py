@@ -155,7 +155,7 @@ def test_training_job_killed_after_first_checkpoint_resumes_and_records_both_att
         wait_for(lambda: process_gone(horse), timeout=120, what="the work horse to die")
     wait_for(lambda: jobs.reconcile() or (job.refresh_from_db() or job.state == JobState.FAILED), timeout=120,
              what="the killed job to be marked failed")
-    assert default_storage.exists("segmenters/checkpoints/tiny-killed/epoch0001.pt")
+    assert default_storage.exists(f"segmenters/checkpoints/tiny-killed-job{job.pk}/epoch0001.pt")
     assert not SegmenterVersion.objects.filter(name="tiny-killed").exists()
 
     jobs.retry(job)
@@ -172,7 +172,7 @@ def test_training_job_killed_after_first_checkpoint_resumes_and_records_both_att
         assert hashlib.sha256(fh.read()).hexdigest() == version.weights_sha256
     assert set(version.metrics["dice_per_level"]) == {"T12", "L1", "L2"}
     assert version.training_data["train"] == TRAIN and version.training_data["held_out"] == HELD_OUT
-    assert not default_storage.exists("segmenters/checkpoints/tiny-killed/epoch0001.pt")
+    assert not default_storage.exists(f"segmenters/checkpoints/tiny-killed-job{job.pk}")
 
 
 def test_training_names_that_are_not_plain_file_names_are_refused(db, project):
@@ -415,18 +415,159 @@ def test_exam_pipeline_uses_the_promoted_version_by_default(phantom_exam):
     assert run.segmenter_version == f"promoted-net:{version.weights_sha256[:12]}"
 
 
-def test_a_perfect_body_mask_is_split_and_named_like_the_truth():
-    """The naming step alone: given the phantom's exact bodies as the 'network' mask, every body becomes one
-    segment, head first, and takes its true level from the anatomy rules by anchor and counting."""
-    from analysis.segmentation.network.naming import labels_of_segments, name_segments, split_bodies
-    from analysis.segmentation.spine import segment_vertebrae
+@pytest.mark.parametrize("levels, orientation, anchor", [
+    (("T10", "T11", "T12", "L1", "L2"), "RAS", "last rib"),
+    (("L1", "L2", "L3", "L4", "L5", "S1"), "LPI", "sacrum"),
+])
+def test_a_perfect_body_probability_is_split_and_named_like_the_truth(levels, orientation, anchor):
+    """The naming step alone, without the rules' body segmentation: given the phantom's exact bodies as the
+    network's probability on its 2 mm grid, every body becomes one segment, head first, and takes its true
+    level from the rules' ribs (T12 = last rib-bearing vertebra) or sacrum (which is in no network label:
+    the rules' body mask stands in for it below the lowest network body). Back on the input grid (1.5 mm
+    in-plane), each body overlaps its true body with Dice >= 0.9 (the 2 mm grid's partial-volume loss)."""
+    from analysis.segmentation.network.naming import labels_of_segments, name_bodies
+    from analysis.segmentation.network.preprocess import resample_hu, to_network
+    from analysis.segmentation.network.segmenter import NetworkSegmenter
 
-    levels = ("T10", "T11", "T12", "L1", "L2")
-    phantom = make_spine_phantom(spacing=(2.0, 1.5, 1.5), levels=levels, random_state=3, orientation="RAS")
-    segment_labels = split_bodies(phantom.body_labels > 0, phantom.volume)
-    assert int(segment_labels.max()) == len(levels)
-    rules = segment_vertebrae(phantom.volume)
-    segments, notes, flags = name_segments(segment_labels, rules.labels, rules.level_confidence)
-    assert [s.level for s in segments] == list(levels)
-    assert all(s.confidence is not None and s.confidence >= 0.5 for s in segments), segments
-    np.testing.assert_array_equal(labels_of_segments(segment_labels, segments), phantom.body_labels)
+    phantom = make_spine_phantom(spacing=(2.0, 1.5, 1.5), levels=levels, random_state=3, orientation=orientation)
+    preprocessing = {"spacing_mm": [2.0, 2.0, 2.0]}
+    hu, grid = resample_hu(phantom.volume, preprocessing)
+    _, _, truth = to_network(phantom.volume, preprocessing, labels=phantom.body_labels)
+    probability = (truth > 0).astype(np.float32)
+    named = name_bodies(hu, grid.spacing_xyz[::-1], probability)
+    bodies = [lv for lv in levels if lv != "S1"]
+    assert [s.level for s in named.segments] == bodies, (named.segments, named.notes)
+    assert all(s.confidence is not None and s.confidence >= 0.5 for s in named.segments), named.segments
+    assert any(anchor in note for note in named.notes), named.notes
+    # On the network grid every segment is exactly one true body.
+    np.testing.assert_array_equal(labels_of_segments(named.segment_grid, named.segments), truth)
+    on_input = labels_of_segments(NetworkSegmenter._segments_on_input(named, probability, grid, phantom.volume, 0.5),
+                                  named.segments)
+    for level in bodies:
+        mine, true = on_input == VERSE_LABEL[level], phantom.body_labels == VERSE_LABEL[level]
+        assert 2 * (mine & true).sum() / (mine.sum() + true.sum()) >= 0.9, level
+
+
+# -- training from reviewed cases ----------------------------------------------------------------------------
+
+def _review_case(exam, status):
+    from analysis import pipeline
+    from studies.review.models import ReviewCase
+
+    run = pipeline.measure_exam(exam)
+    return ReviewCase.objects.create(project=exam.patient.project, exam=exam, base_run=run, status=status)
+
+
+def test_training_from_reviewed_cases_records_the_accepted_runs_it_used(phantom_exam):
+    """A ``reviewed`` source becomes the runs of the cases accepted in review (not the pending ones), the
+    training job trains on them, and the version's data list names each run, its case and exam."""
+    from analysis.models import SegmenterVersion
+    from analysis.tasks import submit_segmenter_training
+    from studies import jobs
+    from studies.models import JobState
+    from studies.review.models import CaseStatus
+
+    exam, _ = phantom_exam
+    accepted = _review_case(exam, CaseStatus.ACCEPTED)
+    _review_case(_second_exam(exam), CaseStatus.PENDING)
+
+    job = submit_segmenter_training(exam.patient.project, name="from-review", train_sources=[{"kind": "reviewed"}],
+                                    held_out_sources=HELD_OUT, epochs=1, seed=0, **TINY)
+    expected = [{"kind": "measurement_run", "id": accepted.base_run_id, "review_case": accepted.pk, "exam": exam.pk}]
+    assert job.params["train_sources"] == expected
+    jobs.execute(row_id=job.pk, attempt=job.attempts)
+    job.refresh_from_db()
+    assert job.state == JobState.SUCCEEDED, job.error
+    version = SegmenterVersion.objects.get(name="from-review")
+    assert version.training_data["train"] == expected
+    assert [e["event"] for e in version.training_log] == ["start", "epoch"]
+
+
+def test_training_from_review_without_accepted_cases_is_refused(phantom_exam):
+    from analysis.tasks import submit_segmenter_training
+    from studies.review.models import CaseStatus
+
+    exam, _ = phantom_exam
+    _review_case(exam, CaseStatus.PENDING)
+    with pytest.raises(ValueError, match="no case accepted in review"):
+        submit_segmenter_training(exam.patient.project, name="nothing-reviewed", train_sources=[{"kind": "reviewed"}],
+                                  held_out_sources=HELD_OUT, epochs=1, **TINY)
+    accepted = _review_case(_second_exam(exam), CaseStatus.ACCEPTED)
+    with pytest.raises(ValueError, match=rf"\[{accepted.base_run_id}\] are both training and held-out"):
+        submit_segmenter_training(exam.patient.project, name="overlap", train_sources=[{"kind": "reviewed"}],
+                                  held_out_sources=[{"kind": "reviewed"}], epochs=1, **TINY)
+
+
+def _second_exam(exam):
+    import dataclasses
+
+    from studies.pacs.ingest import store_volume
+    from tests.factories import ExamFactory
+
+    other = ExamFactory(region="abdomen", patient__project=exam.patient.project)
+    phantom = make_spine_phantom(spacing=(2.0, 2.0, 2.0), levels=("T12", "L1"), noise_sd=0, random_state=4)
+    store_volume(other.patient.project, dataclasses.replace(phantom.volume, series_uid="1.2.826.0.1.3680043.8.498.14"),
+                 exam=other, source="test")
+    return other
+
+
+# -- training data ---------------------------------------------------------------------------------------------
+
+def test_bodies_derived_from_whole_vertebrae_match_totalsegmentators_body_mask(shared_data):
+    """example_ct has both TotalSegmentator's whole vertebrae (``totalseg.nii.gz``) and its body mask
+    (``totalseg_vertebrae_body.nii.gz``, label 1): the bodies derived from the whole vertebrae on a 2 mm
+    network grid (the part in front of the canal) agree with the whole vertebrae within that body mask, level
+    by level (measured Dice 0.95-0.99; the whole vertebrae are 1.4-1.6x the body volume, Dice about 0.8)."""
+    from analysis.segmentation.external import from_totalsegmentator, restrict_to_body
+    from analysis.segmentation.network.preprocess import to_network
+    from analysis.segmentation.network.training import bodies_of_vertebrae
+
+    folder = shared_data / "totalseg"
+    ct = load_nifti(folder / "example_ct.nii.gz")
+    whole = from_totalsegmentator(folder / "spine_report" / "totalseg.nii.gz", like=ct)
+    body = restrict_to_body(whole, load_nifti(folder / "spine_report" / "totalseg_vertebrae_body.nii.gz").array)
+    preprocessing = {"spacing_mm": [2.0, 2.0, 2.0]}
+    _, _, whole_grid = to_network(ct, preprocessing, labels=whole)
+    _, _, truth = to_network(ct, preprocessing, labels=body)
+    derived = bodies_of_vertebrae(whole_grid, [2.0, 2.0, 2.0])
+    for level in ("T12", "L1", "L2", "L3", "L4", "L5"):
+        value = VERSE_LABEL[level]
+        mine, true, all_of_it = derived == value, truth == value, whole_grid == value
+        assert 2 * (mine & true).sum() / (mine.sum() + true.sum()) >= 0.93, level
+        assert 2 * (all_of_it & true).sum() / (all_of_it.sum() + true.sum()) < 0.85, level
+
+
+def test_tilted_phantom_shows_an_inclined_spine_on_the_network_grid():
+    """``tilt_deg`` rotates the phantom's affine about the left-right axis: on the LPS network grid the body
+    centroids (a straight vertical column in the untilted phantom) run along a line inclined by that angle
+    in the sagittal (S, P) plane, and none move sideways."""
+    from analysis.segmentation.network.training import load_source
+
+    preprocessing = {"spacing_mm": [2.0, 2.0, 2.0]}
+    source = {"kind": "phantom", "levels": ["T12", "L1", "L2", "L3"], "noise_sd": 0.0, "spacing": [2.0, 2.0, 2.0]}
+    for tilt in (0.0, 12.0):
+        case = load_source({**source, "tilt_deg": tilt}, preprocessing)
+        centroids = np.array([np.argwhere(case.levels == VERSE_LABEL[lv]).mean(axis=0) for lv in source["levels"]])
+        slope_p = np.polyfit(centroids[:, 0], centroids[:, 1], 1)[0]  # rows (P) per slice (S), same spacing
+        slope_l = np.polyfit(centroids[:, 0], centroids[:, 2], 1)[0]
+        assert np.degrees(np.arctan(abs(slope_p))) == pytest.approx(tilt, abs=1.0)
+        assert abs(slope_l) < 0.02
+
+
+def test_contrast_aorta_is_painted_beside_the_bodies_and_not_labelled():
+    """``contrast_hu`` paints a 22 mm aorta of that HU in front of the bodies: the image there reads the
+    contrast HU (noise 0), the body labels are unchanged."""
+    from analysis.segmentation.network.preprocess import window
+    from analysis.segmentation.network.training import load_source
+
+    preprocessing = {"spacing_mm": [2.0, 2.0, 2.0], "hu_window": [-250.0, 1250.0]}
+    source = {"kind": "phantom", "levels": ["L1", "L2"], "noise_sd": 0.0, "spacing": [2.0, 2.0, 2.0]}
+    plain = load_source(source, preprocessing)
+    painted = load_source({**source, "contrast_hu": 300.0}, preprocessing)
+    np.testing.assert_array_equal(plain.levels, painted.levels)
+    changed = painted.image != plain.image
+    assert not (changed & (painted.levels > 0)).any()
+    # About a 22 mm disk per slice: pi * 11^2 / 4 mm^2 = 95 voxels (fewer where it leaves the body's slices).
+    per_slice = changed.sum(axis=(1, 2))
+    assert 70 <= np.median(per_slice[per_slice > 0]) <= 100
+    np.testing.assert_allclose(painted.image[changed], window(300.0, preprocessing["hu_window"]), atol=1e-6)

@@ -99,6 +99,25 @@ def window(hu, hu_window):
     return ((np.clip(np.asarray(hu, dtype=np.float32), lo, hi) - lo) / (hi - lo)).astype(np.float32)
 
 
+def resample_hu(volume, preprocessing=None):
+    """HU of a CT on the network grid (linear interpolation, air outside the field of view).
+
+    Returns
+    -------
+    hu : np.ndarray of float32, shape grid.shape
+    grid : NetworkGrid
+    """
+    import SimpleITK as sitk
+
+    preprocessing = {**DEFAULT_PREPROCESSING, **(preprocessing or {})}
+    if str(preprocessing.get("orientation", "LPS")).upper() != "LPS":
+        raise ValueError(f"network grid orientation must be LPS, got {preprocessing['orientation']!r}")
+    grid = network_grid(volume, preprocessing["spacing_mm"])
+    hu = sitk.Resample(sitk_image(volume, np.asarray(volume.array, dtype=np.float32)), grid.reference(),
+                       sitk.Transform(), sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(hu), grid
+
+
 def to_network(volume, preprocessing=None, labels=None):
     """Resample a CT (and optionally its label map) onto the network grid.
 
@@ -121,16 +140,11 @@ def to_network(volume, preprocessing=None, labels=None):
     import SimpleITK as sitk
 
     preprocessing = {**DEFAULT_PREPROCESSING, **(preprocessing or {})}
-    if str(preprocessing.get("orientation", "LPS")).upper() != "LPS":
-        raise ValueError(f"network grid orientation must be LPS, got {preprocessing['orientation']!r}")
-    grid = network_grid(volume, preprocessing["spacing_mm"])
-    reference = grid.reference()
-    hu = sitk.Resample(sitk_image(volume, np.asarray(volume.array, dtype=np.float32)), reference,
-                       sitk.Transform(), sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
-    image = window(sitk.GetArrayFromImage(hu), preprocessing["hu_window"])
+    hu, grid = resample_hu(volume, preprocessing)
+    image = window(hu, preprocessing["hu_window"])
     out_labels = None
     if labels is not None:
-        lab = sitk.Resample(sitk_image(volume, np.asarray(labels, dtype=np.uint8)), reference, sitk.Transform(),
+        lab = sitk.Resample(sitk_image(volume, np.asarray(labels, dtype=np.uint8)), grid.reference(), sitk.Transform(),
                             sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         out_labels = sitk.GetArrayFromImage(lab)
     return image, grid, out_labels

@@ -60,18 +60,41 @@ class NetworkSegmenter:
             self._models[device] = net.to(device).eval()
         return self._models[device]
 
+    @staticmethod
+    def _segments_on_input(named, probability, grid, volume, threshold):
+        """Segment index per input voxel: the probability is interpolated onto the input grid and thresholded
+        there (the surface at the input's resolution, not the network's voxels), within one network voxel of
+        a named body, and each such voxel takes the segment of its nearest point on the body line."""
+        from scipy import ndimage
+
+        from .preprocess import to_input
+
+        near = ndimage.binary_dilation(named.segment_grid > 0).astype(np.uint8)
+        candidate = to_input(near, grid, volume, nearest=True).astype(bool)
+        candidate &= to_input(probability, grid, volume) >= threshold
+        out = np.zeros(volume.shape, dtype=np.uint8)
+        if not candidate.any():
+            return out
+        kji = np.argwhere(candidate)
+        lps = volume.index_to_lps(kji.astype(np.float64))
+        grid_mm = (lps - grid.origin_lps)[:, ::-1]  # (S, P, L) mm from the network grid's first voxel
+        out[candidate] = named.segment_of(grid_mm)
+        return out
+
     def __call__(self, volume, device="cpu"):
         """Segment vertebral bodies of ``volume`` (HU, (z, y, x)); returns a ``SegmentationResult``."""
         from analysis.segmentation.spine import SegmentationResult
 
         from . import naming
         from .inference import predict_probability, resolve_device
-        from .preprocess import to_input, to_network
+        from .preprocess import DEFAULT_PREPROCESSING, resample_hu, to_input, window
 
         ran_on = resolve_device(device)
         timings = {}
         t0 = time.perf_counter()
-        image, grid, _ = to_network(volume, self.preprocessing)
+        preprocessing = {**DEFAULT_PREPROCESSING, **self.preprocessing}
+        hu, grid = resample_hu(volume, preprocessing)
+        image = window(hu, preprocessing["hu_window"])
         timings["resample"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         body_classes = [c for c, lvl in self.class_levels.items() if lvl == BODY]
@@ -83,18 +106,13 @@ class NetworkSegmenter:
             body = prob[body_classes].sum(axis=0)
             timings["network"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            mask = to_input(body, grid, volume) >= threshold
-            timings["resample_back"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            segment_labels = naming.split_bodies(mask, volume)
-            from analysis.segmentation.spine import segment_vertebrae
-
-            rules = segment_vertebrae(volume, device="cpu")
-            segments, notes, flags = naming.name_segments(segment_labels, rules.labels, rules.level_confidence)
-            notes.append("levels from the anatomy rules: " + "; ".join(rules.notes[:1]))
-            flags = sorted(set(flags) | (set(rules.flags) - {"no_spine"}))
-            labels = naming.labels_of_segments(segment_labels, segments)
+            named = naming.name_bodies(hu, grid.spacing_xyz[::-1], body, threshold)
             timings["labelling"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            segment_labels = self._segments_on_input(named, body, grid, volume, threshold)
+            segments, notes, flags = named.segments, named.notes, named.flags
+            labels = naming.labels_of_segments(segment_labels, segments)
+            timings["resample_back"] = time.perf_counter() - t0
         else:
             # Level classes: the network names the bodies itself (a bundle trained with level classes).
             prob = predict_probability(self.model(ran_on), image, self.inference, ran_on, foreground=None)
