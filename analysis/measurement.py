@@ -17,7 +17,7 @@ it clear of both endplates as well: along each head-foot column of the body only
 ``max(3 mm + one slice, a quarter of the column's height)`` from both ends (on 2.5-5 mm slices a slice
 centred 3 mm from an endplate still averages part of it), then only the slices of the steady marrow
 plateau (a slice whose mean shows endplate or disc partial volume is dropped). On thin slices the two
-agree to within noise; on thick slices the SPEC erosion alone read 30-70 HU high on a real chest CT.
+agree to within noise; on a real 2.5 mm chest CT the SPEC erosion alone read up to 64 HU high (L3).
 
 QA flags (stable strings; pages, exports and tests rely on them)
 ----------------------------------------------------------------
