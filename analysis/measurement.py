@@ -12,8 +12,8 @@ its own (a voxel next to the neighbouring vertebra's label is background for thi
 outside the image count as background: a body cut by the volume edge is eroded from the cut as well, so
 its ROI never claims tissue that was not imaged. Such a body is also flagged ``touches_volume_edge``.
 
-That erosion is ``roi="spec_erosion"``. The default ROI, ``roi="mid_body"`` (:func:`mid_body_roi`), keeps
-it clear of both endplates as well: along each head-foot column of the body only voxels at least
+That erosion is the ROI of the method and the default (``roi="spec_erosion"``). The option ``roi="mid_body"``
+(:func:`mid_body_roi`, ``measure_volume --roi mid_body``) keeps it clear of both endplates as well: along each head-foot column of the body only voxels at least
 ``max(3 mm + one slice, a quarter of the column's height)`` from both ends (on 2.5-5 mm slices a slice
 centred 3 mm from an endplate still averages part of it), then only the slices of the steady marrow
 plateau (a slice whose mean shows endplate or disc partial volume is dropped). On phantoms (uniform
@@ -74,8 +74,8 @@ DUPLICATE_FRACTION = 0.3
 DUPLICATE_MIN_ML = 1.0
 DEFAULT_MIN_LEVEL_CONFIDENCE = 0.5  # the default segmenter raises "low_confidence" below 0.5 too
 # ROI methods (the ``roi`` parameter of the measuring functions and of OUT.json).
-ROI_MID_BODY = "mid_body"  # default: SPEC erosion kept clear of both endplates (:func:`mid_body_roi`)
-ROI_SPEC_EROSION = "spec_erosion"  # SPEC section 2 erosion alone (:func:`trabecular_roi`)
+ROI_MID_BODY = "mid_body"  # option: SPEC erosion kept clear of both endplates (:func:`mid_body_roi`)
+ROI_SPEC_EROSION = "spec_erosion"  # default: SPEC section 2 erosion alone (:func:`trabecular_roi`)
 ROI_METHODS = (ROI_MID_BODY, ROI_SPEC_EROSION)
 
 
@@ -310,7 +310,7 @@ def _box_roi(volume, mask_box, box, erosion_mm, roi):
     return mid_body_roi(mask_box, volume.array[box], volume.spacing, erosion_mm, axis=axis, cut=cut)
 
 
-def measured_roi(volume, body_mask, erosion_mm=3.0, roi=ROI_MID_BODY) -> np.ndarray:
+def measured_roi(volume, body_mask, erosion_mm=3.0, roi=ROI_SPEC_EROSION) -> np.ndarray:
     """The ROI that :func:`measure_levels` measures for one body of ``volume``.
 
     Parameters
@@ -318,7 +318,7 @@ def measured_roi(volume, body_mask, erosion_mm=3.0, roi=ROI_MID_BODY) -> np.ndar
     volume : analysis.imaging.volume.Volume
     body_mask : np.ndarray of bool, shape = volume.shape
     erosion_mm : float, default 3.0
-    roi : str, default ``"mid_body"``
+    roi : str, default ``"spec_erosion"``
         ``"mid_body"`` (:func:`mid_body_roi`) or ``"spec_erosion"`` (:func:`trabecular_roi`).
 
     Returns
@@ -406,7 +406,7 @@ def measure_levels(
     contrast=False,
     level_confidence=None,
     min_level_confidence=DEFAULT_MIN_LEVEL_CONFIDENCE,
-    roi=ROI_MID_BODY,
+    roi=ROI_SPEC_EROSION,
 ) -> dict:
     """Measure the trabecular HU of every labelled vertebral body.
 
@@ -426,9 +426,9 @@ def measure_levels(
         Segmenter confidence (0-1) in each level name.
     min_level_confidence : float, default 0.5
         Below this, a level is flagged ``low_level_confidence``.
-    roi : str, default ``"mid_body"``
-        ``"mid_body"``: the SPEC erosion kept clear of both endplates (:func:`mid_body_roi`, the default);
-        ``"spec_erosion"``: the SPEC section 2 erosion alone (:func:`trabecular_roi`).
+    roi : str, default ``"spec_erosion"``
+        ``"spec_erosion"``: the SPEC section 2 erosion alone (:func:`trabecular_roi`, the default);
+        ``"mid_body"``: the SPEC erosion kept clear of both endplates (:func:`mid_body_roi`).
 
     Returns
     -------
@@ -554,7 +554,7 @@ class SegmentMeasurement:
     flags: list = field(default_factory=list)
 
 
-def measure_segments(volume, segment_labels, segments, erosion_mm=3.0, contrast=False, roi=ROI_MID_BODY) -> list:
+def measure_segments(volume, segment_labels, segments, erosion_mm=3.0, contrast=False, roi=ROI_SPEC_EROSION) -> list:
     """Measure the trabecular HU of every body segment, named or not.
 
     Parameters
@@ -567,7 +567,7 @@ def measure_segments(volume, segment_labels, segments, erosion_mm=3.0, contrast=
         One per index; its level, confidence and flags are carried over.
     erosion_mm : float, default 3.0
     contrast : bool, default False
-    roi : str, default ``"mid_body"``
+    roi : str, default ``"spec_erosion"``
         As in :func:`measure_levels`.
 
     Returns
@@ -744,7 +744,7 @@ class MeasuredSegmentation:
 
 
 def measure_segmentation(volume, labels, segment_labels, segments, *, level_confidence=None,
-                         segmentation_flags=(), notes=(), erosion_mm=3.0, contrast=False, roi=ROI_MID_BODY):
+                         segmentation_flags=(), notes=(), erosion_mm=3.0, contrast=False, roi=ROI_SPEC_EROSION):
     """Measure every named level and every body segment, and doubt the levels whose measurement looks wrong.
 
     The one data walk from a segmentation to its numbers, shared by ``measure_volume``, the exam pipeline
@@ -762,7 +762,7 @@ def measure_segmentation(volume, labels, segment_labels, segments, *, level_conf
     segmentation_flags, notes : sequence of str
     erosion_mm : float
     contrast : bool
-    roi : str, default ``"mid_body"``
+    roi : str, default ``"spec_erosion"``
         As in :func:`measure_levels`.
 
     Returns

@@ -11,6 +11,7 @@ import pytest
 from analysis.imaging.volume import Volume
 from analysis.measurement import (
     ENDPLATE_MARGIN_MM,
+    ROI_MID_BODY,
     ROI_SPEC_EROSION,
     cranio_caudal_axis,
     measure_levels,
@@ -130,7 +131,7 @@ def test_a_body_cut_by_the_scan_keeps_no_endplate_margin_at_the_cut():
     assert hu[roi].mean() == pytest.approx(MARROW, abs=1e-4)
     # measured_roi finds the cut from the volume itself.
     volume = _volume(hu)
-    np.testing.assert_array_equal(measured_roi(volume, mask), roi)
+    np.testing.assert_array_equal(measured_roi(volume, mask, roi=ROI_MID_BODY), roi)
 
 
 def test_measured_roi_follows_the_head_foot_axis_of_the_affine():
@@ -146,20 +147,21 @@ def test_measured_roi_follows_the_head_foot_axis_of_the_affine():
     coronal = Volume(hu_c, affine)
     assert coronal.spacing == pytest.approx((PIXEL_MM, SLICE_MM, PIXEL_MM))
     assert cranio_caudal_axis(coronal.affine) == 1
-    np.testing.assert_array_equal(measured_roi(coronal, mask_c), np.transpose(measured_roi(axial, mask), (1, 0, 2)))
+    np.testing.assert_array_equal(measured_roi(coronal, mask_c, roi=ROI_MID_BODY),
+                                  np.transpose(measured_roi(axial, mask, roi=ROI_MID_BODY), (1, 0, 2)))
 
 
-def test_measure_levels_measures_the_mid_body_roi_by_default():
+def test_measure_levels_measures_the_spec_erosion_by_default_and_mid_body_on_request():
     hu, mask, _ = _body(noise_sd=20.0, seed=5)
     volume = _volume(hu)
     labels = mask.astype(np.uint8) * 20  # L1
-    roi = measured_roi(volume, mask)
-    default = measure_levels(volume, labels)["L1"]
-    assert default.roi_voxels == roi.sum()
-    assert default.mean_hu == pytest.approx(float(hu[roi].astype(np.float64).mean()), abs=1e-9)
-    spec = measure_levels(volume, labels, roi=ROI_SPEC_EROSION)["L1"]
+    roi = measured_roi(volume, mask, roi=ROI_MID_BODY)
+    mid = measure_levels(volume, labels, roi=ROI_MID_BODY)["L1"]
+    assert mid.roi_voxels == roi.sum()
+    assert mid.mean_hu == pytest.approx(float(hu[roi].astype(np.float64).mean()), abs=1e-9)
+    spec = measure_levels(volume, labels)["L1"]  # SPEC section 2: the eroded mask is the ROI
     assert spec.roi_voxels == trabecular_roi(mask, volume.spacing).sum()
-    assert spec.mean_hu > default.mean_hu + 40.0
+    assert spec.mean_hu > mid.mean_hu + 40.0
     with pytest.raises(ValueError, match="roi must be one of"):
         measure_levels(volume, labels, roi="central")
 
@@ -194,7 +196,7 @@ def test_thick_slices_made_from_real_ct_read_what_thin_slices_read():
     body = load_volume(data / "spine_report" / "totalseg_vertebrae_body.nii.gz").array == 1
     labels = np.where(body, ref, 0).astype(np.uint8)
     assert cranio_caudal_axis(ct.affine) == 0
-    thin = measure_levels(ct, labels)
+    thin = measure_levels(ct, labels, roi=ROI_MID_BODY)
     n = ct.shape[0] // 2 * 2
     array = ct.array[:n].reshape(n // 2, 2, *ct.shape[1:]).mean(axis=1).astype(np.float32)
     affine = ct.affine.copy()
@@ -202,7 +204,7 @@ def test_thick_slices_made_from_real_ct_read_what_thin_slices_read():
     affine[:3, 3] = ct.affine[:3, 3] + ct.affine[:3, 2] * 0.5
     thick_ct = Volume(array, affine)
     thick_labels = labels[:n:2]
-    thick = measure_levels(thick_ct, thick_labels)
+    thick = measure_levels(thick_ct, thick_labels, roi=ROI_MID_BODY)
     spec = measure_levels(thick_ct, thick_labels, roi=ROI_SPEC_EROSION)
     diffs = {k: thick[k].mean_hu - thin[k].mean_hu for k in thin}
     assert max(abs(d) for d in diffs.values()) <= 12.0, diffs

@@ -79,7 +79,7 @@ def test_example_ct_body_dice(example_result):
 
 def test_example_ct_trabecular_hu_matches_reference_bodies(example_result):
     # Target: ROI mean HU of our body within 10 HU of the same ROI on the reference body (issue 5). The ROI
-    # is the one measure_levels measures (mid-body: the 3 mm erosion kept clear of the endplates). Measured
+    # is the one measure_levels measures by default (the 3 mm erosion of SPEC section 2). Measured
     # differences (anatomy-0.8): T12 +0.2, L1 +8.6, L2 +0.6, L3 +4.9, L4 +5.5, L5 +7.2 (with the 3 mm
     # erosion alone: +0.5, +6.6, +5.3, +9.6, +3.0, +4.8).
     from analysis.measurement import measured_roi

@@ -77,16 +77,19 @@ def test_levels_are_right_or_withheld(case):
         assert result.level_confidence[name] >= 0.5
 
 
-def test_marrow_hu_is_measured(case):
-    # Truth: the marrow HU painted per level; noise SD 20 HU, SE = 20 / sqrt(ROI voxels). The measured ROI
-    # (mid-body) of our body reads it to within 3 HU plus 3 SE and never beyond 5 HU (was 8 HU flat).
-    # Measured (anatomy-0.8): worst +4.1 HU (L4, 3 mm, 524 voxels), +3.5 (T12, 3x1x1 mm, 2675 voxels:
-    # the faint 0.5 mm ring partly inside the ROI), within 0.3 HU at 1 mm slices.
+@pytest.mark.parametrize("roi", ["spec_erosion", "mid_body"])
+def test_marrow_hu_is_measured(case, roi):
+    # Truth: the marrow HU painted per level; noise SD 20 HU, SE = 20 / sqrt(ROI voxels). The mid-body ROI
+    # option reads it to within 3 HU plus 3 SE and never beyond 5 HU; the default SPEC erosion, which keeps
+    # more of the faint rim, within 6 HU (both were 8 HU flat). Measured (anatomy-0.8): mid-body worst
+    # +4.1 HU (L4, 3 mm, 524 voxels), +3.5 (T12, 3x1x1 mm, 2675 voxels: the faint 0.5 mm ring partly inside
+    # the ROI), within 0.3 HU at 1 mm slices; SPEC erosion worst +5.05 HU (L4, 3 mm, 735 voxels).
     phantom, result = case
     errors = {}
     for name in _bodies(phantom):
-        roi = measured_roi(phantom.volume, result.labels == VERSE_LABEL[name])
-        n = int(roi.sum())
+        mask = measured_roi(phantom.volume, result.labels == VERSE_LABEL[name], roi=roi)
+        n = int(mask.sum())
         assert n >= 30, name
-        errors[name] = float(phantom.volume.array[roi].mean()) - phantom.trabecular_hu[name]
-        assert abs(errors[name]) <= min(5.0, 3.0 + 3 * 20.0 / np.sqrt(n)), (name, n, errors)
+        errors[name] = float(phantom.volume.array[mask].mean()) - phantom.trabecular_hu[name]
+        bound = 6.0 if roi == "spec_erosion" else min(5.0, 3.0 + 3 * 20.0 / np.sqrt(n))
+        assert abs(errors[name]) <= bound, (name, n, errors)

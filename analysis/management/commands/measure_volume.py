@@ -6,8 +6,8 @@ Segments (or takes the given VerSe body labels), and measures the trabecular HU 
 without touching the database (SPEC section 6). Centroids are in the input's own convention: RAS for
 NIfTI, LPS for a DICOM folder. Every body segment found, named or not, is listed in OUT.json ``segments``
 (index 1 at the head end); ``--segments-out`` writes those indices on the input grid. The trabecular ROI is
-the SPEC erosion kept clear of both endplates (``--roi mid_body``, default) or the erosion alone
-(``--roi spec_erosion``); OUT.json ``roi`` says which.
+the SPEC erosion (``--roi spec_erosion``, default) or that erosion kept clear of both endplates
+(``--roi mid_body``, for thick slices); OUT.json ``roi`` says which.
 """
 
 import json
@@ -45,15 +45,15 @@ class Command(BaseCommand):
         parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="segmentation device")
         parser.add_argument("--labels-in", help="measure this VerSe-numbered body label NIfTI instead of segmenting")
         parser.add_argument("--erosion-mm", type=float, default=3.0, help="ROI erosion depth in mm (default 3)")
-        parser.add_argument("--roi", choices=("mid_body", "spec_erosion"), default="mid_body",
-                            help="trabecular ROI: the erosion kept clear of both endplates (mid_body, default) "
-                                 "or the erosion alone (spec_erosion)")
+        parser.add_argument("--roi", choices=("mid_body", "spec_erosion"), default="spec_erosion",
+                            help="trabecular ROI: the SPEC erosion (spec_erosion, default) or the erosion kept "
+                                 "clear of both endplates (mid_body)")
         parser.add_argument("--segments-out", help="write every body segment's index (1 at the head end) as NIfTI")
         parser.add_argument("--segmenter", help="segmenter version name, 'anatomy' (rule-based) or a MONAI bundle "
                                                 "folder (default: the rule-based segmenter)")
 
     def handle(self, *args, input, out, labels_out=None, device="cpu", labels_in=None, erosion_mm=3.0,
-               segments_out=None, segmenter=None, roi="mid_body", **options):
+               segments_out=None, segmenter=None, roi="spec_erosion", **options):
         from analysis.imaging.volume import load_volume, save_nifti
         from analysis.measurement import measure_segmentation, measurement_json, segments_json
         from analysis.segmentation.external import from_verse
