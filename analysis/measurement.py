@@ -12,6 +12,15 @@ its own (a voxel next to the neighbouring vertebra's label is background for thi
 outside the image count as background: a body cut by the volume edge is eroded from the cut as well, so
 its ROI never claims tissue that was not imaged. Such a body is also flagged ``touches_volume_edge``.
 
+That erosion is the ROI of the method and the default (``roi="spec_erosion"``). The option ``roi="mid_body"``
+(:func:`mid_body_roi`, ``measure_volume --roi mid_body``) keeps it clear of both endplates as well: along each head-foot column of the body only voxels at least
+``max(3 mm + one slice, a quarter of the column's height)`` from both ends (on 2.5-5 mm slices a slice
+centred 3 mm from an endplate still averages part of it), then only the slices of the steady marrow
+plateau (a slice whose mean shows endplate or disc partial volume is dropped). On phantoms (uniform
+marrow) the two agree to within noise. On real bone the mid-body ROI reads lower by what it leaves out,
+endplate partial volume and the denser subchondral bone: 3-10 HU on example_ct's 3 mm reference bodies;
+on a real 2.5 mm chest CT the SPEC erosion alone read up to 64 HU high (L3) against a reference ROI.
+
 QA flags (stable strings; pages, exports and tests rely on them)
 ----------------------------------------------------------------
 Per level:
@@ -64,6 +73,10 @@ HU_OUTLIER_NEIGHBOURS = 2  # levels above and below compared with
 DUPLICATE_FRACTION = 0.3
 DUPLICATE_MIN_ML = 1.0
 DEFAULT_MIN_LEVEL_CONFIDENCE = 0.5  # the default segmenter raises "low_confidence" below 0.5 too
+# ROI methods (the ``roi`` parameter of the measuring functions and of OUT.json).
+ROI_MID_BODY = "mid_body"  # option: SPEC erosion kept clear of both endplates (:func:`mid_body_roi`)
+ROI_SPEC_EROSION = "spec_erosion"  # default: SPEC section 2 erosion alone (:func:`trabecular_roi`)
+ROI_METHODS = (ROI_MID_BODY, ROI_SPEC_EROSION)
 
 
 def ellipsoid_structure(spacing, erosion_mm) -> np.ndarray:
@@ -148,6 +161,180 @@ def trabecular_roi(body_mask, spacing, erosion_mm=3.0) -> np.ndarray:
     return roi
 
 
+# The endplate margin and the marrow plateau (see :func:`mid_body_roi`).
+ENDPLATE_MARGIN_MM = 3.0
+PLATEAU_HU = 30.0
+PLATEAU_NOISE_SE = 3.0
+
+
+def cranio_caudal_axis(affine) -> int:
+    """The array axis (0, 1 or 2 of ``(z, y, x)``) that runs closest to head-foot for a Volume affine.
+
+    The affine maps ``(i, j, k)`` = (x, y, z) indices to LPS mm, so array axis ``a`` steps along affine
+    column ``2 - a``; head-foot is the patient S axis (row 2).
+    """
+    m = np.asarray(affine, dtype=np.float64)[:3, :3]
+    cosines = np.abs(m[2]) / np.linalg.norm(m, axis=0)
+    return int(2 - np.argmax(cosines))
+
+
+def _column_depth(mask: np.ndarray, open_low: bool, open_high: bool):
+    """Head-foot columns of a body (axis 0 runs head-foot): for every voxel, the voxels between it and the
+    nearer end of its column, the column's height in voxels, and whether the column reaches a cut.
+
+    A column runs from its first to its last body voxel (a hole inside the body does not end it). An end
+    at a cut (``open_low`` / ``open_high``: that face of the array is the volume's edge and the column
+    reaches it) is no endplate and does not count as an end.
+    """
+    n = mask.shape[0]
+    first = np.argmax(mask, axis=0)
+    last = n - 1 - np.argmax(mask[::-1], axis=0)
+    cut_low = (first == 0) & bool(open_low)
+    cut_high = (last == n - 1) & bool(open_high)
+    z = np.arange(n).reshape((n,) + (1,) * (mask.ndim - 1))
+    far = 4 * n  # farther than any end
+    depth = np.minimum(np.where(cut_low, far, z - first), np.where(cut_high, far, last - z))
+    length = np.broadcast_to(last - first + 1, mask.shape)
+    return depth, length, np.broadcast_to(cut_low | cut_high, mask.shape)
+
+
+def _marrow_plateau(roi: np.ndarray, hu: np.ndarray) -> np.ndarray:
+    """The ROI's slices (axis 0) that form the longest stretch of steady marrow HU; the rest is dropped.
+
+    Slice means of trabecular bone change little along the middle of a body; a slice that also holds
+    part of an endplate (cortical bone, ~1000 HU or more) or of the disc reads off by tens to hundreds of
+    HU. A stretch of neighbouring slices is steady when its slice means span at most ``PLATEAU_HU`` (each
+    mean given ``PLATEAU_NOISE_SE`` standard errors of slack); the steady stretch holding the most ROI
+    voxels is the marrow. Central slices are never preferred by position, so a body
+    mask that reaches one slice too far into a neighbour cannot make the neighbour's endplate the reference.
+    """
+    present = np.flatnonzero(roi.reshape(roi.shape[0], -1).any(axis=1))
+    if len(present) < 3:
+        return roi
+    means, counts, sds = [], [], []
+    for z in present:
+        values = hu[z][roi[z]].astype(np.float64)
+        means.append(values.mean())
+        counts.append(values.size)
+        sds.append(values.std())
+    means, counts, sds = np.array(means), np.array(counts), np.array(sds)
+    # Slice j allows the marrow value to lie within PLATEAU_HU / 2 plus the noise of its mean; a stretch is
+    # steady while one value is allowed by all its slices (their means then span at most PLATEAU_HU, plus
+    # the noise). The voxel spread is the body's typical slice's (the median): a slice holding part of an
+    # endplate has a wide spread of its own and must not widen its own allowance.
+    reach = PLATEAU_HU / 2 + PLATEAU_NOISE_SE * np.median(sds) / np.sqrt(counts)
+    best, best_span = -1, (0, len(present))
+    for a in range(len(present)):
+        b, low, high = a + 1, means[a] - reach[a], means[a] + reach[a]
+        while b < len(present):
+            low, high = max(low, means[b] - reach[b]), min(high, means[b] + reach[b])
+            if low > high:
+                break
+            b += 1
+        total = int(counts[a:b].sum())
+        if total > best:
+            best, best_span = total, (a, b)
+    keep = np.zeros(roi.shape[0], dtype=bool)
+    keep[present[best_span[0] : best_span[1]]] = True
+    return roi & keep.reshape((-1,) + (1,) * (roi.ndim - 1))
+
+
+def mid_body_roi(body_mask, hu, spacing, erosion_mm=3.0, axis=0, cut=(False, False)) -> np.ndarray:
+    """The measured trabecular ROI: the SPEC erosion kept away from both endplates.
+
+    Parameters
+    ----------
+    body_mask : np.ndarray of bool, shape (z, y, x)
+        One vertebral body (a crop around it is enough).
+    hu : np.ndarray, same shape
+        CT in HU.
+    spacing : sequence of 3 floats
+        ``(dz, dy, dx)`` in mm.
+    erosion_mm : float, default 3.0
+    axis : int, default 0
+        The array axis that runs head-foot (:func:`cranio_caudal_axis`).
+    cut : pair of bool
+        Whether the low / high face of the array along ``axis`` is the volume's edge (the body runs on
+        beyond the scan there: that end is no endplate).
+
+    Returns
+    -------
+    np.ndarray of bool
+        :func:`trabecular_roi`, then, along each head-foot column of the body, only voxels whose centre lies
+        at least ``max(ENDPLATE_MARGIN_MM + t, h / 4)`` from both ends of the column (t the slice spacing
+        along the axis, h the column's height; the central voxel(s) of a column are always kept), then
+        only the slices of the marrow plateau (:func:`_marrow_plateau`). Where the margin would leave less
+        than ``MIN_ROI_VOXELS`` / ``MIN_ROI_ML`` (a small body on thick slices) it is given up and only the
+        plateau test applies.
+
+    Notes
+    -----
+    Why: SPEC section 2 erodes the body by 3 mm. On thin slices that keeps the ROI 3 mm from the endplate;
+    on 2.5-5 mm slices a slice centred 3 mm from the endplate still averages part of it (the slice
+    profile is about one slice thick), and the body mask's own end is only known to one slice. So the
+    margin is the 3 mm plus one slice. The central half of the body height is where QCT places its
+    mid-vertebral ROI, clear of the denser subchondral bone. The plateau test then drops any remaining
+    slice whose mean shows endplate or disc partial volume, wherever the body mask ended.
+    """
+    mask = np.asarray(body_mask, dtype=bool)
+    roi = trabecular_roi(mask, spacing, erosion_mm)
+    if not roi.any():
+        return roi
+    t = float(spacing[axis])
+    m = np.moveaxis(mask, axis, 0)
+    depth, length, open_run = _column_depth(m, *cut)
+    need_mm = np.where(open_run, ENDPLATE_MARGIN_MM + t, np.maximum(ENDPLATE_MARGIN_MM + t, 0.25 * length * t))
+    # The voxel's centre lies (depth + 0.5) slices from the end face of its column.
+    need = np.ceil(need_mm / t - 0.5 - 1e-9)
+    central = np.where(open_run, need, (length - 1) // 2)
+    keep = depth >= np.minimum(need, central)
+    out = np.moveaxis(np.moveaxis(roi, axis, 0) & keep, 0, axis)
+    n_out = int(np.count_nonzero(out))
+    if n_out < MIN_ROI_VOXELS or n_out * float(np.prod(spacing)) / 1000.0 < MIN_ROI_ML:
+        # A small body on thick slices: the margin would leave too little to measure (``roi_too_small``);
+        # it is given up, and the plateau test alone keeps endplate slices out.
+        out = roi
+    plateau = _marrow_plateau(np.moveaxis(out, axis, 0), np.moveaxis(np.asarray(hu), axis, 0))
+    return np.moveaxis(plateau, 0, axis)
+
+
+def _box_roi(volume, mask_box, box, erosion_mm, roi):
+    """The ROI of one body cropped to its bounding box ``box`` (exact: see :func:`trabecular_roi`; the
+    head-foot columns and slices of a body never leave its box)."""
+    if roi not in ROI_METHODS:
+        raise ValueError(f"roi must be one of {ROI_METHODS}, got {roi!r}")
+    if roi == ROI_SPEC_EROSION or erosion_mm == 0:
+        return trabecular_roi(mask_box, volume.spacing, erosion_mm)
+    axis = cranio_caudal_axis(volume.affine)
+    cut = (box[axis].start == 0, box[axis].stop == volume.shape[axis])
+    return mid_body_roi(mask_box, volume.array[box], volume.spacing, erosion_mm, axis=axis, cut=cut)
+
+
+def measured_roi(volume, body_mask, erosion_mm=3.0, roi=ROI_SPEC_EROSION) -> np.ndarray:
+    """The ROI that :func:`measure_levels` measures for one body of ``volume``.
+
+    Parameters
+    ----------
+    volume : analysis.imaging.volume.Volume
+    body_mask : np.ndarray of bool, shape = volume.shape
+    erosion_mm : float, default 3.0
+    roi : str, default ``"spec_erosion"``
+        ``"mid_body"`` (:func:`mid_body_roi`) or ``"spec_erosion"`` (:func:`trabecular_roi`).
+
+    Returns
+    -------
+    np.ndarray of bool, shape = volume.shape
+    """
+    mask = np.asarray(body_mask, dtype=bool)
+    if mask.shape != volume.shape:
+        raise ValueError(f"body mask shape {mask.shape} does not match the image shape {volume.shape}")
+    out = np.zeros_like(mask)
+    box = _bounding_box(mask)
+    if box is not None:
+        out[box] = _box_roi(volume, mask[box], box, erosion_mm, roi)
+    return out
+
+
 @dataclass
 class LevelMeasurement:
     """HU statistics of one vertebra's trabecular ROI.
@@ -219,6 +406,7 @@ def measure_levels(
     contrast=False,
     level_confidence=None,
     min_level_confidence=DEFAULT_MIN_LEVEL_CONFIDENCE,
+    roi=ROI_SPEC_EROSION,
 ) -> dict:
     """Measure the trabecular HU of every labelled vertebral body.
 
@@ -238,6 +426,9 @@ def measure_levels(
         Segmenter confidence (0-1) in each level name.
     min_level_confidence : float, default 0.5
         Below this, a level is flagged ``low_level_confidence``.
+    roi : str, default ``"spec_erosion"``
+        ``"spec_erosion"``: the SPEC section 2 erosion alone (:func:`trabecular_roi`, the default);
+        ``"mid_body"``: the SPEC erosion kept clear of both endplates (:func:`mid_body_roi`).
 
     Returns
     -------
@@ -269,7 +460,7 @@ def measure_levels(
         raise ValueError(f"erosion_mm must be >= 0, got {erosion_mm}")
     level_confidence = level_confidence or {}
     results = {}
-    for value, stats in _body_statistics(volume, labels, boxes, erosion_mm, contrast).items():
+    for value, stats in _body_statistics(volume, labels, boxes, erosion_mm, contrast, roi).items():
         level = LEVEL_OF_LABEL[value]
         flags = stats.pop("flags")
         confidence = level_confidence.get(level)
@@ -280,7 +471,7 @@ def measure_levels(
     return results
 
 
-def _body_statistics(volume, labels, boxes, erosion_mm, contrast) -> dict:
+def _body_statistics(volume, labels, boxes, erosion_mm, contrast, roi_method=ROI_MID_BODY) -> dict:
     """HU statistics and body flags of every labelled body of a uint8 label map.
 
     Returns
@@ -289,19 +480,16 @@ def _body_statistics(volume, labels, boxes, erosion_mm, contrast) -> dict:
         Label value -> keyword arguments of :class:`LevelMeasurement` (without level and label), flags
         ``roi_too_small``, ``touches_volume_edge``, ``contrast_exam`` and ``duplicated_level``.
     """
-    from scipy import ndimage
-
     spacing = volume.spacing
     voxel_ml = float(np.prod(spacing)) / 1000.0
     hu = volume.array
-    element = ellipsoid_structure(spacing, erosion_mm) if erosion_mm > 0 else None
     results = {}
     for value, box in enumerate(boxes, start=1):
         if box is None:
             continue
         mask = labels[box] == value
         # Same exact crop argument as in trabecular_roi: erosion of the box == erosion of the volume.
-        roi = mask if element is None else ndimage.binary_erosion(mask, structure=element, border_value=0)
+        roi = _box_roi(volume, mask, box, erosion_mm, roi_method)
         values = hu[box][roi].astype(np.float64)
         n_roi = int(values.size)
         n_body = int(np.count_nonzero(mask))
@@ -366,7 +554,7 @@ class SegmentMeasurement:
     flags: list = field(default_factory=list)
 
 
-def measure_segments(volume, segment_labels, segments, erosion_mm=3.0, contrast=False) -> list:
+def measure_segments(volume, segment_labels, segments, erosion_mm=3.0, contrast=False, roi=ROI_SPEC_EROSION) -> list:
     """Measure the trabecular HU of every body segment, named or not.
 
     Parameters
@@ -379,6 +567,8 @@ def measure_segments(volume, segment_labels, segments, erosion_mm=3.0, contrast=
         One per index; its level, confidence and flags are carried over.
     erosion_mm : float, default 3.0
     contrast : bool, default False
+    roi : str, default ``"spec_erosion"``
+        As in :func:`measure_levels`.
 
     Returns
     -------
@@ -397,7 +587,7 @@ def measure_segments(volume, segment_labels, segments, erosion_mm=3.0, contrast=
     labels = labels.astype(np.uint8, copy=False)
     if erosion_mm < 0:
         raise ValueError(f"erosion_mm must be >= 0, got {erosion_mm}")
-    stats = _body_statistics(volume, labels, ndimage.find_objects(labels), erosion_mm, contrast)
+    stats = _body_statistics(volume, labels, ndimage.find_objects(labels), erosion_mm, contrast, roi)
     results = []
     for segment in sorted(segments, key=lambda s: s.index):
         found = stats.get(segment.index)
@@ -554,7 +744,7 @@ class MeasuredSegmentation:
 
 
 def measure_segmentation(volume, labels, segment_labels, segments, *, level_confidence=None,
-                         segmentation_flags=(), notes=(), erosion_mm=3.0, contrast=False):
+                         segmentation_flags=(), notes=(), erosion_mm=3.0, contrast=False, roi=ROI_SPEC_EROSION):
     """Measure every named level and every body segment, and doubt the levels whose measurement looks wrong.
 
     The one data walk from a segmentation to its numbers, shared by ``measure_volume``, the exam pipeline
@@ -572,14 +762,16 @@ def measure_segmentation(volume, labels, segment_labels, segments, *, level_conf
     segmentation_flags, notes : sequence of str
     erosion_mm : float
     contrast : bool
+    roi : str, default ``"spec_erosion"``
+        As in :func:`measure_levels`.
 
     Returns
     -------
     MeasuredSegmentation
     """
     levels = measure_levels(volume, labels, erosion_mm=erosion_mm, contrast=contrast,
-                            level_confidence=level_confidence)
-    measured = measure_segments(volume, segment_labels, segments, erosion_mm=erosion_mm, contrast=contrast)
+                            level_confidence=level_confidence, roi=roi)
+    measured = measure_segments(volume, segment_labels, segments, erosion_mm=erosion_mm, contrast=contrast, roi=roi)
     flags, notes = list(segmentation_flags), list(notes)
     if level_confidence is not None:
         level_confidence, doubts = doubt_flagged_levels(levels, measured, level_confidence)

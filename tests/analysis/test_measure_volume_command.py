@@ -45,8 +45,11 @@ def six_neighbour_erosion(mask):
 def test_labels_in_json_on_example_ct(reference_labels, tmp_path):
     out = tmp_path / "out.json"
     labels_out = tmp_path / "labels_out.nii.gz"
+    # The hand computation below is of the SPEC section 2 erosion, the default ROI (the mid-body option is
+    # tested in test_mid_body_roi.py and below).
     measure(EXAMPLE_CT, "--out", out, "--labels-in", reference_labels, "--labels-out", labels_out)
     doc = json.loads(out.read_text())
+    assert doc["roi"] == "spec_erosion"
     assert {"levels", "timings_s"} <= set(doc)
     assert {"load", "segmentation", "measure", "total"} <= set(doc["timings_s"])
     assert list(doc["levels"]) == ["T12", "L1", "L2", "L3", "L4", "L5"]
@@ -152,8 +155,10 @@ def test_dicom_input_reports_lps_and_nifti_input_ras(tmp_path):
 def test_default_segmenter_path_writes_labels_that_reproduce_the_json(tmp_path):
     # Without --labels-in the default segmenter runs; measuring the label map it wrote must give the
     # same numbers (the JSON and LABELS.nii.gz describe the same bodies on the input grid).
-    measure(EXAMPLE_CT, "--out", tmp_path / "seg.json", "--labels-out", tmp_path / "seg.nii.gz")
-    measure(EXAMPLE_CT, "--out", tmp_path / "again.json", "--labels-in", tmp_path / "seg.nii.gz")
+    measure(EXAMPLE_CT, "--out", tmp_path / "seg.json", "--labels-out", tmp_path / "seg.nii.gz",
+            "--roi", "mid_body")
+    measure(EXAMPLE_CT, "--out", tmp_path / "again.json", "--labels-in", tmp_path / "seg.nii.gz",
+            "--roi", "mid_body")
     segmented = json.loads((tmp_path / "seg.json").read_text())
     again = json.loads((tmp_path / "again.json").read_text())
     # The segmenter runs on CPU whatever was asked for; the JSON says where it ran.
@@ -163,6 +168,7 @@ def test_default_segmenter_path_writes_labels_that_reproduce_the_json(tmp_path):
     assert any("anchor" in note or "sacrum" in note or "rib" in note for note in segmented["segmenter"]["notes"])
     assert {"load", "segmentation", "measure", "total"} <= set(segmented["timings_s"])
     assert segmented["levels"]
+    assert segmented["roi"] == again["roi"] == "mid_body"
     for level, entry in segmented["levels"].items():
         for key in ("mean_hu", "median_hu", "roi_voxels", "body_volume_ml", "centroid_mm"):
             assert again["levels"][level][key] == entry[key], (level, key)

@@ -12,7 +12,7 @@ import pytest
 from scipy import ndimage
 
 from analysis.imaging.phantom import make_spine_phantom
-from analysis.measurement import trabecular_roi
+from analysis.measurement import measured_roi
 from analysis.segmentation.levels import LEVEL_OF_LABEL, VERSE_LABEL
 from analysis.segmentation.spine import segment_vertebrae
 
@@ -42,9 +42,9 @@ def _bodies(phantom):
 
 
 def test_every_body_is_found_whole(case):
-    # Truth: the phantom's body masks. The label covering most of each body matches it with Dice >= 0.9
-    # (measured 0.94-0.95 at 3 mm voxels, 0.96-0.99 finer; a body split at a missing slice or lost scores
-    # 0.3-0.8) and is one connected piece (not split where the faint cortex did not close).
+    # Truth: the phantom's body masks. The label covering most of each body matches it with Dice >= 0.94
+    # (measured 0.942-0.953 at 3 mm voxels, 0.965-0.988 finer; a body split at a missing slice or lost
+    # scores 0.3-0.8) and is one connected piece (not split where the faint cortex did not close).
     phantom, result = case
     for name in _bodies(phantom):
         truth = phantom.body_labels == VERSE_LABEL[name]
@@ -52,7 +52,7 @@ def test_every_body_is_found_whole(case):
         assert len(values), f"{name} not found"
         ours = result.labels == values[np.argmax(counts)]
         dice = 2 * (ours & truth).sum() / (ours.sum() + truth.sum())
-        assert dice >= 0.9, (name, dice)
+        assert dice >= 0.94, (name, dice)
         _, pieces = ndimage.label(ours)
         assert pieces == 1, (name, pieces)
 
@@ -77,13 +77,19 @@ def test_levels_are_right_or_withheld(case):
         assert result.level_confidence[name] >= 0.5
 
 
-def test_marrow_hu_is_measured(case):
-    # Truth: the marrow HU painted per level. The 3 mm ROI of our body reads it to within 8 HU (the ROI of
-    # the exact body mask on the same noisy image is within about 3 HU at 3 mm voxels: 40-150 ROI voxels).
+@pytest.mark.parametrize("roi", ["spec_erosion", "mid_body"])
+def test_marrow_hu_is_measured(case, roi):
+    # Truth: the marrow HU painted per level; noise SD 20 HU, SE = 20 / sqrt(ROI voxels). The mid-body ROI
+    # option reads it to within 3 HU plus 3 SE and never beyond 5 HU; the default SPEC erosion, which keeps
+    # more of the faint rim, within 6 HU (both were 8 HU flat). Measured (anatomy-0.8): mid-body worst
+    # +4.1 HU (L4, 3 mm, 524 voxels), +3.5 (T12, 3x1x1 mm, 2675 voxels: the faint 0.5 mm ring partly inside
+    # the ROI), within 0.3 HU at 1 mm slices; SPEC erosion worst +5.05 HU (L4, 3 mm, 735 voxels).
     phantom, result = case
     errors = {}
     for name in _bodies(phantom):
-        roi = trabecular_roi(result.labels == VERSE_LABEL[name], phantom.volume.spacing)
-        assert roi.sum() >= 30, name
-        errors[name] = float(phantom.volume.array[roi].mean()) - phantom.trabecular_hu[name]
-    assert max(abs(e) for e in errors.values()) <= 8.0, errors
+        mask = measured_roi(phantom.volume, result.labels == VERSE_LABEL[name], roi=roi)
+        n = int(mask.sum())
+        assert n >= 30, name
+        errors[name] = float(phantom.volume.array[mask].mean()) - phantom.trabecular_hu[name]
+        bound = 6.0 if roi == "spec_erosion" else min(5.0, 3.0 + 3 * 20.0 / np.sqrt(n))
+        assert abs(errors[name]) <= bound, (name, n, errors)

@@ -3,14 +3,15 @@
 Truth comes from :func:`analysis.imaging.phantom.make_spine_phantom`: body labels are painted analytically
 (voxel centre inside the elliptic body), trabecular HU is set per level, noise SD 20 HU. Issue 5 asks for
 Dice >= 0.95, 100 % levels and ROI HU within 1 HU; the thresholds below are what the segmenter meets today
-(measured values in the comments), the remaining gap is reported in the benchmark.
+(measured values in the comments; anatomy-0.8 with the mid-body ROI moved them from Dice 0.92 / 8 HU), the
+remaining gap is reported in the benchmark.
 """
 
 import numpy as np
 import pytest
 
 from analysis.imaging.phantom import make_spine_phantom
-from analysis.measurement import trabecular_roi
+from analysis.measurement import measured_roi
 from analysis.segmentation.levels import LEVEL_OF_LABEL
 from analysis.segmentation.spine import segment_vertebrae
 
@@ -51,7 +52,7 @@ def test_every_level_is_named_right(case):
 
 
 def test_body_dice(case):
-    # Truth: exact analytic body masks. Target 0.95 per level; measured in these cases (anatomy-0.7):
+    # Truth: exact analytic body masks. Target 0.95 per level; measured in these cases (anatomy-0.8):
     # minimum 0.932 (T2, 3 mm), 0.978 (T10, 3x1x1 mm), 0.960 (L1, coronal), medians 0.968-0.986
     # (anatomy-0.5: minimum 0.890). The remaining misses are pedicle roots left on small thoracic bodies
     # at 3 mm.
@@ -61,26 +62,35 @@ def test_body_dice(case):
         a = result.labels == _label(name)
         b = phantom.body_labels == _label(name)
         dices.append(2 * (a & b).sum() / (a.sum() + b.sum()))
-    assert min(dices) >= 0.92, dices
-    assert np.median(dices) >= 0.955, dices
+    assert min(dices) >= 0.93, dices
+    assert np.median(dices) >= 0.965, dices
 
 
-def test_trabecular_hu(case):
-    # Truth: the phantom's trabecular HU per level (noise SD 20 HU averages out over >500 ROI voxels to
-    # under 1 HU). Target within 1 HU; measured (anatomy-0.7) median |error| over T3-L5 0.2-1.0 HU, worst
-    # level +6.0 HU (L1, 3 mm) and +5.4 HU (L1, coronal): a pedicle root left inside the ROI (anatomy-0.5:
-    # worst +7.9 HU). At 3 mm the ROI of the exact mask itself reads up to 5 HU off the truth (noise over
-    # 40-150 voxels); the benchmark prints that floor.
+@pytest.mark.parametrize("roi", ["spec_erosion", "mid_body"])
+def test_trabecular_hu(case, roi):
+    # Truth: the phantom's trabecular HU per level; noise SD 20 HU gives the ROI mean a standard error
+    # SE = 20 / sqrt(ROI voxels). Target within 1 HU. Both ROIs: the default (the 3 mm erosion of SPEC
+    # section 2) and the mid-body option (that erosion kept clear of the endplates); the phantom's marrow is
+    # uniform, so they must agree with the truth alike. Measured (anatomy-0.8), mid-body: 3x1x1 mm every
+    # level within 0.6 HU; coronal within 1.2 HU except L1 +5.2 HU (2337 voxels: a pedicle root left inside
+    # the body mask); 3 mm L1 +6.4 (444 voxels), T2 +6.9 (48 voxels; the exact mask's own ROI reads -1.2
+    # there, noise). The SPEC erosion holds more of that pedicle root: coronal L1 +5.4 HU (3361 voxels).
+    # So: every level within 7 HU (was 8 HU flat), with the mid-body ROI within 4 HU plus 3 SE, and where
+    # the ROI holds >= 1500 voxels (SE <= 0.52 HU) the median level within 0.5 HU.
     phantom, result = case
-    errors = {}
+    errors, large = {}, []
     for name in _measured_levels(phantom):
-        roi = trabecular_roi(result.labels == _label(name), phantom.volume.spacing)
+        mask = measured_roi(phantom.volume, result.labels == _label(name), roi=roi)
         # The small cervicothoracic bodies hold fewer 3 mm voxels (C7: 42 measured at 3 mm).
-        assert roi.sum() > (30 if name in ("C7", "T1", "T2") else 100), name
-        errors[name] = float(phantom.volume.array[roi].mean()) - phantom.trabecular_hu[name]
-    below_t2 = [abs(e) for n, e in errors.items() if n not in ("C7", "T1", "T2")]
-    assert np.median(below_t2) <= 1.5, errors
-    assert max(abs(e) for e in errors.values()) <= 8.0, errors
+        n = int(mask.sum())
+        assert n > (30 if name in ("C7", "T1", "T2") else 40), name
+        errors[name] = float(phantom.volume.array[mask].mean()) - phantom.trabecular_hu[name]
+        bound = 7.0 if roi == "spec_erosion" else min(7.0, 4.0 + 3 * 20.0 / np.sqrt(n))
+        assert abs(errors[name]) <= bound, (name, n, errors)
+        if n >= 1500:
+            large.append(abs(errors[name]))
+    if large:
+        assert np.median(large) <= 0.5, errors
 
 
 def test_labels_are_never_wrong(case):

@@ -1,4 +1,7 @@
-"""Trabecular ROI: the centred ellipsoidal erosion of SPEC section 2, and its reference values on real CT."""
+"""Trabecular ROI: the centred ellipsoidal erosion of SPEC section 2, and its reference values on real CT.
+
+``measure_levels`` measures the mid-body ROI by default (tests/analysis/test_mid_body_roi.py); the SPEC
+erosion alone is ``roi="spec_erosion"``, which the reference values here are for."""
 
 import itertools
 import json
@@ -95,7 +98,7 @@ def reference_bodies():
 
 def test_reference_mean_hu_of_l1_to_l5_with_the_centred_3mm_erosion(reference_bodies):
     ct, bodies = reference_bodies
-    measurements = measure_levels(ct, bodies, erosion_mm=3.0)
+    measurements = measure_levels(ct, bodies, erosion_mm=3.0, roi="spec_erosion")
     # Expected values: shared/data/README.md (pp_refined x body label 1, centred 3 mm erosion).
     expected = {"L1": 117.03, "L2": 118.17, "L3": 113.77, "L4": 117.68, "L5": 126.82}
     for level, mean_hu in expected.items():
@@ -113,7 +116,7 @@ def test_reference_body_volumes_match_totalsegmentator_spine_report(reference_bo
 
 def test_per_level_roi_equals_brute_force_on_the_reference_bodies(reference_bodies):
     ct, bodies = reference_bodies
-    measurements = measure_levels(ct, bodies)
+    measurements = measure_levels(ct, bodies, roi="spec_erosion")
     for level, label in (("L1", 20), ("L5", 24)):
         mask = bodies == label
         box = tuple(slice(max(a.min() - 1, 0), a.max() + 2) for a in np.nonzero(mask))

@@ -1,10 +1,13 @@
 """python manage.py measure_volume INPUT --out OUT.json [--labels-out LABELS.nii.gz] [--device cpu|cuda]
-[--labels-in LABELS.nii.gz] [--erosion-mm MM] [--segments-out SEGMENTS.nii.gz] [--segmenter NAME|FOLDER]
+[--labels-in LABELS.nii.gz] [--erosion-mm MM] [--roi mid_body|spec_erosion] [--segments-out SEGMENTS.nii.gz]
+[--segmenter NAME|FOLDER]
 
 Segments (or takes the given VerSe body labels), and measures the trabecular HU of every vertebra of one CT,
 without touching the database (SPEC section 6). Centroids are in the input's own convention: RAS for
 NIfTI, LPS for a DICOM folder. Every body segment found, named or not, is listed in OUT.json ``segments``
-(index 1 at the head end); ``--segments-out`` writes those indices on the input grid.
+(index 1 at the head end); ``--segments-out`` writes those indices on the input grid. The trabecular ROI is
+the SPEC erosion (``--roi spec_erosion``, default) or that erosion kept clear of both endplates
+(``--roi mid_body``, for thick slices); OUT.json ``roi`` says which.
 """
 
 import json
@@ -42,12 +45,15 @@ class Command(BaseCommand):
         parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="segmentation device")
         parser.add_argument("--labels-in", help="measure this VerSe-numbered body label NIfTI instead of segmenting")
         parser.add_argument("--erosion-mm", type=float, default=3.0, help="ROI erosion depth in mm (default 3)")
+        parser.add_argument("--roi", choices=("mid_body", "spec_erosion"), default="spec_erosion",
+                            help="trabecular ROI: the SPEC erosion (spec_erosion, default) or the erosion kept "
+                                 "clear of both endplates (mid_body)")
         parser.add_argument("--segments-out", help="write every body segment's index (1 at the head end) as NIfTI")
         parser.add_argument("--segmenter", help="segmenter version name, 'anatomy' (rule-based) or a MONAI bundle "
                                                 "folder (default: the rule-based segmenter)")
 
     def handle(self, *args, input, out, labels_out=None, device="cpu", labels_in=None, erosion_mm=3.0,
-               segments_out=None, segmenter=None, **options):
+               segments_out=None, segmenter=None, roi="spec_erosion", **options):
         from analysis.imaging.volume import load_volume, save_nifti
         from analysis.measurement import measure_segmentation, measurement_json, segments_json
         from analysis.segmentation.external import from_verse
@@ -110,7 +116,7 @@ class Command(BaseCommand):
             measured_all = measure_segmentation(
                 volume, labels, segment_labels, segments, level_confidence=level_confidence,
                 segmentation_flags=segmentation_flags, notes=segmenter.get("notes", ()), erosion_mm=erosion_mm,
-                contrast=bool(volume.meta.get("contrast", False)))
+                contrast=bool(volume.meta.get("contrast", False)), roi=roi)
         except ValueError as exc:
             raise CommandError(f"{labels_in or input}: {_one_line(exc)}") from None
         measurements = measured_all.levels
@@ -132,6 +138,7 @@ class Command(BaseCommand):
             input=str(input),
             coordinate_convention=volume.convention,
             erosion_mm=float(erosion_mm),
+            roi=roi,
             segmenter=segmenter,
             level_confidence=measured_all.level_confidence,
             segments=segments_json(measured_all.segments),
