@@ -665,32 +665,71 @@ def save_pending(project, data):
     return default_storage.save(f"{PENDING_FOLDER}/{project.pk}-{uuid.uuid4().hex}.csv", ContentFile(data))
 
 
+# Kept files that no job refers to are removed after this long (a preview never confirmed, say).
+PENDING_KEPT_FOR = dt.timedelta(days=1)
+
+
+def _pending_name(name):
+    if not name.startswith(PENDING_FOLDER + "/") or ".." in name or "/" in name[len(PENDING_FOLDER) + 1:]:
+        raise CSVImportError([f"{name}: not a pending import file"])
+    return name
+
+
 def read_pending(name):
     from django.core.files.storage import default_storage
 
-    if not name.startswith(PENDING_FOLDER + "/") or ".." in name:
-        raise CSVImportError([f"{name}: not a pending import file"])
     try:
-        with default_storage.open(name, "rb") as handle:
+        with default_storage.open(_pending_name(name), "rb") as handle:
             return handle.read()
     except FileNotFoundError:
         raise CSVImportError(["the uploaded file is no longer available; upload it again"]) from None
 
 
 def discard_pending(name):
+    """Delete a kept file (gone already is fine)."""
     from django.core.files.storage import default_storage
 
-    default_storage.delete(name)
+    default_storage.delete(_pending_name(name))
+
+
+def remove_stale_pending(older_than=PENDING_KEPT_FOR):
+    """Delete kept files older than ``older_than`` that no queued or running import job refers to.
+    Returns their names."""
+    from django.core.files.storage import default_storage
+
+    from .models import Job, JobState
+
+    try:
+        _, files = default_storage.listdir(PENDING_FOLDER)
+    except FileNotFoundError:
+        return []
+    cutoff = timezone.now() - older_than
+    stale = []
+    for file in files:
+        name = f"{PENDING_FOLDER}/{file}"
+        try:
+            if default_storage.get_modified_time(name) < cutoff:
+                stale.append(name)
+        except FileNotFoundError:  # removed meanwhile
+            continue
+    if not stale:
+        return []
+    in_use = set(Job.objects.filter(kind="registry.import_qct", state__in=(JobState.QUEUED, JobState.RUNNING))
+                 .values_list("params__pending", flat=True))
+    removed = [name for name in stale if name not in in_use]
+    for name in removed:
+        default_storage.delete(name)
+    return removed
 
 
 def import_pending(project, name, *, source, expected, actor=None, progress=None):
-    """Import a file kept by ``save_pending`` (as confirmed with ``expected`` counts), then delete it.
-
-    On failure the file stays, so a retry of the job can run it again."""
-    plan = import_qct(project, read_pending(name), source=source, actor=actor, progress=progress,
-                      expected=expected)
-    discard_pending(name)
-    return plan
+    """Import a file kept by ``save_pending`` (as confirmed with ``expected`` counts); the file is deleted
+    afterwards, imported or not (nothing was stored then; the user uploads the file again)."""
+    try:
+        return import_qct(project, read_pending(name), source=source, actor=actor, progress=progress,
+                          expected=expected)
+    finally:
+        discard_pending(name)
 
 
 def submit_import_job(project, user, name, *, source, expected):

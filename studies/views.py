@@ -281,7 +281,6 @@ def import_csv(request, project_id):
             plan = importers.import_pending(project, pending["path"], source=pending["name"],
                                             expected=pending["counts"], actor=request.user)
         except CSVImportError as exc:
-            importers.discard_pending(pending["path"])  # the session no longer points to it
             context.update(plan=importers.ImportPlan(errors=exc.errors), name=pending["name"])
             return render(request, "studies/import.html", context)
         messages.success(request, f"Imported {len(plan.rows)} row(s) from {pending['name']}.")
