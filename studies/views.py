@@ -17,6 +17,7 @@ from django.views.decorators.http import require_POST
 
 from . import importers, job_kinds, jobs
 from .access import get_project_for_user, projects_for
+from .audit import actor_name
 from .exporters import write_cohort_csv
 from .forms import (
     CSVUploadForm,
@@ -255,6 +256,9 @@ def patient_history(request, project_id, patient_id):
     patient = _patient(project, patient_id)
     entries = (LogEntry.objects.filter(Q(additional_data__patient_id=patient.pk), Q(additional_data__project_id=project.pk))
                .select_related("actor", "content_type").order_by("-timestamp"))
+    entries = list(entries)
+    for entry in entries:
+        entry.who = actor_name(entry)
     return render(request, "studies/history.html", {"project": project, "patient": patient, "entries": entries})
 
 
