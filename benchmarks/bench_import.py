@@ -143,7 +143,7 @@ def main():
             for (start, message), (end, _) in zip(steps, steps[1:]):
                 if message:
                     print(f"           {end - start:6.2f} s  {message}")
-            last_project, last_data, last_n = project, data, n
+            last_project, last_n = project, n
 
         # Re-import into the last project with every BMD value changed: bulk updates and their audit entries.
         n_update = min(50_000, last_n)
