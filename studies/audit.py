@@ -74,3 +74,21 @@ def actor_name(entry):
     extra = entry.additional_data if isinstance(entry.additional_data, dict) else {}
     name = extra.get(ACTOR_KEY)
     return f"{name} (account deleted)" if name else None
+
+
+def change_rows(entry):
+    """``(field, before, after)`` of an entry's changes, in the order of the model's fields (``id`` first);
+    the side that did not exist (before a create, after a delete) as "—" rather than django-auditlog's "None"."""
+    changes = entry.changes_dict
+    model = entry.content_type.model_class() if entry.content_type_id else None
+    order = {f.name: i for i, f in enumerate(model._meta.concrete_fields)} if model is not None else {}
+    rows = []
+    for name in sorted(changes, key=lambda n: (order.get(n, len(order)), n)):
+        value = changes[name]
+        before, after = value[:2] if isinstance(value, list) and len(value) >= 2 else ("", str(value))
+        if entry.action == LogEntry.Action.CREATE and before == "None":
+            before = "—"
+        if entry.action == LogEntry.Action.DELETE and after == "None":
+            after = "—"
+        rows.append((name, before, after))
+    return rows

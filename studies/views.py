@@ -17,7 +17,7 @@ from django.views.decorators.http import require_POST
 
 from . import importers, job_kinds, jobs
 from .access import get_project_for_user, projects_for
-from .audit import actor_name
+from .audit import actor_name, change_rows
 from .exporters import write_cohort_csv
 from .forms import (
     CSVUploadForm,
@@ -258,7 +258,7 @@ def patient_history(request, project_id, patient_id):
                .select_related("actor", "content_type").order_by("-timestamp"))
     entries = list(entries)
     for entry in entries:
-        entry.who = actor_name(entry)
+        entry.who, entry.change_rows = actor_name(entry), change_rows(entry)
     return render(request, "studies/history.html", {"project": project, "patient": patient, "entries": entries})
 
 
