@@ -214,10 +214,13 @@ def audit_created(model, fields, pks, texts, patient_ids, *, content_type, actio
             f"SELECT %s, t.{pk}::text, t.{pk}, r.text, %s, "
             f"""concat('{{"id": ["None", "', t.{pk}, '"]', {changes}, '}}')::jsonb, """
             f"'', %s, %s, %s, %s, (%s || r.patient_id || '}}')::jsonb "
-            f"FROM unnest(%s::bigint[], %s::text[], %s::bigint[]) AS r(id, text, patient_id) "
-            f"JOIN {table} AS t ON t.{pk} = r.id CROSS JOIN LATERAL (SELECT {values}) AS v",
+            # The lists travel as three JSON arrays (one string each, encoded in C), not as SQL arrays that
+            # the driver would quote element by element in Python.
+            f"FROM ROWS FROM (json_array_elements_text(%s::json), json_array_elements_text(%s::json), "
+            f"json_array_elements_text(%s::json)) AS r(id, text, patient_id) "
+            f"JOIN {table} AS t ON t.{pk} = r.id::bigint CROSS JOIN LATERAL (SELECT {values}) AS v",
             [content_type, action, actor, actor_email, cid, timestamp, extra_head,
-             list(pks), list(texts), list(patient_ids)])
+             _encode_json(list(pks)), _encode_json(list(texts)), _encode_json(list(patient_ids))])
         written = cursor.rowcount
     if written != len(pks):
         raise RuntimeError(f"{model._meta.db_table}: audit entries for {written} of {len(pks)} new rows")
