@@ -218,9 +218,13 @@ def audit_created(model, fields, pks, texts, patient_ids, *, content_type, actio
             # the driver would quote element by element in Python.
             f"FROM ROWS FROM (json_array_elements_text(%s::json), json_array_elements_text(%s::json), "
             f"json_array_elements_text(%s::json)) AS r(id, text, patient_id) "
-            f"JOIN {table} AS t ON t.{pk} = r.id::bigint CROSS JOIN LATERAL (SELECT {values}) AS v",
+            f"JOIN {table} AS t ON t.{pk} = r.id::bigint CROSS JOIN LATERAL (SELECT {values}) AS v "
+            # The new rows' range of keys: the table is read through its primary key there, not scanned
+            # whole (it holds every project's rows).
+            f"WHERE t.{pk} BETWEEN %s AND %s",
             [content_type, action, actor, actor_email, cid, timestamp, extra_head,
-             _encode_json(list(pks)), _encode_json(list(texts)), _encode_json(list(patient_ids))])
+             _encode_json(list(pks)), _encode_json(list(texts)), _encode_json(list(patient_ids)),
+             min(pks), max(pks)])
         written = cursor.rowcount
     if written != len(pks):
         raise RuntimeError(f"{model._meta.db_table}: audit entries for {written} of {len(pks)} new rows")
