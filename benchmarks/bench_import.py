@@ -119,11 +119,12 @@ def main():
         results = {}
         for n in sizes:
             data = make_csv(n)
-            steps = []
+            runs = []  # the progress reports of each run, timed
 
             def run():
                 project = fresh_project()
-                steps.clear()
+                steps = []
+                runs.append(steps)
                 plan = import_qct(project, data, source=f"bench-{n}.csv",
                                   progress=lambda fraction, message="": steps.append((time.perf_counter(),
                                                                                        message)))
@@ -139,7 +140,8 @@ def main():
             print(f"{n:>7} rows: median {median_s:6.2f} s  ({' '.join(f'{t:.2f}' for t in times)})  "
                   f"{median_s / n * 1e6:6.1f} us per row, x{base_per_row * n / median_s:6.1f} faster than "
                   f"the baseline per row")
-            # Where the time of the last run went: each step lasts from its progress report to the next.
+            # Where the time of the median run went: each step lasts from its progress report to the next.
+            steps = runs[sorted(range(len(times)), key=times.__getitem__)[len(times) // 2]]
             for (start, message), (end, _) in zip(steps, steps[1:]):
                 if message:
                     print(f"           {end - start:6.2f} s  {message}")
