@@ -8,6 +8,7 @@ Baseline in the same process: the import as it was before, one row at a time thr
 
 Runs on a throw-away test database: PostgreSQL when DATABASE_URL points to one (as in CI), else SQLite.
     .venv/bin/python benchmarks/bench_import.py [--sizes 5000,50000,200000] [--repeats 3]
+Prints where the time goes (the import's steps, timed by its progress reports) and the load average.
 Exits 1 when the 200,000-row median misses the target (or any import fails). The target is absolute: on a
 machine busy with other work it is missed; the last lines also scale the result to the machine speed of
 the issue's measurement, using the baseline.
@@ -17,7 +18,9 @@ import argparse
 import datetime as dt
 import csv
 import io
+import os
 import sys
+import time
 
 from django_bench import start_test_database, stop_test_database  # noqa: E402 (sets the environment first)
 
@@ -116,10 +119,16 @@ def main():
         results = {}
         for n in sizes:
             data = make_csv(n)
+            runs = []  # the progress reports of each run, timed
 
             def run():
                 project = fresh_project()
-                plan = import_qct(project, data, source=f"bench-{n}.csv")
+                steps = []
+                runs.append(steps)
+                plan = import_qct(project, data, source=f"bench-{n}.csv",
+                                  progress=lambda fraction, message="": steps.append((time.perf_counter(),
+                                                                                       message)))
+                steps.append((time.perf_counter(), ""))
                 return project, plan
 
             median_s, times, (project, plan) = median_time(run, repeats=args.repeats)
@@ -131,7 +140,12 @@ def main():
             print(f"{n:>7} rows: median {median_s:6.2f} s  ({' '.join(f'{t:.2f}' for t in times)})  "
                   f"{median_s / n * 1e6:6.1f} us per row, x{base_per_row * n / median_s:6.1f} faster than "
                   f"the baseline per row")
-            last_project, last_data, last_n = project, data, n
+            # Where the time of the median run went: each step lasts from its progress report to the next.
+            steps = runs[sorted(range(len(times)), key=times.__getitem__)[len(times) // 2]]
+            for (start, message), (end, _) in zip(steps, steps[1:]):
+                if message:
+                    print(f"           {end - start:6.2f} s  {message}")
+            last_project, last_n = project, n
 
         # Re-import into the last project with every BMD value changed: bulk updates and their audit entries.
         n_update = min(50_000, last_n)
@@ -158,6 +172,8 @@ def main():
             print(f"{verdict}: {TARGET_ROWS} rows median {results[TARGET_ROWS]:.1f} s (target < {TARGET_S:.0f} s)")
         else:
             print(f"note: {TARGET_ROWS} rows not measured (--sizes); target not checked")
+        print(f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())} on "
+              f"{os.cpu_count()} CPU(s)")
     finally:
         stop_test_database(old_name)
     return 1 if failed else 0

@@ -54,8 +54,9 @@ class JobAdmin(admin.ModelAdmin):
 class AccessLogAdmin(admin.ModelAdmin):
     """Read-only, superusers included: the access log is append-only (the model refuses changes too)."""
 
-    list_display = ["at", "user", "project", "action", "detail"]
+    list_display = ["at", "who", "project", "action", "detail"]
     list_filter = ["action"]
+    search_fields = ["username"]
 
     def has_add_permission(self, request):
         return False

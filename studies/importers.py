@@ -465,10 +465,10 @@ def _store(project, rows, state, actor, report):
     patient_fields = ("project", "pseudonym", "sex", "birth_year", "created_at")
     pks = bulkwrite.insert(Patient, patient_fields, [(project.pk, pid, row.sex, row.birth_year, now)
                                                      for pid, row in new_patients.items()])
-    for (pid, row), pk in zip(new_patients.items(), pks):
-        patient_pk[pid] = pk
-        audit.created(Patient, pk, pid, pk, {"project": project.pk, "pseudonym": pid, "sex": row.sex,
-                                             "birth_year": row.birth_year})
+    patient_pk.update(zip(new_patients, pks))
+    audit.created_many(Patient, ("project", "pseudonym", "sex", "birth_year"), pks, list(new_patients), pks, (
+        {"project": project.pk, "pseudonym": pid, "sex": row.sex, "birth_year": row.birth_year}
+        for pid, row in new_patients.items()))
     bulkwrite.update(Patient, ("birth_year",), birth_years)
     audit.write()
 
@@ -490,15 +490,16 @@ def _store(project, rows, state, actor, report):
             exam_updates.append((exam.pk, *(getattr(exam, name) for name in EXAM_FIELDS)))
         exam_pk.append(exam.pk)
     report(0.45, f"storing {len(new_exams)} new exam(s), updating {len(exam_updates)}")
+    new_exam_patients = [patient_pk[row.patient_id] for row, _ in new_exams]
     created = bulkwrite.insert(Exam, ("patient", "exam_date", "created_at") + EXAM_FIELDS, [
-        (patient_pk[row.patient_id], row.exam_date, now, *values.values()) for row, values in new_exams])
-    created_iter = iter(zip(new_exams, created))
-    for i, pk in enumerate(exam_pk):
-        if pk is None:
-            (row, values), new_pk = next(created_iter)
-            exam_pk[i] = new_pk
-            audit.created(Exam, new_pk, f"{row.patient_id} {row.exam_date:%Y-%m-%d}", patient_pk[row.patient_id],
-                          {"patient": patient_pk[row.patient_id], "exam_date": row.exam_date, **values})
+        (patient, row.exam_date, now, *values.values()) for (row, values), patient in zip(new_exams,
+                                                                                           new_exam_patients)])
+    audit.created_many(Exam, ("patient", "exam_date") + EXAM_FIELDS, created,
+                       [_exam_text(row) for row, _ in new_exams], new_exam_patients, (
+                           {"patient": patient, "exam_date": row.exam_date, **values}
+                           for (row, values), patient in zip(new_exams, new_exam_patients)))
+    created_iter = iter(created)
+    exam_pk = [pk if pk is not None else next(created_iter) for pk in exam_pk]
     bulkwrite.update(Exam, EXAM_FIELDS, exam_updates)
     audit.write()
 
@@ -523,11 +524,11 @@ def _store(project, rows, state, actor, report):
     report(0.6, f"storing {len(new_results)} new QCT result(s), updating {len(result_updates)}")
     created = bulkwrite.insert(QCTResult, ("exam", "updated_at") + QCT_FIELDS,
                                [(pk, now, *values.values()) for row, pk, values in new_results])
-    for (row, exam_id, values), pk in zip(new_results, created):
-        bmd = values["qct_bmd"]
-        exam_text = f"{row.patient_id} {row.exam_date:%Y-%m-%d}"
-        audit.created(QCTResult, pk, f"QCT {exam_text}: {bmd:.1f} mg/cm3", patient_pk[row.patient_id],
-                      {"exam": exam_id, **values})
+    # The text of QCTResult.__str__ (Python's rounding of the mean to 0.1, not the database's).
+    audit.created_many(QCTResult, ("exam",) + QCT_FIELDS, created,
+                       [f"QCT {_exam_text(row)}: {values['qct_bmd']:.1f} mg/cm3" for row, _, values in new_results],
+                       [patient_pk[row.patient_id] for row, _, _ in new_results],
+                       ({"exam": exam_id, **values} for row, exam_id, values in new_results))
     bulkwrite.update(QCTResult, QCT_FIELDS + ("updated_at",), result_updates)
     audit.write()
 
@@ -546,13 +547,20 @@ def _store(project, rows, state, actor, report):
         report(0.75, f"storing {len(new_members)} cohort split(s), updating {len(member_updates)}")
         created = bulkwrite.insert(CohortMember, ("cohort", "exam", "split"),
                                    [(cohort.pk, pk, row.split) for row, pk in new_members])
-        for (row, exam_id), pk in zip(new_members, created):
-            audit.created(CohortMember, pk, f"{row.patient_id} {row.exam_date:%Y-%m-%d} in {cohort.name} "
-                          f"({row.split})", patient_pk[row.patient_id],
-                          {"cohort": cohort.pk, "exam": exam_id, "split": row.split})
+        audit.created_many(CohortMember, ("cohort", "exam", "split"), created,
+                           [f"{_exam_text(row)} in {cohort.name} ({row.split})" for row, _ in new_members],
+                           [patient_pk[row.patient_id] for row, _ in new_members],
+                           ({"cohort": cohort.pk, "exam": exam_id, "split": row.split}
+                            for row, exam_id in new_members))
         bulkwrite.update(CohortMember, ("split",), member_updates)
     audit.write()
     report(0.99, f"stored {len(rows)} row(s) with {audit.written} audit entries")
+
+
+def _exam_text(row):
+    """``str(exam)`` of the row's exam (``isoformat`` is its ``%Y-%m-%d`` for the years 1970 on that exam dates
+    are checked to have, at a fifth of strftime's time)."""
+    return f"{row.patient_id} {row.exam_date.isoformat()}"
 
 
 def _derived(bmd, thresholds):
@@ -565,17 +573,23 @@ def _derived(bmd, thresholds):
 class _BulkAudit:
     """The audit entries django-auditlog writes on save, for bulk statements (which send no signals).
 
-    Entries carry the same ``changes`` (``{field: [old, new]}`` as text), ``object_repr`` and
-    ``additional_data`` (project and patient ids, which the patient's history page reads) as a page edit's.
+    Entries carry the same ``changes`` (``{field: [old, new]}`` as text), ``object_repr``, actor (with the
+    snapshot of their name that ``studies.audit`` adds to every entry) and ``additional_data`` (project and
+    patient ids, which the patient's history page reads) as a page edit's.
     """
 
     def __init__(self, project, actor):
         from auditlog.cid import get_cid
         from auditlog.models import LogEntry
 
+        from .audit import actor_snapshot
+
         self.CREATE, self.UPDATE = LogEntry.Action.CREATE, LogEntry.Action.UPDATE
         self.project_id = project.pk
-        self.actor_id = actor.pk if actor is not None and getattr(actor, "is_authenticated", False) else None
+        known = actor is not None and getattr(actor, "is_authenticated", False)
+        self.actor_id = actor.pk if known else None
+        self.actor_email = getattr(actor, "email", None) if known else None
+        self.extra = {"project_id": project.pk, **actor_snapshot(actor if known else None)}
         self.cid = get_cid()
         self.timestamp = timezone.now()
         self.entries = []
@@ -587,15 +601,31 @@ class _BulkAudit:
             self._content_types[model] = ContentType.objects.get_for_model(model).pk
         return self._content_types[model]
 
-    def created(self, model, pk, text, patient_id, values):
-        """A new row: its non-empty values, each as ``["None", value]`` like django-auditlog's."""
-        changes = {"id": ["None", str(pk)]}
-        for name, value in values.items():
-            if value is not None and value != "":
-                changes[name] = ["None", str(value)]
-        self.entries.append((self._content_type(model), str(pk), pk, text, self.CREATE, changes, "",
-                             self.actor_id, self.cid, self.timestamp,
-                             {"project_id": self.project_id, "patient_id": patient_id}))
+    def _entry(self, model, pk, text, action, changes, extra):
+        self.entries.append((self._content_type(model), str(pk), pk, text, action, changes, "", self.actor_id,
+                             self.actor_email, self.cid, self.timestamp, extra))
+
+    def created_many(self, model, fields, pks, texts, patient_ids, values):
+        """New rows: ``pks`` with their ``texts`` (``str`` of each) and patients' ids, lists in one order.
+
+        Each entry lists the row's id and its non-empty ``fields``, each as ``["None", text]`` like
+        django-auditlog's. On PostgreSQL the database builds the entries from the rows as stored
+        (``bulkwrite.audit_created``); elsewhere they are built here from ``values``, an iterable of dicts
+        by field name in the same order (read only then).
+        """
+        if connection.vendor == "postgresql":
+            self.written += bulkwrite.audit_created(
+                model, fields, pks, texts, patient_ids, content_type=self._content_type(model),
+                action=self.CREATE, actor=self.actor_id, actor_email=self.actor_email, cid=self.cid,
+                timestamp=self.timestamp, extra=self.extra)
+            return
+        for pk, text, patient_id, row_values in zip(pks, texts, patient_ids, values):
+            changes = {"id": ["None", str(pk)]}
+            for name in fields:
+                value = row_values[name]
+                if value is not None and value != "":
+                    changes[name] = ["None", str(value)]
+            self._entry(model, pk, text, self.CREATE, changes, {**self.extra, "patient_id": patient_id})
 
     def write(self):
         """Store the entries collected so far (after each step, so they never pile up for the whole file)."""
@@ -606,8 +636,8 @@ class _BulkAudit:
     def updated(self, obj, changes):
         """A stored instance (as changed) and ``{field: [old, new]}``."""
         text = {name: [smart_str(old), smart_str(new)] for name, (old, new) in changes.items()}
-        self.entries.append((self._content_type(type(obj)), str(obj.pk), obj.pk, smart_str(obj), self.UPDATE,
-                             text, "", self.actor_id, self.cid, self.timestamp, obj.get_additional_data()))
+        self._entry(type(obj), obj.pk, smart_str(obj), self.UPDATE, text, {**obj.get_additional_data(),
+                                                                           **self.extra})
 
 
 def import_qct_file(path, project_name, *, progress=None):
@@ -636,32 +666,71 @@ def save_pending(project, data):
     return default_storage.save(f"{PENDING_FOLDER}/{project.pk}-{uuid.uuid4().hex}.csv", ContentFile(data))
 
 
+# Kept files that no job refers to are removed after this long (a preview never confirmed, say).
+PENDING_KEPT_FOR = dt.timedelta(days=1)
+
+
+def _pending_name(name):
+    if not name.startswith(PENDING_FOLDER + "/") or ".." in name or "/" in name[len(PENDING_FOLDER) + 1:]:
+        raise CSVImportError([f"{name}: not a pending import file"])
+    return name
+
+
 def read_pending(name):
     from django.core.files.storage import default_storage
 
-    if not name.startswith(PENDING_FOLDER + "/") or ".." in name:
-        raise CSVImportError([f"{name}: not a pending import file"])
     try:
-        with default_storage.open(name, "rb") as handle:
+        with default_storage.open(_pending_name(name), "rb") as handle:
             return handle.read()
     except FileNotFoundError:
         raise CSVImportError(["the uploaded file is no longer available; upload it again"]) from None
 
 
 def discard_pending(name):
+    """Delete a kept file (gone already is fine)."""
     from django.core.files.storage import default_storage
 
-    default_storage.delete(name)
+    default_storage.delete(_pending_name(name))
+
+
+def remove_stale_pending(older_than=PENDING_KEPT_FOR):
+    """Delete kept files older than ``older_than`` that no queued or running import job refers to.
+    Returns their names."""
+    from django.core.files.storage import default_storage
+
+    from .models import Job, JobState
+
+    try:
+        _, files = default_storage.listdir(PENDING_FOLDER)
+    except FileNotFoundError:
+        return []
+    cutoff = timezone.now() - older_than
+    stale = []
+    for file in files:
+        name = f"{PENDING_FOLDER}/{file}"
+        try:
+            if default_storage.get_modified_time(name) < cutoff:
+                stale.append(name)
+        except FileNotFoundError:  # removed meanwhile
+            continue
+    if not stale:
+        return []
+    in_use = set(Job.objects.filter(kind="registry.import_qct", state__in=(JobState.QUEUED, JobState.RUNNING))
+                 .values_list("params__pending", flat=True))
+    removed = [name for name in stale if name not in in_use]
+    for name in removed:
+        default_storage.delete(name)
+    return removed
 
 
 def import_pending(project, name, *, source, expected, actor=None, progress=None):
-    """Import a file kept by ``save_pending`` (as confirmed with ``expected`` counts), then delete it.
-
-    On failure the file stays, so a retry of the job can run it again."""
-    plan = import_qct(project, read_pending(name), source=source, actor=actor, progress=progress,
-                      expected=expected)
-    discard_pending(name)
-    return plan
+    """Import a file kept by ``save_pending`` (as confirmed with ``expected`` counts); the file is deleted
+    afterwards, imported or not (nothing was stored then; the user uploads the file again)."""
+    try:
+        return import_qct(project, read_pending(name), source=source, actor=actor, progress=progress,
+                          expected=expected)
+    finally:
+        discard_pending(name)
 
 
 def submit_import_job(project, user, name, *, source, expected):

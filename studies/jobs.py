@@ -15,7 +15,9 @@
   failed with the reason and can be retried.
 
 Tasks register with ``@task("kind")`` in the apps' ``tasks.py``; they take keyword-only primitive arguments
-and a ``progress`` callable. Who may start, retry, cancel or inspect a kind is in ``studies.job_kinds``.
+and a ``progress`` callable. ``@on_end("kind")`` registers what to do once an attempt of that kind has ended,
+whatever the end (succeeded, failed, cancelled, declared lost, superseded): removing files the job was given,
+say. ``@housekeeping`` registers a function the reconciler runs each time (removing what such ends missed). Who may start, retry, cancel or inspect a kind is in ``studies.job_kinds``.
 """
 
 import datetime as dt
@@ -36,6 +38,8 @@ from .models import Job, JobState
 log = logging.getLogger(__name__)
 
 _TASKS = {}
+_ENDINGS = {}
+_HOUSEKEEPING = []
 
 # RQ job states in which the job is still on its way to a worker or running there.
 _LIVE_RQ_STATES = ("queued", "started", "deferred", "scheduled")
@@ -65,11 +69,46 @@ def task(kind):
     return register
 
 
+def on_end(kind):
+    """Register ``func(job)``, called once an attempt of a job of this kind has ended: after its result or
+    failure is written, when it is cancelled, declared lost or could not be enqueued, and when a superseded
+    attempt stops. It must be idempotent (a cancelled attempt that stops later calls it again)."""
+
+    def register(func):
+        _ENDINGS[kind] = func
+        return func
+
+    return register
+
+
+def housekeeping(func):
+    """Register ``func()`` to run at each ``reconcile``."""
+    _HOUSEKEEPING.append(func)
+    return func
+
+
+def _load_tasks():
+    # Imported lazily so the web process does not load task code (and its heavy imports) at start.
+    for module in settings.JOB_TASK_MODULES:
+        importlib.import_module(module)
+
+
+def _ended(job):
+    """Run the end hook of ``job``'s kind; a failing hook is logged, never raised into the job's outcome."""
+    if job.kind not in _TASKS:
+        _load_tasks()
+    hook = _ENDINGS.get(job.kind)
+    if hook is None:
+        return
+    try:
+        hook(job)
+    except Exception:  # noqa: BLE001 - the job's state is written already; housekeeping catches up later
+        log.exception("end hook of job %s (%s) failed", job.pk, job.kind)
+
+
 def _task_for(kind):
     if kind not in _TASKS:
-        # Imported lazily so the web process does not load task code (and its heavy imports) at start.
-        for module in settings.JOB_TASK_MODULES:
-            importlib.import_module(module)
+        _load_tasks()
     try:
         return _TASKS[kind]
     except KeyError:
@@ -113,10 +152,11 @@ def _enqueue(job_id, attempt):
         )
     except Exception as exc:  # the queue is unreachable: say so on the row instead of leaving it queued
         log.exception("could not enqueue job %s", job_id)
-        _attempt(job_id, attempt, JobState.QUEUED).update(
+        if _attempt(job_id, attempt, JobState.QUEUED).update(
             state=JobState.FAILED, error=f"The job queue could not be reached ({type(exc).__name__}); retry later.",
             finished_at=timezone.now(),
-        )
+        ):
+            _ended(job)
         return
     _attempt(job_id, attempt, JobState.QUEUED).update(rq_job_id=rq_job.id)
 
@@ -156,25 +196,28 @@ def execute(*, row_id, attempt=None):
             raise JobSuperseded(f"job {job_id} attempt {attempt} was superseded")
 
     try:
-        result = func(progress=progress, **job.params)
-    except JobSuperseded:
-        log.warning("job %s attempt %s was superseded; stopped", job_id, attempt)
-        return None
-    except Exception as exc:
-        _attempt(job_id, attempt, JobState.RUNNING).update(
-            state=JobState.FAILED, error=readable_error(exc), traceback=traceback.format_exc(),
-            finished_at=timezone.now(),
-        )
-        raise
-    if not _attempt(job_id, attempt, JobState.RUNNING).update(
-        state=JobState.SUCCEEDED, progress=1.0, result=result, finished_at=timezone.now()
-    ):
-        log.warning("job %s attempt %s was superseded; its result is discarded", job_id, attempt)
-        return None
-    for receiver, error in job_succeeded.send_robust(sender=Job, job=Job.objects.get(pk=job_id)):
-        if error is not None:
-            log.error("job %s: %s failed after the job succeeded: %r", job_id, receiver, error)
-    return result
+        try:
+            result = func(progress=progress, **job.params)
+        except JobSuperseded:
+            log.warning("job %s attempt %s was superseded; stopped", job_id, attempt)
+            return None
+        except Exception as exc:
+            _attempt(job_id, attempt, JobState.RUNNING).update(
+                state=JobState.FAILED, error=readable_error(exc), traceback=traceback.format_exc(),
+                finished_at=timezone.now(),
+            )
+            raise
+        if not _attempt(job_id, attempt, JobState.RUNNING).update(
+            state=JobState.SUCCEEDED, progress=1.0, result=result, finished_at=timezone.now()
+        ):
+            log.warning("job %s attempt %s was superseded; its result is discarded", job_id, attempt)
+            return None
+        for receiver, error in job_succeeded.send_robust(sender=Job, job=Job.objects.get(pk=job_id)):
+            if error is not None:
+                log.error("job %s: %s failed after the job succeeded: %r", job_id, receiver, error)
+        return result
+    finally:
+        _ended(job)
 
 
 # Absolute file system paths (not URLs): shown to members by their last part only.
@@ -203,7 +246,8 @@ def reconcile(jobs=None):
     """Compare queued and running rows with Redis; returns the ids of the rows changed.
 
     Queued rows that Redis lost are enqueued again (same attempt); running rows whose RQ job failed or
-    whose worker is gone or silent are marked failed. Nothing happens while Redis is unreachable.
+    whose worker is gone or silent are marked failed. Nothing happens to them while Redis is unreachable.
+    Then the registered housekeeping runs (see ``housekeeping``).
     """
     from redis.exceptions import RedisError
     from rq.exceptions import NoSuchJobError
@@ -229,8 +273,15 @@ def reconcile(jobs=None):
                 state=JobState.FAILED, error=reason, finished_at=timezone.now()
             ):
                 changed.append(job.pk)
+                transaction.on_commit(lambda job=job: _ended(job))
     except RedisError as exc:
         log.warning("cannot reach the job queue to reconcile jobs: %s", exc)
+    _load_tasks()
+    for func in _HOUSEKEEPING:
+        try:
+            func()
+        except Exception:  # noqa: BLE001 - housekeeping must not stop reconciling (or the page calling it)
+            log.exception("housekeeping %s failed", func.__name__)
     return changed
 
 
@@ -326,6 +377,7 @@ def cancel(job, user=None):
     if not updated:
         raise JobError(f"Only queued or running jobs can be cancelled; this job is "
                        f"{job.get_state_display().lower()}.")
+    transaction.on_commit(lambda: _ended(job))
     if rq_job_id:
         try:
             _stop_rq_job(job.queue, rq_job_id)

@@ -381,9 +381,13 @@ class AppendOnlyQuerySet(models.QuerySet):
 
 class AccessLog(models.Model):
     """Who looked at or exported patient data (PHI views and exports). Append-only: entries are created and
-    never changed or deleted, by the admin (no change or delete permission) nor in code (these guards)."""
+    never changed or deleted, by the admin (no change or delete permission) nor in code (these guards).
+
+    ``username`` is the user's name when the entry was written: deleting the user account clears the link
+    (``user``, SET_NULL: the entry stays), and the entry still names who it was."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True)
+    username = models.CharField(max_length=150, blank=True, editable=False)
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="access_log")
     action = models.CharField(max_length=40)
     detail = models.CharField(max_length=300, blank=True)
@@ -395,11 +399,20 @@ class AccessLog(models.Model):
         ordering = ["-at"]
 
     def __str__(self):
-        return f"{self.at:%Y-%m-%d %H:%M} {self.user} {self.action} {self.detail}"
+        return f"{self.at:%Y-%m-%d %H:%M} {self.who} {self.action} {self.detail}"
+
+    @property
+    def who(self):
+        """The user's name; marked as a deleted account once the user is gone."""
+        if self.user is not None:
+            return self.user.get_username()
+        return f"{self.username} (account deleted)" if self.username else "anonymous"
 
     def save(self, *args, **kwargs):
         if not self._state.adding:
             raise AppendOnlyError("access log entries are append-only: not changed")
+        if self.user is not None and not self.username:
+            self.username = self.user.get_username()
         super().save(*args, **kwargs)
 
     def delete(self, *args, **kwargs):

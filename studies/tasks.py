@@ -4,7 +4,7 @@ import threading
 
 from django.db import connection
 
-from .jobs import task
+from .jobs import housekeeping, on_end, task
 from .models import Job, Project
 from .registry import recategorize_project
 
@@ -35,6 +35,24 @@ def import_qct(*, project_id, pending, source, expected, user_id=None, progress)
     plan = import_pending(project, pending, source=source, expected=expected, actor=actor,
                           progress=_committed(progress))
     return plan.counts
+
+
+@on_end("registry.import_qct")
+def discard_import_file(job):
+    """The uploaded file an import job was given goes when the job ends, however it ends (a retry of a
+    failed import asks for the file again)."""
+    from .importers import discard_pending
+
+    discard_pending(job.params["pending"])
+
+
+@housekeeping
+def remove_stale_import_files():
+    """Uploaded files that no job or page will import any more (a preview never confirmed, a job whose end
+    was missed)."""
+    from .importers import remove_stale_pending
+
+    remove_stale_pending()
 
 
 def _committed(progress):

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_POST
 
 from . import importers, job_kinds, jobs
 from .access import get_project_for_user, projects_for
+from .audit import actor_name, change_rows
 from .exporters import write_cohort_csv
 from .forms import (
     CSVUploadForm,
@@ -255,6 +256,9 @@ def patient_history(request, project_id, patient_id):
     patient = _patient(project, patient_id)
     entries = (LogEntry.objects.filter(Q(additional_data__patient_id=patient.pk), Q(additional_data__project_id=project.pk))
                .select_related("actor", "content_type").order_by("-timestamp"))
+    entries = list(entries)
+    for entry in entries:
+        entry.who, entry.change_rows = actor_name(entry), change_rows(entry)
     return render(request, "studies/history.html", {"project": project, "patient": patient, "entries": entries})
 
 
@@ -281,7 +285,6 @@ def import_csv(request, project_id):
             plan = importers.import_pending(project, pending["path"], source=pending["name"],
                                             expected=pending["counts"], actor=request.user)
         except CSVImportError as exc:
-            importers.discard_pending(pending["path"])  # the session no longer points to it
             context.update(plan=importers.ImportPlan(errors=exc.errors), name=pending["name"])
             return render(request, "studies/import.html", context)
         messages.success(request, f"Imported {len(plan.rows)} row(s) from {pending['name']}.")

@@ -74,3 +74,62 @@ def test_non_admin_cannot_add_members(client, member, project):
                                                                            "role": "admin"})
     assert response.status_code == 403
     assert not MembershipFactory._meta.model.objects.filter(user=newcomer).exists()
+
+
+def test_deleting_a_user_keeps_their_entries_and_their_name(client, member, project):
+    """Access-log and audit entries stay when their user's account is deleted, and still name the user: on the
+    patient's history page, in the access log's text, in the entries themselves. Covers the ways entries are
+    written: page edits (django-auditlog's middleware), ``log_create`` with an actor (review and label changes),
+    a CSV import (bulk entries) and a page view (access log)."""
+    from studies.audit import actor_name
+    from studies.importers import import_qct
+    from studies.models import AccessLog
+
+    admin = member("admin")
+    user = member("coordinator")
+    user.username = "dana.reader"
+    user.save()
+    client.force_login(user)
+    client.post(reverse("studies:patient_add", args=[project.pk]), {"pseudonym": "DEL1", "sex": "F"})
+    patient = Patient.objects.get(pseudonym="DEL1")
+    client.get(reverse("studies:patient_list", args=[project.pk]))
+    import_qct(project, b"patient_id,sex,age,exam_date,region,bmd_l1,bmd_l2,bmd_l3\n"
+                        b"DEL1,F,66,2022-05-03,chest,90,,\n", source="del.csv", actor=user)
+    exam = Exam.objects.get(patient=patient)
+    LogEntry.objects.log_create(exam, action=LogEntry.Action.UPDATE, changes={"note": ["", "x"]}, actor=user,
+                                additional_data=exam.get_additional_data())
+    written = list(LogEntry.objects.filter(actor=user).values_list("pk", flat=True))
+    assert len(written) == 1 + 2 + 1  # the patient; the exam and its QCT value; the log_create
+    accesses = list(AccessLog.objects.filter(user=user).values_list("pk", flat=True))
+    assert accesses
+
+    user.delete()
+    for entry in LogEntry.objects.filter(pk__in=written):
+        assert entry.actor is None
+        assert actor_name(entry) == "dana.reader (account deleted)"
+    for entry in AccessLog.objects.filter(pk__in=accesses):
+        assert entry.user is None and entry.username == "dana.reader"
+        assert "dana.reader (account deleted)" in str(entry)
+    client.force_login(admin)
+    page = client.get(reverse("studies:patient_history", args=[project.pk, patient.pk])).content.decode()
+    assert page.count("dana.reader (account deleted)") == 4
+    # A created row's fields in the model's order, with no "None" before them.
+    assert page.index("<code>id</code>") < page.index("<code>pseudonym</code>: — → DEL1") < page.index(
+        "<code>sex</code>: — → F")
+
+
+def test_the_history_page_finds_a_patients_entries_by_index(db, project):
+    """The history page's query reads the audit entries of one patient through the index of migration 0005,
+    not by reading every entry (planner told that a scan of the table is off the table)."""
+    from django.db import connection
+
+    from tests.conftest import missing_service
+
+    if connection.vendor != "postgresql":
+        missing_service("PostgreSQL (DATABASE_URL) is needed for the index on audit entries")
+    patient = Patient.objects.create(project=project, pseudonym="IDX1", sex="F")
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+    plan = (LogEntry.objects.filter(additional_data__patient_id=patient.pk, additional_data__project_id=project.pk)
+            .order_by("-timestamp").explain())
+    assert "auditlog_logentry_patient_id_idx" in plan, plan

@@ -261,3 +261,82 @@ def test_import_is_audited_like_a_page_edit(db, tmp_path):
     # qct_bmd is derived: (95.5 + 97.1) / 2 = 96.3 before, (60.5 + 61.5) / 2 = 61.0 after.
     assert change.changes_dict["qct_bmd"] == ["96.3", "61.0"]
     assert change.changes_dict["category"] == ["osteopenia", "osteoporosis"]
+
+
+def test_bulk_audit_entries_say_what_a_save_would_say(db, django_user_model):
+    """The import's CREATE entries (built by the database on PostgreSQL, in Python elsewhere) hold the text
+    django-auditlog records for the stored values: ``str(value)`` of each non-empty field, ``str(object)``.
+
+    The expected values are computed here from the rows read back, field by field, with ``smart_str`` as
+    django-auditlog does; the file holds values whose text differs between Python and SQL unless handled:
+    whole floats (Python writes 120.0), a mean with a long decimal expansion, 93.25 (Python rounds it to 93.2
+    for the object's text, half to even), a quote, a backslash and a non-ASCII letter in text cells.
+    """
+    from auditlog.models import LogEntry
+    from django.contrib.contenttypes.models import ContentType
+    from django.utils.encoding import smart_str
+
+    from studies.importers import import_qct
+    from studies.models import CohortMember
+
+    user = django_user_model.objects.create_user("importer", email="imp@example.org")
+    project = Project.objects.create(name="Study bulk audit")
+    header = ("patient_id,sex,age,exam_date,region,bmd_l1,bmd_l2,bmd_l3,split,study_uid,scanner_model,kvp,"
+              "slice_thickness_mm,contrast,birth_year,levels_note\n")
+    rows = [
+        '"P\\1 ""ü""",F,66,2022-05-03,chest,120,93.25,,train,1.2.3,"Scan ""X"" \\ 2",120,0.1,yes,1956,'
+        '"L2 ""fractured"""\n',
+        "P2,M,59,2023-04-01,abdomen,100.1,100.2,100.4,,,,,,no,,\n",
+    ]
+    import_qct(project, (header + "".join(rows)).encode(), source="bulk.csv", actor=user)
+    fields = {Patient: ("project", "pseudonym", "sex", "birth_year"),
+              Exam: ("patient", "exam_date", "age_at_exam", "region", "study_uid", "series_uid",
+                     "scanner_model", "kvp", "slice_thickness_mm", "contrast"),
+              QCTResult: ("exam", "bmd_l1", "bmd_l2", "bmd_l3", "levels_note", "qct_bmd", "category"),
+              CohortMember: ("cohort", "exam", "split")}
+    checked = 0
+    for model, names in fields.items():
+        for obj in model.objects.filter(pk__in=_pks_of(model, project)):
+            entry = LogEntry.objects.get(content_type=ContentType.objects.get_for_model(model),
+                                         object_pk=str(obj.pk), action=LogEntry.Action.CREATE)
+            expected = {"id": ["None", str(obj.pk)]}
+            for name in names:
+                value = getattr(obj, model._meta.get_field(name).attname)
+                if value is not None and value != "":
+                    expected[name] = ["None", smart_str(value)]
+            assert entry.changes_dict == expected, model.__name__
+            assert entry.object_repr == str(obj)
+            assert entry.actor == user and entry.actor_email == "imp@example.org"
+            assert entry.additional_data == {"project_id": project.pk, "patient_id": _patient_of(obj).pk,
+                                             "actor": "importer"}
+            checked += 1
+    assert checked == 2 + 2 + 2 + 1
+    qct = QCTResult.objects.get(exam__patient__pseudonym='P\\1 "ü"')
+    assert LogEntry.objects.get_for_object(qct).get().object_repr.endswith(": 106.6 mg/cm3")  # (120+93.25)/2
+    p2 = QCTResult.objects.get(exam__patient__pseudonym="P2")
+    assert LogEntry.objects.get_for_object(p2).get().changes_dict["qct_bmd"] == ["None", "100.233"]
+    exam = Exam.objects.get(patient__pseudonym='P\\1 "ü"')
+    changes = LogEntry.objects.get_for_object(exam).get().changes_dict
+    assert changes["kvp"] == ["None", "120.0"] and changes["slice_thickness_mm"] == ["None", "0.1"]
+    assert changes["contrast"] == ["None", "True"] and changes["scanner_model"] == ["None", 'Scan "X" \\ 2']
+
+
+def _pks_of(model, project):
+    from studies.models import CohortMember
+
+    if model is Patient:
+        return Patient.objects.filter(project=project).values("pk")
+    if model is Exam:
+        return Exam.objects.filter(patient__project=project).values("pk")
+    if model is QCTResult:
+        return QCTResult.objects.filter(exam__patient__project=project).values("pk")
+    assert model is CohortMember
+    return CohortMember.objects.filter(cohort__project=project).values("pk")
+
+
+def _patient_of(obj):
+    if isinstance(obj, Patient):
+        return obj
+    if isinstance(obj, Exam):
+        return obj.patient
+    return obj.exam.patient
