@@ -421,6 +421,7 @@ function setUpMaskEditor({ group, viewportIds, segmentationId, segments, layout,
     const conflict = document.getElementById("mask-conflict");
     if (answer.status === 409 && conflict) {
       conflict.hidden = false;
+      conflict.scrollIntoView({ block: "nearest" });
       conflict.querySelector("ul").replaceChildren(...(reply.changes || []).map((text) => {
         const li = document.createElement("li");
         li.textContent = text;
