@@ -82,7 +82,8 @@ async function fetchSlab(url, layout, [a, b]) {
   if (shape.join() !== [layout.nz, layout.ny, layout.nx].join()) {
     throw new Error(`${url}: the series has shape ${shape}, the page expected ${[layout.nz, layout.ny, layout.nx]}`);
   }
-  return { answer, slab: [a, b], slope: Number(answer.headers.get("X-Rescale-Slope") || 1),
+  // The body is read from now on (a body nobody reads stops the transfer once the buffers are full).
+  return { body: answer.arrayBuffer(), slab: [a, b], slope: Number(answer.headers.get("X-Rescale-Slope") || 1),
     intercept: Number(answer.headers.get("X-Rescale-Intercept") || 0) };
 }
 
@@ -128,7 +129,11 @@ async function main() {
   const segmentsAnswer = cfg.segmentsUrl ? fetch(cfg.segmentsUrl, { credentials: "same-origin" }) : null;
   pending.forEach((p) => p.catch(() => {})); // failures are reported where awaited
 
-  await coreInit();
+  // One WebGL context for the three views ("tiled"): the default pool gives each view a context of its own,
+  // and each then holds its own copy of the volume's texture and compiles its own shaders (three times the
+  // upload, memory and set-up; on a software renderer that is seconds).
+  const rendering = new URLSearchParams(window.location.search).get("rendering_mode") || "tiled";
+  await coreInit({ rendering: { renderingEngineMode: rendering } });
   toolsInit();
   mark("init");
 
@@ -180,12 +185,18 @@ async function main() {
   const axialElement = document.getElementById("vp-axial");
   await setVolumesForViewports(engine, [{ volumeId }], viewportIds);
   for (const id of viewportIds) engine.getViewport(id).setProperties({ voiRange: voi(state.preset) });
+  // One drawing of the still empty volume while the voxels travel: the GPU texture is allocated and the
+  // shaders compiled now (seconds on a software renderer), not after the first slab arrived.
+  const warm = rendered(axialElement);
+  engine.render();
+  await warm;
+  mark("emptyDrawn");
 
   // Progressive: each slab is drawn as it arrives (only its slices go to the GPU again).
   let firstDrawn = null;
   const arrivals = pending.map(async (p, n) => {
-    const { answer, slab, slope, intercept } = n === 0 ? first : await p;
-    const values = new Int16Array(await answer.arrayBuffer());
+    const { body, slab, slope, intercept } = n === 0 ? first : await p;
+    const values = new Int16Array(await body);
     placeSlab(values, scalars, layout, slab, slope, intercept);
     for (let k = slab[0]; k < slab[1]; k++) volume.vtkOpenGLTexture.setUpdatedFrame(layout.volumeSlice(k));
     // The first slab is drawn at once; later ones only mark their slices for the GPU (one more drawing of
