@@ -151,7 +151,7 @@ def main():
         print(f"viewer, {args.slices} slices of 512 x 512: loads {[round(x['loadSeconds'], 2) for x in loads]} s, "
               f"median {total:.2f} s  x{total / transfer_s:.2f} of the one-request WADO-RS transfer  "
               f"(target under {VIEWER_TARGET_S:.0f} s)")
-        for name in ("init", "firstHeaders", "emptyDrawn", "firstSlab", "firstSliceShown", "allVoxels", "loaded", "ready"):
+        for name in ("init", "firstHeaders", "volumeCreated", "volumesSet", "emptyDrawn", "firstSlab", "firstSliceShown", "allVoxels", "loaded", "ready"):
             print(f"  page mark {name:16s} median {statistics.median(load['marks'][name] for load in loads):.2f} s")
         for n, variant in variants.items():
             print(f"  with {n}: median "

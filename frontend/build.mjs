@@ -1,6 +1,6 @@
 // Bundles the case viewer (Cornerstone3D) into ../static/viewer/ so the site needs no Node at run time.
 //   npm ci && npm run build
-// Outputs: viewer.js (the page's module) and VERSIONS.txt (package versions and licences of what was
+// Outputs: viewer.js (the page's module), voxelWorker.js (its voxel reader) and VERSIONS.txt (package versions and licences of what was
 // bundled). The viewer reads the stored int16 voxels of a series directly (studies/dicomweb /voxels), so no
 // DICOM decoder, worker or codec is bundled.
 import { build } from "esbuild";
@@ -40,6 +40,8 @@ const common = {
 };
 
 await build({ ...common, entryPoints: { viewer: join(here, "src", "viewer.js") }, outdir: out });
+// The worker that reads the voxels off the page's thread (a classic script: no imports).
+await build({ ...common, format: "iife", entryPoints: { voxelWorker: join(here, "src", "voxelWorker.js") }, outdir: out });
 // Files of the earlier DICOM-decoding bundle that nothing loads any more.
 for (const old of ["decodeImageFrameWorker.js", "decodeImageFrameWorker.js.LEGAL.txt", "charlswasm_decode.wasm",
   "libjpegturbowasm_decode.wasm", "jpegxlwasm_decode.wasm", "openjpegwasm_decode.wasm", "openjphjs.wasm"]) {

@@ -73,18 +73,38 @@ function slabsOf(nz, n) {
   return slabs;
 }
 
-async function fetchSlab(url, layout, [a, b]) {
-  const bytesPerSlice = layout.plane * 2;
-  const answer = await fetch(url, { credentials: "same-origin",
-    headers: { Range: `bytes=${a * bytesPerSlice}-${b * bytesPerSlice - 1}` } });
-  if (answer.status !== 206 && answer.status !== 200) throw new Error(`${url}: HTTP ${answer.status}`);
-  const shape = (answer.headers.get("X-Shape") || "").split(",").map(Number);
-  if (shape.join() !== [layout.nz, layout.ny, layout.nx].join()) {
-    throw new Error(`${url}: the series has shape ${shape}, the page expected ${[layout.nz, layout.ny, layout.nx]}`);
-  }
-  // The body is read from now on (a body nobody reads stops the transfer once the buffers are full).
-  return { body: answer.arrayBuffer(), slab: [a, b], slope: Number(answer.headers.get("X-Rescale-Slope") || 1),
-    intercept: Number(answer.headers.get("X-Rescale-Intercept") || 0) };
+// The slabs' answers, read by a worker (voxelWorker.js) so that the transfer goes on while this thread sets
+// up WebGL: per slab a promise of { slab, slope, intercept, body: promise of its ArrayBuffer }.
+function fetchSlabs(workerUrl, url, layout, slabs) {
+  const deferred = () => { let resolve, reject; const promise = new Promise((s, j) => { resolve = s; reject = j; });
+    return { promise, resolve, reject }; };
+  const heads = slabs.map(deferred);
+  const bodies = slabs.map(deferred);
+  const worker = new Worker(workerUrl);
+  let left = slabs.length;
+  const expected = [layout.nz, layout.ny, layout.nx].join();
+  worker.onmessage = ({ data }) => {
+    const { n } = data;
+    if (data.type === "headers") {
+      if (data.shape !== expected) {
+        heads[n].reject(new Error(`${url}: the series has shape ${data.shape}, the page expected ${expected}`));
+        return;
+      }
+      heads[n].resolve({ slab: slabs[n], slope: data.slope, intercept: data.intercept, body: bodies[n].promise });
+    } else {
+      if (data.type === "body") bodies[n].resolve(data.buffer);
+      else { const error = new Error(data.message); heads[n].reject(error); bodies[n].reject(error); }
+      if (--left === 0) worker.terminate();
+    }
+  };
+  worker.onerror = (event) => {
+    const error = new Error(`voxel reader: ${event.message || "failed to start"}`);
+    heads.forEach((d) => d.reject(error));
+    bodies.forEach((d) => d.reject(error));
+  };
+  worker.postMessage({ url, slabs, bytesPerSlice: layout.plane * 2 });
+  bodies.forEach((d) => d.promise.catch(() => {})); // failures are reported where awaited
+  return heads.map((d) => d.promise);
 }
 
 // Copies a slab's stored values (int16, stored slice order) into the volume's scalars (HU).
@@ -125,7 +145,7 @@ async function main() {
   // ?voxel_requests=N in the page's URL overrides the number of parallel requests (for measuring).
   const requests = Number(new URLSearchParams(window.location.search).get("voxel_requests")) || VOXEL_REQUESTS;
   const slabs = slabsOf(layout.nz, Math.min(requests, layout.nz));
-  const pending = slabs.map((slab) => fetchSlab(voxelsUrl, layout, slab));
+  const pending = fetchSlabs(cfg.voxelWorker, voxelsUrl, layout, slabs);
   const segmentsAnswer = cfg.segmentsUrl ? fetch(cfg.segmentsUrl, { credentials: "same-origin" }) : null;
   pending.forEach((p) => p.catch(() => {})); // failures are reported where awaited
 
@@ -185,6 +205,7 @@ async function main() {
   const axialElement = document.getElementById("vp-axial");
   await setVolumesForViewports(engine, [{ volumeId }], viewportIds);
   for (const id of viewportIds) engine.getViewport(id).setProperties({ voiRange: voi(state.preset) });
+  mark("volumesSet");
   // One drawing of the still empty volume while the voxels travel: the GPU texture is allocated and the
   // shaders compiled now (seconds on a software renderer), not after the first slab arrived.
   const warm = rendered(axialElement);
