@@ -74,8 +74,8 @@ def main():
     parser.add_argument("--loads", type=int, default=3, help="viewer loads (medians are reported)")
     parser.add_argument("--voxel-requests", type=int, nargs="*", default=[],
                         help="also load with these numbers of parallel voxel requests (the page's default first)")
-    parser.add_argument("--context-pool", action="store_true",
-                        help="also load with Cornerstone's default rendering mode (a WebGL context per view)")
+    parser.add_argument("--compare-tiled", action="store_true",
+                        help="also load with Cornerstone's tiled rendering mode (one WebGL context for the views)")
     args = parser.parse_args()
 
     import django
@@ -137,13 +137,15 @@ def main():
             voxels_s = _fetch_voxels(url, cookie, project, args.slices)
             print(f"baseline: the {args.slices} frames in one WADO-RS request from Python: {transfer_s:.2f} s; "
                   f"the voxels in one /voxels request: {voxels_s:.2f} s")
-            loads = _viewer_loads(url, cookie, case_url, args.loads)
-            variants = {f"{n} parallel voxel request(s)": _viewer_loads(url, cookie, f"{case_url}?voxel_requests={n}",
-                                                                         args.loads)
-                        for n in args.voxel_requests}
-            if args.context_pool:
-                variants["a WebGL context per view (Cornerstone's default)"] = _viewer_loads(
-                    url, cookie, f"{case_url}?rendering_mode=contextPool", args.loads)
+            urls = {"default": case_url}
+            for n in args.voxel_requests:
+                urls[f"{n} parallel voxel request(s)"] = f"{case_url}?voxel_requests={n}"
+            if args.compare_tiled:
+                urls["one WebGL context for the three views (tiled)"] = f"{case_url}?rendering_mode=tiled"
+            # Interleaved (A, B, A, B, ...) in one browser: a later load finds warmer caches than an earlier one.
+            by_url = _viewer_loads(url, cookie, list(urls.values()), args.loads)
+            loads = by_url[case_url]
+            variants = {name: by_url[u] for name, u in urls.items() if name != "default"}
         finally:
             server.terminate()
         total = statistics.median(load["loadSeconds"] for load in loads)
@@ -151,7 +153,8 @@ def main():
         print(f"viewer, {args.slices} slices of 512 x 512: loads {[round(x['loadSeconds'], 2) for x in loads]} s, "
               f"median {total:.2f} s  x{total / transfer_s:.2f} of the one-request WADO-RS transfer  "
               f"(target under {VIEWER_TARGET_S:.0f} s)")
-        for name in ("init", "firstHeaders", "volumeCreated", "volumesSet", "emptyDrawn", "firstSlab", "firstSliceShown", "allVoxels", "loaded", "ready"):
+        for name in ("init", "typeKnown", "volumeCreated", "volumesSet", "emptyDrawn", "firstSlab", "firstSliceShown",
+                     "allVoxels", "loaded", "ready"):
             print(f"  page mark {name:16s} median {statistics.median(load['marks'][name] for load in loads):.2f} s")
         for n, variant in variants.items():
             print(f"  with {n}: median "
@@ -207,7 +210,8 @@ def _loadavg():
         return "unknown"
 
 
-def _viewer_loads(url, cookie, case_url, n):
+def _viewer_loads(url, cookie, case_urls, n):
+    """``{case URL: [the page's state after each of n loads]}``, the URLs loaded in turn."""
     import shutil
 
     from selenium import webdriver
@@ -223,18 +227,22 @@ def _viewer_loads(url, cookie, case_url, n):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"),
                               options=options)
-    loads = []
+    loads = {case_url: [] for case_url in case_urls}
     try:
         driver.get(f"{url}/accounts/login/")
         driver.add_cookie({"name": "sessionid", "value": cookie, "path": "/"})
         for _ in range(n):
-            driver.get(url + case_url)
-            WebDriverWait(driver, 300).until(lambda d: d.execute_script(
-                "return !!window.bmdViewer && (window.bmdViewer.ready || window.bmdViewer.errors.length > 0)"))
-            state = driver.execute_script(
-                "const s = window.bmdViewer; return {errors: s.errors, loadSeconds: s.loadSeconds, marks: s.marks};")
-            assert not state["errors"], state["errors"]
-            loads.append(state)
+            for case_url in case_urls:
+                driver.get(url + case_url)
+                WebDriverWait(driver, 300).until(lambda d: d.execute_script(
+                    "return !!window.bmdViewer && (window.bmdViewer.ready || window.bmdViewer.errors.length > 0)"))
+                state = driver.execute_script(
+                    "const s = window.bmdViewer; return {errors: s.errors, loadSeconds: s.loadSeconds, marks: s.marks};")
+                assert not state["errors"], state["errors"]
+                loads[case_url].append(state)
+        if os.environ.get("BMDSITE_SCREENSHOTS"):  # the last load, for a person to look at
+            Path(os.environ["BMDSITE_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
+            driver.save_screenshot(str(Path(os.environ["BMDSITE_SCREENSHOTS"]) / "bench-case-viewer.png"))
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)

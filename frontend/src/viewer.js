@@ -149,20 +149,23 @@ async function main() {
   const segmentsAnswer = cfg.segmentsUrl ? fetch(cfg.segmentsUrl, { credentials: "same-origin" }) : null;
   pending.forEach((p) => p.catch(() => {})); // failures are reported where awaited
 
-  // One WebGL context for the three views ("tiled"): the default pool gives each view a context of its own,
-  // and each then holds its own copy of the volume's texture and compiles its own shaders (three times the
-  // upload, memory and set-up; on a software renderer that is seconds).
-  const rendering = new URLSearchParams(window.location.search).get("rendering_mode") || "tiled";
-  await coreInit({ rendering: { renderingEngineMode: rendering } });
+  // Cornerstone's default rendering mode (a pool of WebGL contexts); ?rendering_mode=tiled (one context for
+  // the three views) is there for measuring: interleaved loads on a software renderer found the default no
+  // slower (benchmarks/bench_case_viewer.py --compare-tiled).
+  const rendering = new URLSearchParams(window.location.search).get("rendering_mode");
+  await coreInit(rendering ? { rendering: { renderingEngineMode: rendering } } : undefined);
   toolsInit();
   mark("init");
 
   // The volume is built from one typed array: each slice's image is a view into it (no per-frame images
   // to decode). Its type follows the first answer's rescale: int16 HU as stored, float when the stored
   // values need scaling.
-  const first = await pending[0];
-  mark("firstHeaders");
-  const identity = first.slope === 1 && first.intercept === 0;
+  // A series stored as int16 is served as it is (HU = stored value), so the volume is built without waiting
+  // for the first answer; otherwise that answer's rescale decides.
+  const storedInt16 = geometry.dtype === "int16";
+  const first = storedInt16 ? null : await pending[0];
+  mark("typeKnown");
+  const identity = storedInt16 || (first.slope === 1 && first.intercept === 0);
   const scalars = identity ? new Int16Array(layout.plane * layout.nz) : new Float32Array(layout.plane * layout.nz);
   const volumeId = `bmdLocalVolume:${cfg.series}`;
   const sliceIds = Array.from({ length: layout.nz }, (_, z) => `${volumeId}_slice_${z}`);
@@ -216,7 +219,8 @@ async function main() {
   // Progressive: each slab is drawn as it arrives (only its slices go to the GPU again).
   let firstDrawn = null;
   const arrivals = pending.map(async (p, n) => {
-    const { body, slab, slope, intercept } = n === 0 ? first : await p;
+    const { body, slab, slope, intercept } = await p;
+    if (identity && (slope !== 1 || intercept !== 0)) throw new Error(`${voxelsUrl}: unexpected rescale ${slope}, ${intercept}`);
     const values = new Int16Array(await body);
     placeSlab(values, scalars, layout, slab, slope, intercept);
     for (let k = slab[0]; k < slab[1]; k++) volume.vtkOpenGLTexture.setUpdatedFrame(layout.volumeSlice(k));

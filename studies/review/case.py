@@ -25,11 +25,11 @@ def displayed_run(exam, case=None):
 
 def viewer_geometry(project, stored):
     """What the viewer needs to lay out the stored series before any pixel arrives: its shape (slices, rows,
-    columns), the LPS affine of (column, row, slice) indices, and the URL of its voxels (read in parallel
-    byte ranges, see :func:`studies.dicomweb.views.series_voxels`)."""
+    columns), the LPS affine of (column, row, slice) indices, the stored dtype (int16 is served unscaled), and
+    the URL of its voxels (read in parallel byte ranges, see :func:`studies.dicomweb.views.series_voxels`)."""
     if stored is None:
         return None
-    return {"shape": list(stored.shape), "affine": (stored.geometry or {}).get("affine_lps"),
+    return {"shape": list(stored.shape), "affine": (stored.geometry or {}).get("affine_lps"), "dtype": stored.dtype,
             "voxels_url": reverse("dicomweb:series_voxels", args=[project.pk, study_uid_of(stored), stored.series_uid])}
 
 
