@@ -156,6 +156,8 @@ def main():
         for name in ("init", "typeKnown", "volumeCreated", "volumesSet", "emptyDrawn", "firstSlab", "firstSliceShown",
                      "allVoxels", "loaded", "ready"):
             print(f"  page mark {name:16s} median {statistics.median(load['marks'][name] for load in loads):.2f} s")
+        print(f"  overlay drawn (data-ready) {statistics.median(load['readyAt'] for load in loads):.2f} s after the "
+              "navigation started")
         for n, variant in variants.items():
             print(f"  with {n}: median "
                   f"{statistics.median(load['loadSeconds'] for load in variant):.2f} s, first slice shown by "
@@ -210,6 +212,19 @@ def _loadavg():
         return "unknown"
 
 
+# Installed in every page before its scripts: when #viewer gets data-ready="1" (the volume and the overlay
+# drawn), the time since the navigation started, in seconds; the same clock for any version of the viewer.
+READY_OBSERVER = """
+new MutationObserver((changes, observer) => {
+  const viewer = document.getElementById('viewer');
+  if (viewer && viewer.dataset.ready === '1') {
+    window.bmdReadyAt = performance.now() / 1000;
+    observer.disconnect();
+  }
+}).observe(document, {subtree: true, attributes: true, attributeFilter: ['data-ready']});
+"""
+
+
 def _viewer_loads(url, cookie, case_urls, n):
     """``{case URL: [the page's state after each of n loads]}``, the URLs loaded in turn."""
     import shutil
@@ -227,6 +242,7 @@ def _viewer_loads(url, cookie, case_urls, n):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"),
                               options=options)
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": READY_OBSERVER})
     loads = {case_url: [] for case_url in case_urls}
     try:
         driver.get(f"{url}/accounts/login/")
@@ -237,7 +253,8 @@ def _viewer_loads(url, cookie, case_urls, n):
                 WebDriverWait(driver, 300).until(lambda d: d.execute_script(
                     "return !!window.bmdViewer && (window.bmdViewer.ready || window.bmdViewer.errors.length > 0)"))
                 state = driver.execute_script(
-                    "const s = window.bmdViewer; return {errors: s.errors, loadSeconds: s.loadSeconds, marks: s.marks};")
+                    "const s = window.bmdViewer; return {errors: s.errors, loadSeconds: s.loadSeconds, marks: s.marks, "
+                    "readyAt: window.bmdReadyAt};")
                 assert not state["errors"], state["errors"]
                 loads[case_url].append(state)
         if os.environ.get("BMDSITE_SCREENSHOTS"):  # the last load, for a person to look at
