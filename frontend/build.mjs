@@ -1,10 +1,10 @@
 // Bundles the case viewer (Cornerstone3D) into ../static/viewer/ so the site needs no Node at run time.
 //   npm ci && npm run build
-// Outputs: viewer.js (the page's module), decodeImageFrameWorker.js (the DICOM decoding web worker that
-// @cornerstonejs/dicom-image-loader starts), the codecs' .wasm files (found through init({wasmBasePath})) and
-// VERSIONS.txt (package versions and licences of what was bundled).
+// Outputs: viewer.js (the page's module), voxelWorker.js (its voxel reader) and VERSIONS.txt (package versions and licences of what was
+// bundled). The viewer reads the stored int16 voxels of a series directly (studies/dicomweb /voxels), so no
+// DICOM decoder, worker or codec is bundled.
 import { build } from "esbuild";
-import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -40,31 +40,20 @@ const common = {
 };
 
 await build({ ...common, entryPoints: { viewer: join(here, "src", "viewer.js") }, outdir: out });
-await build({
-  ...common,
-  entryPoints: { decodeImageFrameWorker: join(here, "node_modules", "@cornerstonejs", "dicom-image-loader", "dist",
-    "esm", "decodeImageFrameWorker.js") },
-  outdir: out,
-});
+// The worker that reads the voxels off the page's thread (a classic script: no imports).
+await build({ ...common, format: "iife", entryPoints: { voxelWorker: join(here, "src", "voxelWorker.js") }, outdir: out });
+// Files of the earlier DICOM-decoding bundle that nothing loads any more.
+for (const old of ["decodeImageFrameWorker.js", "decodeImageFrameWorker.js.LEGAL.txt", "charlswasm_decode.wasm",
+  "libjpegturbowasm_decode.wasm", "jpegxlwasm_decode.wasm", "openjpegwasm_decode.wasm", "openjphjs.wasm"]) {
+  rmSync(join(out, old), { force: true });
+}
 
-const wasm = {
-  "@cornerstonejs/codec-charls": "dist/charlswasm_decode.wasm",
-  "@cornerstonejs/codec-libjpeg-turbo-8bit": "dist/libjpegturbowasm_decode.wasm",
-  "@cornerstonejs/codec-libjxl": "dist/jpegxlwasm_decode.wasm",
-  "@cornerstonejs/codec-openjpeg": "dist/openjpegwasm_decode.wasm",
-  "@cornerstonejs/codec-openjph": "dist/openjphjs.wasm",
-};
 const lines = ["Bundled by frontend/build.mjs from frontend/package-lock.json; package, version, licence:"];
 const pkgDir = (name) => join(here, "node_modules", name);
-for (const name of ["@cornerstonejs/core", "@cornerstonejs/tools", "@cornerstonejs/dicom-image-loader", "events",
-  ...Object.keys(wasm)]) {
+for (const name of ["@cornerstonejs/core", "@cornerstonejs/tools", "events"]) {
   const pkg = JSON.parse(readFileSync(join(pkgDir(name), "package.json"), "utf8"));
   lines.push(`${name} ${pkg.version} ${pkg.license}`);
 }
-for (const [name, file] of Object.entries(wasm)) {
-  const src = join(pkgDir(name), file);
-  copyFileSync(src, join(out, file.split("/").pop()));
-}
-lines.push("Licence texts of bundled code: viewer.js.LEGAL.txt and decodeImageFrameWorker.js.LEGAL.txt.");
+lines.push("Licence texts of bundled code: viewer.js.LEGAL.txt.");
 writeFileSync(join(out, "VERSIONS.txt"), lines.join("\n") + "\n");
 console.log(`built into ${out}`);

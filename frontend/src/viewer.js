@@ -1,16 +1,18 @@
-// The case viewer: the exam's stored CT from the site's own DICOMweb endpoint (session cookie) in three
-// orthogonal views, with the body segments as a coloured labelmap. Configured by data- attributes of
-// #viewer and the JSON in #viewer-segments (no inline script: the site's Content-Security-Policy forbids it).
-// When everything is drawn it sets #viewer[data-ready="1"] and window.bmdViewer.loadSeconds.
+// The case viewer: the exam's stored CT in three orthogonal views, with the body segments as a coloured
+// labelmap that an annotator can correct with a brush. The voxels come from the site's DICOMweb endpoint
+// (its /voxels extension: the stored int16 values in a few parallel byte ranges, drawn slab by slab as they
+// arrive, nothing to decode); the volume is one typed array. Configured by data- attributes of #viewer and
+// the JSON in #viewer-geometry and #viewer-segments (no inline script: the site's Content-Security-Policy
+// forbids it). When everything is drawn it sets #viewer[data-ready="1"], window.bmdViewer.loadSeconds and
+// the timing marks in window.bmdViewer.marks (seconds from the start of the module).
 import {
-  Enums as CoreEnums, RenderingEngine, eventTarget, init as coreInit, metaData, setVolumesForViewports,
+  Enums as CoreEnums, RenderingEngine, cache, eventTarget, init as coreInit, metaData, setVolumesForViewports,
   utilities, volumeLoader,
 } from "@cornerstonejs/core";
 import {
-  Enums as ToolEnums, PanTool, StackScrollTool, ToolGroupManager, WindowLevelTool, ZoomTool, addTool,
-  init as toolsInit, segmentation,
+  BrushTool, Enums as ToolEnums, PanTool, StackScrollTool, ToolGroupManager, WindowLevelTool, ZoomTool, addTool,
+  init as toolsInit, segmentation, utilities as toolUtilities,
 } from "@cornerstonejs/tools";
-import { init as dicomLoaderInit, wadors } from "@cornerstonejs/dicom-image-loader";
 
 const PRESETS = { bone: [400, 1800], soft: [40, 400], lung: [-600, 1500] }; // [centre, width] in HU
 const VIEWPORTS = [
@@ -18,8 +20,12 @@ const VIEWPORTS = [
   ["sagittal", CoreEnums.OrientationAxis.SAGITTAL],
   ["coronal", CoreEnums.OrientationAxis.CORONAL],
 ];
-const state = { ready: false, errors: [], loadSeconds: null, preset: "bone" };
+// Parallel byte-range requests for the voxels (the most a browser opens to one host; measured best of 1, 2,
+// 4 and 6 with benchmarks/bench_case_viewer.py); the labelmap request waits for the first free one.
+const VOXEL_REQUESTS = 6;
+const state = { ready: false, errors: [], loadSeconds: null, preset: "bone", marks: {} };
 window.bmdViewer = state;
+let originalLabels = null; // the segment map as loaded (stored slice order); kept off `state`, which tests read
 
 function fail(message) {
   state.errors.push(String(message));
@@ -32,58 +38,94 @@ function voi(name) {
   return { lower: centre - width / 2, upper: centre + width / 2 };
 }
 
-async function fetchJSON(url) {
-  const answer = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/dicom+json" } });
-  if (!answer.ok) throw new Error(`${url}: HTTP ${answer.status}`);
-  return answer.json();
+function jsonOf(id) {
+  const element = document.getElementById(id);
+  return element ? JSON.parse(element.textContent || "null") : null;
 }
 
-const EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1";
-
-// Every frame of the series in one request (WADO-RS bulk data of the series), parsed into one byte array per
-// frame and keyed by the frame URL in each part's Content-Location. 300 requests of one frame each cost far
-// more than the bytes: the loader then decodes from these (its "compressedFrameData" metadata hook) and
-// only goes to the network for a frame that is missing here.
-async function fetchAllFrames(seriesRoot, frameBytes) {
-  const answer = await fetch(seriesRoot, { credentials: "same-origin", headers: {
-    Accept: `multipart/related; type="application/octet-stream"; transfer-syntax=${EXPLICIT_VR_LITTLE_ENDIAN}` } });
-  if (!answer.ok) throw new Error(`${seriesRoot}: HTTP ${answer.status}`);
-  const boundary = /boundary=([^;\s]+)/.exec(answer.headers.get("Content-Type") || "");
-  if (!boundary) throw new Error(`${seriesRoot}: no multipart boundary`);
-  const body = new Uint8Array(await answer.arrayBuffer());
-  const decoder = new TextDecoder("ascii");
-  const frames = new Map();
-  let at = 0;
-  for (;;) {
-    // Each part: "--boundary\r\n" headers "\r\n\r\n" frameBytes "\r\n"; the body ends with "--boundary--".
-    const headerEnd = indexOfCrLfCrLf(body, at);
-    if (headerEnd < 0) break;
-    const headers = decoder.decode(body.subarray(at, headerEnd));
-    const location = /Content-Location:\s*(\S+)/i.exec(headers);
-    const start = headerEnd + 4;
-    // A copy, so that each frame starts at offset 0 (16-bit views need an even offset).
-    if (location) frames.set(location[1], body.slice(start, start + frameBytes));
-    at = start + frameBytes + 2;
-  }
-  return frames;
+// The volume's layout from the stored series' LPS affine (columns: the steps of the column, row and slice
+// index): Cornerstone wants the slice axis along row x column, so a series stored feet-first along that
+// normal is filled in reverse. volumeSlice(k) is where stored slice k goes.
+function layoutOf(geometry) {
+  const [nz, ny, nx] = geometry.shape;
+  const a = geometry.affine;
+  const column = (j) => [a[0][j], a[1][j], a[2][j]];
+  const norm = (v) => Math.hypot(...v);
+  const [ax, ay, az] = [column(0), column(1), column(2)];
+  const [dx, dy, dz] = [norm(ax), norm(ay), norm(az)];
+  const row = ax.map((v) => v / dx);
+  const col = ay.map((v) => v / dy);
+  const normal = [row[1] * col[2] - row[2] * col[1], row[2] * col[0] - row[0] * col[2], row[0] * col[1] - row[1] * col[0]];
+  const reversed = az[0] * normal[0] + az[1] * normal[1] + az[2] * normal[2] < 0;
+  const t = column(3);
+  const origin = reversed ? t.map((v, i) => v + (nz - 1) * az[i]) : t;
+  return { nx, ny, nz, plane: nx * ny, reversed, origin, spacing: [dx, dy, dz], direction: [...row, ...col, ...normal],
+    volumeSlice: (k) => (reversed ? nz - 1 - k : k) };
 }
 
-function indexOfCrLfCrLf(bytes, from) {
-  for (let i = from; i < bytes.length - 3; i++) {
-    if (bytes[i] === 13 && bytes[i + 1] === 10 && bytes[i + 2] === 13 && bytes[i + 3] === 10) return i;
-  }
-  return -1;
+// Slabs of whole slices, the middle one first: the axial view opens on the middle slice.
+function slabsOf(nz, n) {
+  const size = Math.ceil(nz / n);
+  const slabs = [];
+  for (let a = 0; a < nz; a += size) slabs.push([a, Math.min(a + size, nz)]);
+  const middle = Math.floor(nz / 2);
+  slabs.sort((p, q) => (p[0] <= middle && middle < p[1] ? -1 : q[0] <= middle && middle < q[1] ? 1 : 0));
+  return slabs;
 }
 
-function waitForVolume(volumeId) {
-  return new Promise((resolve) => {
-    const done = (evt) => {
-      if (evt.detail && evt.detail.volumeId === volumeId) {
-        eventTarget.removeEventListener(CoreEnums.Events.IMAGE_VOLUME_LOADING_COMPLETED, done);
-        resolve();
+// The slabs' answers, read by a worker (voxelWorker.js) so that the transfer goes on while this thread sets
+// up WebGL: per slab a promise of { slab, slope, intercept, body: promise of its ArrayBuffer }.
+function fetchSlabs(workerUrl, url, layout, slabs) {
+  const deferred = () => { let resolve, reject; const promise = new Promise((s, j) => { resolve = s; reject = j; });
+    return { promise, resolve, reject }; };
+  const heads = slabs.map(deferred);
+  const bodies = slabs.map(deferred);
+  const worker = new Worker(workerUrl);
+  let left = slabs.length;
+  const expected = [layout.nz, layout.ny, layout.nx].join();
+  worker.onmessage = ({ data }) => {
+    const { n } = data;
+    if (data.type === "headers") {
+      if (data.shape !== expected) {
+        heads[n].reject(new Error(`${url}: the series has shape ${data.shape}, the page expected ${expected}`));
+        return;
       }
-    };
-    eventTarget.addEventListener(CoreEnums.Events.IMAGE_VOLUME_LOADING_COMPLETED, done);
+      heads[n].resolve({ slab: slabs[n], slope: data.slope, intercept: data.intercept, body: bodies[n].promise });
+    } else {
+      if (data.type === "body") bodies[n].resolve(data.buffer);
+      else { const error = new Error(data.message); heads[n].reject(error); bodies[n].reject(error); }
+      if (--left === 0) worker.terminate();
+    }
+  };
+  worker.onerror = (event) => {
+    const error = new Error(`voxel reader: ${event.message || "failed to start"}`);
+    heads.forEach((d) => d.reject(error));
+    bodies.forEach((d) => d.reject(error));
+  };
+  worker.postMessage({ url, slabs, bytesPerSlice: layout.plane * 2 });
+  bodies.forEach((d) => d.promise.catch(() => {})); // failures are reported where awaited
+  return heads.map((d) => d.promise);
+}
+
+// Copies a slab's stored values (int16, stored slice order) into the volume's scalars (HU).
+function placeSlab(values, scalars, layout, [a, b], slope, intercept) {
+  const { plane } = layout;
+  if (values.length !== (b - a) * plane) throw new Error(`slices ${a}-${b - 1}: ${values.length} values, expected ${(b - a) * plane}`);
+  const identity = slope === 1 && intercept === 0;
+  for (let k = a; k < b; k++) {
+    const source = values.subarray((k - a) * plane, (k - a + 1) * plane);
+    const at = layout.volumeSlice(k) * plane;
+    if (identity) scalars.set(source, at);
+    else for (let i = 0; i < plane; i++) scalars[at + i] = source[i] * slope + intercept;
+  }
+}
+
+function rendered(element) {
+  // Resolves after the viewport drew (or after 5 s, so a missed event never hangs the page).
+  return new Promise((resolve) => {
+    const done = () => { element.removeEventListener(CoreEnums.Events.IMAGE_RENDERED, done); resolve(); };
+    element.addEventListener(CoreEnums.Events.IMAGE_RENDERED, done);
+    setTimeout(done, 5000);
   });
 }
 
@@ -91,37 +133,71 @@ async function main() {
   const root = document.getElementById("viewer");
   if (!root) return;
   const started = performance.now();
+  const mark = (name) => { state.marks[name] = (performance.now() - started) / 1000; };
   const cfg = root.dataset;
-  const segments = JSON.parse(document.getElementById("viewer-segments").textContent || "[]");
+  const segments = jsonOf("viewer-segments") || [];
+  const geometry = jsonOf("viewer-geometry");
+  if (!geometry || !geometry.affine) throw new Error("the stored series has no geometry");
+  const layout = layoutOf(geometry);
+  const voxelsUrl = `${window.location.origin}${geometry.voxels_url}`;
 
-  await coreInit();
+  // Every request starts now: the voxels in parallel byte ranges, and the segment labels.
+  // ?voxel_requests=N in the page's URL overrides the number of parallel requests (for measuring).
+  const requests = Number(new URLSearchParams(window.location.search).get("voxel_requests")) || VOXEL_REQUESTS;
+  const slabs = slabsOf(layout.nz, Math.min(requests, layout.nz));
+  const pending = fetchSlabs(cfg.voxelWorker, voxelsUrl, layout, slabs);
+  const segmentsAnswer = cfg.segmentsUrl ? fetch(cfg.segmentsUrl, { credentials: "same-origin" }) : null;
+  pending.forEach((p) => p.catch(() => {})); // failures are reported where awaited
+
+  // Cornerstone's default rendering mode (a pool of WebGL contexts); ?rendering_mode=tiled (one context for
+  // the three views) is there for measuring: interleaved loads on a software renderer found the default no
+  // slower (benchmarks/bench_case_viewer.py --compare-tiled).
+  const rendering = new URLSearchParams(window.location.search).get("rendering_mode");
+  await coreInit(rendering ? { rendering: { renderingEngineMode: rendering } } : undefined);
   toolsInit();
-  dicomLoaderInit({ maxWebWorkers: Math.max(1, Math.min(4, (navigator.hardwareConcurrency || 2) - 1)),
-    wasmBasePath: cfg.wasmBase });
+  mark("init");
 
-  const seriesRoot = `${window.location.origin}${cfg.dicomwebRoot}/studies/${cfg.study}/series/${cfg.series}`;
-  const metadata = await fetchJSON(`${seriesRoot}/metadata`);
-  state.metadataSeconds = (performance.now() - started) / 1000;
-  const first = metadata[0];
-  const frameBytes = first["00280010"].Value[0] * first["00280011"].Value[0] * (first["00280100"].Value[0] / 8);
-  const frames = await fetchAllFrames(seriesRoot, frameBytes).catch((error) => {
-    console.warn(`loading frames one by one: ${error.message}`);
-    return new Map();
-  });
-  state.framesSeconds = (performance.now() - started) / 1000;
+  // The volume is built from one typed array: each slice's image is a view into it (no per-frame images
+  // to decode). Its type follows the first answer's rescale: int16 HU as stored, float when the stored
+  // values need scaling.
+  // A series stored as int16 is served as it is (HU = stored value), so the volume is built without waiting
+  // for the first answer; otherwise that answer's rescale decides.
+  const storedInt16 = geometry.dtype === "int16";
+  const first = storedInt16 ? null : await pending[0];
+  mark("typeKnown");
+  const identity = storedInt16 || (first.slope === 1 && first.intercept === 0);
+  const scalars = identity ? new Int16Array(layout.plane * layout.nz) : new Float32Array(layout.plane * layout.nz);
+  const volumeId = `bmdLocalVolume:${cfg.series}`;
+  const sliceIds = Array.from({ length: layout.nz }, (_, z) => `${volumeId}_slice_${z}`);
+  const sliceOf = new Map(sliceIds.map((id, z) => [id, z]));
+  // Each slice's plane for the tools (the local images would all get the volume's origin otherwise).
   metaData.addProvider((type, imageId) => {
-    if (type !== "compressedFrameData") return undefined;
-    const pixelData = frames.get(imageId.substring(7)); // "wadors:" + the frame URL
-    return pixelData ? { pixelData, transferSyntaxUid: EXPLICIT_VR_LITTLE_ENDIAN } : undefined;
+    const z = sliceOf.get(imageId);
+    if (z === undefined) return undefined;
+    if (type === "imagePlaneModule") {
+      const [dx, dy, dz] = layout.spacing;
+      const d = layout.direction;
+      return { frameOfReferenceUID: cfg.series, rows: layout.ny, columns: layout.nx,
+        imageOrientationPatient: d.slice(0, 6), rowCosines: d.slice(0, 3), columnCosines: d.slice(3, 6),
+        imagePositionPatient: layout.origin.map((v, i) => v + z * dz * d[6 + i]), pixelSpacing: [dy, dx],
+        rowPixelSpacing: dy, columnPixelSpacing: dx, sliceThickness: dz };
+    }
+    if (type === "generalSeriesModule") return { modality: "CT", seriesInstanceUID: cfg.series };
+    // The initial window (without one, Cornerstone would load the middle image again to find its range).
+    if (type === "voiLutModule") {
+      const [windowCenter, windowWidth] = PRESETS[state.preset];
+      return { windowCenter: [windowCenter], windowWidth: [windowWidth] };
+    }
+    return undefined;
   }, 10000);
-  const sliceOfImageId = new Map();
-  const imageIds = metadata.map((instance) => {
-    const sop = instance["00080018"].Value[0];
-    const imageId = `wadors:${seriesRoot}/instances/${sop}/frames/1`;
-    wadors.metaDataManager.add(imageId, instance);
-    sliceOfImageId.set(imageId, instance["00200013"].Value[0] - 1);
-    return imageId;
+  const volume = volumeLoader.createLocalVolume(volumeId, {
+    scalarData: scalars, dimensions: [layout.nx, layout.ny, layout.nz], spacing: layout.spacing,
+    origin: layout.origin, direction: layout.direction,
+    metadata: { Modality: "CT", PhotometricInterpretation: "MONOCHROME2", BitsAllocated: identity ? 16 : 32,
+      BitsStored: identity ? 16 : 32, HighBit: identity ? 15 : 31, PixelRepresentation: 1, SamplesPerPixel: 1,
+      FrameOfReferenceUID: cfg.series, voiLut: [] },
   });
+  mark("volumeCreated");
 
   const engine = new RenderingEngine("bmd-case");
   engine.setViewports(VIEWPORTS.map(([id, orientation]) => ({
@@ -129,37 +205,59 @@ async function main() {
     element: document.getElementById(`vp-${id}`), defaultOptions: { orientation, background: [0, 0, 0] },
   })));
   const viewportIds = VIEWPORTS.map(([id]) => id);
-
-  const volumeId = `cornerstoneStreamingImageVolume:${cfg.series}`;
-  const volume = await volumeLoader.createAndCacheVolume(volumeId, { imageIds });
-  const loaded = waitForVolume(volumeId);
-  volume.load();
-  // The views are attached once the volume is complete: redrawing three views after every one of 300
-  // slices costs more than loading them (seconds on a software renderer).
-  await loaded;
+  const axialElement = document.getElementById("vp-axial");
   await setVolumesForViewports(engine, [{ volumeId }], viewportIds);
   for (const id of viewportIds) engine.getViewport(id).setProperties({ voiRange: voi(state.preset) });
+  mark("volumesSet");
+  // One drawing of the still empty volume while the voxels travel: the GPU texture is allocated and the
+  // shaders compiled now (seconds on a software renderer), not after the first slab arrived.
+  const warm = rendered(axialElement);
   engine.render();
-  state.loadSeconds = (performance.now() - started) / 1000;
-  state.nSlices = imageIds.length;
+  await warm;
+  mark("emptyDrawn");
 
-  // The labelmap is derived from the loaded volume (it must exist first) and filled slice by slice: the
-  // server sends segment indices in stored slice order, the volume orders its images along the normal.
+  // Progressive: each slab is drawn as it arrives (only its slices go to the GPU again).
+  let firstDrawn = null;
+  const arrivals = pending.map(async (p, n) => {
+    const { body, slab, slope, intercept } = await p;
+    if (identity && (slope !== 1 || intercept !== 0)) throw new Error(`${voxelsUrl}: unexpected rescale ${slope}, ${intercept}`);
+    const values = new Int16Array(await body);
+    placeSlab(values, scalars, layout, slab, slope, intercept);
+    for (let k = slab[0]; k < slab[1]; k++) volume.vtkOpenGLTexture.setUpdatedFrame(layout.volumeSlice(k));
+    // The first slab is drawn at once; later ones only mark their slices for the GPU (one more drawing of
+    // three views per slab costs more than it shows on a software renderer), drawn together at the end.
+    if (n === 0) {
+      mark("firstSlab");
+      const drawn = rendered(axialElement);
+      engine.render();
+      firstDrawn = drawn.then(() => mark("firstSliceShown"));
+    }
+  });
+  await Promise.all(arrivals);
+  mark("allVoxels");
+  await firstDrawn;
+  const drawn = rendered(axialElement);
+  engine.render();
+  await drawn;
+  mark("loaded");
+  state.loadSeconds = state.marks.loaded;
+  state.firstSliceSeconds = state.marks.firstSliceShown;
+  state.nSlices = layout.nz;
+
+  // The labelmap is derived from the volume and filled slice by slice: the server sends segment indices in
+  // stored slice order, the volume orders its slices along the normal (layout.volumeSlice).
   const segmentationId = `segments:${cfg.series}`;
-  if (cfg.segmentsUrl) {
-    const answer = await fetch(cfg.segmentsUrl, { credentials: "same-origin" });
+  if (segmentsAnswer) {
+    const answer = await segmentsAnswer;
     if (!answer.ok) throw new Error(`${cfg.segmentsUrl}: HTTP ${answer.status}`);
     const indices = new Uint8Array(await answer.arrayBuffer());
     const labelmap = volumeLoader.createAndCacheDerivedLabelmapVolume(volumeId, { volumeId: segmentationId });
-    const [nx, ny, nz] = labelmap.dimensions;
-    const plane = nx * ny;
+    const { nz, plane } = layout;
     if (indices.length !== plane * nz) throw new Error(`segment map has ${indices.length} voxels, expected ${plane * nz}`);
     const data = new Uint8Array(plane * nz);
-    volume.imageIds.forEach((imageId, z) => {
-      const k = sliceOfImageId.get(imageId);
-      data.set(indices.subarray(k * plane, (k + 1) * plane), z * plane);
-    });
+    for (let k = 0; k < nz; k++) data.set(indices.subarray(k * plane, (k + 1) * plane), layout.volumeSlice(k) * plane);
     labelmap.voxelManager.setCompleteScalarDataArray(data);
+    originalLabels = indices; // stored order, for counting what an edit changed
     const config = { label: "Vertebral bodies", segments: {} };
     for (const s of segments) {
       config.segments[s.index] = { segmentIndex: s.index, label: s.level || `segment ${s.index}`, locked: true,
@@ -255,10 +353,149 @@ async function main() {
   Object.assign(state, { setPreset, setOverlay, setOpacity, jumpTo, scrollAxial });
   setPreset(state.preset);
   showAxialLevel();
+  if (state.segmentationId) {
+    setUpMaskEditor({ engine, group, viewportIds, segmentationId, segments, layout, render: () => engine.render() });
+  }
+  mark("ready");
   state.ready = true;
   root.dataset.ready = "1";
   const status = document.getElementById("viewer-status");
-  if (status) status.textContent = `${imageIds.length} slices loaded in ${state.loadSeconds.toFixed(2)} s`;
+  if (status) {
+    status.textContent = `${layout.nz} slices loaded in ${state.loadSeconds.toFixed(2)} s `
+      + `(first slice shown after ${state.firstSliceSeconds.toFixed(2)} s)`;
+  }
 }
 
-main().catch((error) => { console.error(error); fail(error && error.message ? error.message : error); });
+// -- mask editing ---------------------------------------------------------------------------------------
+// Brush and eraser on the labelmap of one chosen segment (every other segment is locked, so a stroke never
+// changes another segment's voxels), undo of the last stroke, and saving: the whole labelmap, gzipped, in
+// stored slice order, to the server, which checks it, re-measures the ROI and HU from the CT it holds and
+// makes a new measurement run. The page only sends segment indices, never HU.
+const BRUSH = "MaskBrush";
+const ERASER = "MaskEraser";
+
+function setUpMaskEditor({ group, viewportIds, segmentationId, segments, layout, render }) {
+  const panel = document.getElementById("mask-editor");
+  if (!panel) return;
+  const { MouseBindings } = ToolEnums;
+  addTool(BrushTool);
+  group.addToolInstance(BRUSH, BrushTool.toolName, { activeStrategy: "FILL_INSIDE_CIRCLE" });
+  group.addToolInstance(ERASER, BrushTool.toolName, { activeStrategy: "ERASE_INSIDE_CIRCLE" });
+  for (const id of viewportIds) segmentation.activeSegmentation.setActiveSegmentation(id, segmentationId);
+  const statusBox = document.getElementById("mask-status");
+  const say = (text) => { if (statusBox) statusBox.textContent = text; };
+  const segmentSelect = document.getElementById("mask-segment");
+  const sizeInput = document.getElementById("mask-size");
+  const modeButtons = panel.querySelectorAll("[data-mask-mode]");
+  const history = utilities.HistoryMemo.DefaultHistoryMemo;
+  const isStroke = (item) => (Array.isArray(item) ? item : [item]).every((m) => m && m.operationType === "labelmap");
+  let strokes = 0;
+
+  function chooseSegment(index) {
+    segmentation.segmentIndex.setActiveSegmentIndex(segmentationId, index);
+    for (const s of segments) segmentation.segmentLocking.setSegmentIndexLocked(segmentationId, s.index, s.index !== index);
+    state.maskSegment = index;
+  }
+  function setMode(mode) {
+    for (const name of [BRUSH, ERASER]) group.setToolDisabled(name);
+    if (mode === "view") {
+      group.setToolActive(WindowLevelTool.toolName, { bindings: [{ mouseButton: MouseBindings.Primary }] });
+    } else {
+      group.setToolPassive(WindowLevelTool.toolName);
+      group.setToolActive(mode === "erase" ? ERASER : BRUSH, { bindings: [{ mouseButton: MouseBindings.Primary }] });
+      toolUtilities.segmentation.setBrushSizeForToolGroup(group.id, Number(sizeInput?.value || 5));
+    }
+    state.maskMode = mode;
+    modeButtons.forEach((b) => b.classList.toggle("active", b.dataset.maskMode === mode));
+    render();
+  }
+  function undo() {
+    if (history.undoIf(isStroke)) {
+      strokes = Math.max(0, strokes - 1);
+      say(strokes ? `${strokes} stroke(s) not saved` : "no unsaved strokes");
+      render();
+      return true;
+    }
+    say("nothing to undo");
+    return false;
+  }
+  // The labelmap in stored slice order (what the server's segment map holds).
+  function labelsInStoredOrder() {
+    const labelmap = cache.getVolume(segmentationId);
+    const data = labelmap.voxelManager.getCompleteScalarDataArray();
+    const { nz, plane } = layout;
+    const out = new Uint8Array(nz * plane);
+    for (let k = 0; k < nz; k++) {
+      const z = layout.volumeSlice(k);
+      out.set(data.subarray(z * plane, (z + 1) * plane), k * plane);
+    }
+    return out;
+  }
+  function changedVoxels() {
+    const now = labelsInStoredOrder();
+    const before = originalLabels;
+    let n = 0;
+    for (let i = 0; i < now.length; i++) if (now[i] !== before[i]) n++;
+    return n;
+  }
+  async function save() {
+    const labels = labelsInStoredOrder();
+    say("saving: the server re-measures the ROI…");
+    const gzipped = await new Response(new Blob([labels]).stream().pipeThrough(new CompressionStream("gzip"))).arrayBuffer();
+    const url = new URL(panel.dataset.saveUrl, window.location.origin);
+    for (const key of ["reading", "version", "run"]) url.searchParams.set(key, panel.dataset[key]);
+    const answer = await fetch(url, { method: "POST", credentials: "same-origin", body: gzipped,
+      headers: { "Content-Type": "application/gzip",
+        "X-CSRFToken": panel.querySelector("input[name=csrfmiddlewaretoken]").value } });
+    const reply = await answer.json().catch(() => ({ error: `HTTP ${answer.status}` }));
+    if (answer.ok) {
+      say(`saved: measurement run ${reply.run}`);
+      state.savedRun = reply.run;
+      window.location.assign(reply.url);
+      return reply;
+    }
+    const conflict = document.getElementById("mask-conflict");
+    if (answer.status === 409 && conflict) {
+      conflict.hidden = false;
+      conflict.scrollIntoView({ block: "nearest" });
+      conflict.querySelector("ul").replaceChildren(...(reply.changes || []).map((text) => {
+        const li = document.createElement("li");
+        li.textContent = text;
+        return li;
+      }));
+    }
+    say(`not saved: ${reply.error}`);
+    state.saveError = reply.error;
+    return reply;
+  }
+
+  // A stroke ends with its memo pushed onto the shared history (Cornerstone has no event for that): count
+  // them for the status line.
+  const push = history.push.bind(history);
+  history.push = (item) => {
+    const result = push(item);
+    if (item && isStroke(item)) {
+      strokes += 1;
+      say(`${strokes} stroke(s) not saved`);
+    }
+    return result;
+  };
+
+  segmentSelect?.addEventListener("change", () => chooseSegment(Number(segmentSelect.value)));
+  sizeInput?.addEventListener("input", () => toolUtilities.segmentation.setBrushSizeForToolGroup(group.id, Number(sizeInput.value)));
+  modeButtons.forEach((b) => b.addEventListener("click", () => setMode(b.dataset.maskMode)));
+  document.getElementById("mask-undo")?.addEventListener("click", undo);
+  document.getElementById("mask-save")?.addEventListener("click", () => save().catch((e) => say(`not saved: ${e.message}`)));
+  document.addEventListener("keydown", (event) => {
+    if ((event.ctrlKey || event.metaKey) && event.key === "z" && !event.target.closest("input, textarea, select")) {
+      event.preventDefault();
+      undo();
+    }
+  });
+  chooseSegment(Number(segmentSelect?.value || segments[0]?.index || 1));
+  setMode("view");
+  Object.assign(state, { maskSetMode: setMode, maskChooseSegment: chooseSegment, maskUndo: undo, maskSave: save,
+    maskChangedVoxels: changedVoxels, maskStrokes: () => strokes });
+}
+
+main().catch((error) => { console.error(error); state.errorStack = String(error && error.stack); fail(error && error.message ? error.message : error); });

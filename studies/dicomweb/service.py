@@ -197,6 +197,14 @@ def multipart_frames(instances, k, numbers, boundary):
     return b"".join(head + pixels + b"\r\n" for _ in numbers) + f"--{boundary}--\r\n".encode("ascii")
 
 
+def voxel_bytes(instances):
+    """The stored values of every slice as one read-only byte view (little-endian int16, slice order)."""
+    import numpy as np
+
+    values = np.ascontiguousarray(instances.stored_values, dtype="<i2")
+    return memoryview(values).cast("B")
+
+
 def wants_bulk_data(accept):
     """Whether an Accept header asks for bulk data (octet-stream parts) rather than DICOM instances."""
     return "application/octet-stream" in accept and "application/dicom" not in accept

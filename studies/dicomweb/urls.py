@@ -12,6 +12,7 @@ urlpatterns = [
     path(_root + "series", views.search_series, name="series"),
     path(_root + "studies/<str:study>/series", views.search_series, name="study_series"),
     path(_series, views.retrieve_series, name="retrieve_series"),
+    path(_series + "/voxels", views.series_voxels, name="series_voxels"),
     path(_series + "/metadata", views.series_metadata, name="series_metadata"),
     path(_series + "/instances", views.search_instances, name="instances"),
     path(_series + "/instances/<str:instance>", views.retrieve_instance, name="retrieve_instance"),

@@ -6,6 +6,7 @@ response is built from the project's stored series by :mod:`.service`.
 """
 
 import functools
+import re
 
 from django import forms
 from django.contrib import messages
@@ -131,6 +132,46 @@ def retrieve_frames(request, project, study, series, instance, frames):
     body = service.multipart_frames(instances, k, numbers, boundary)
     return HttpResponse(body, content_type=service.multipart_type(
         "application/octet-stream", boundary, transfer_syntax=service.EXPLICIT_VR_LITTLE_ENDIAN))
+
+
+# -- a site extension for the case viewer (not part of PS3.18) ------------------------------------------
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@dicomweb_view
+def series_voxels(request, project, study, series):
+    """The series' stored pixel values as one little-endian int16 array, shape (slices, rows, columns) in
+    instance order (InstanceNumber - 1), the same values WADO-RS serves frame by frame; HU = value *
+    X-Rescale-Slope + X-Rescale-Intercept. One byte range (``Range: bytes=a-b``) per request, so a viewer
+    fetches a series in a few parallel requests and draws each part as it arrives, with nothing to decode."""
+    _, instances = service.series_instances(project, study, series)
+    data = service.voxel_bytes(instances)
+    total = len(data)
+    start, stop, status = 0, total, 200
+    wanted = request.headers.get("Range", "").strip()
+    if wanted:
+        match = _RANGE.match(wanted)
+        first, last = (match.group(1), match.group(2)) if match else ("", "")
+        if match and first:
+            start, stop = int(first), min(int(last) + 1, total) if last else total
+        elif match and last:  # the last N bytes
+            start, stop = max(total - int(last), 0), total
+        if not match or not (first or last) or start >= stop:
+            response = HttpResponse(status=416)
+            response["Content-Range"] = f"bytes */{total}"
+            return response
+        status = 206
+    if start == 0:
+        log_access(request.user, project, "dicomweb.series_voxels", series)
+    response = HttpResponse(bytes(data[start:stop]), content_type="application/octet-stream", status=status)
+    if status == 206:
+        response["Content-Range"] = f"bytes {start}-{stop - 1}/{total}"
+    response["Accept-Ranges"] = "bytes"
+    response["X-Shape"] = ",".join(str(n) for n in instances.stored_values.shape)
+    response["X-Rescale-Slope"] = repr(float(instances.slope))
+    response["X-Rescale-Intercept"] = repr(float(instances.intercept))
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
 
 
 # -- the user's API tokens ------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from studies.models import ExclusionFlag
 from studies.pacs.models import StoredSeries
 
 from . import actions
-from .models import ReviewCase
+from .models import ReadingKind, ReviewCase
 from .segments import run_segments
 
 
@@ -21,6 +21,16 @@ def displayed_run(exam, case=None):
         return case.result_run or case.base_run
     return (MeasurementRun.objects.filter(exam=exam).exclude(labels="").order_by("-created_at", "-pk").first()
             or MeasurementRun.objects.filter(exam=exam).order_by("-created_at", "-pk").first())
+
+
+def viewer_geometry(project, stored):
+    """What the viewer needs to lay out the stored series before any pixel arrives: its shape (slices, rows,
+    columns), the LPS affine of (column, row, slice) indices, the stored dtype (int16 is served unscaled), and
+    the URL of its voxels (read in parallel byte ranges, see :func:`studies.dicomweb.views.series_voxels`)."""
+    if stored is None:
+        return None
+    return {"shape": list(stored.shape), "affine": (stored.geometry or {}).get("affine_lps"), "dtype": stored.dtype,
+            "voxels_url": reverse("dicomweb:series_voxels", args=[project.pk, study_uid_of(stored), stored.series_uid])}
 
 
 def case_context(project, exam, user, role):
@@ -61,8 +71,11 @@ def case_context(project, exam, user, role):
         "stored": stored, "study_uid": study_uid_of(stored) if stored else "", "exclusions": list(flags),
         "predictions": list(predictions), "notes": run.level_notes if run else [], "role": role,
         "level_names": LEVEL_NAMES,
+        # Masks are edited in a single reading or in adjudication (studies.review.maskedit).
+        "can_edit_mask": bool(reading and reading.kind in (ReadingKind.SINGLE, ReadingKind.ADJUDICATION)),
         # The endpoint's root: its QIDO "studies" URL without that last segment.
         "dicomweb_root": reverse("dicomweb:studies", args=[project.pk]).rsplit("/studies", 1)[0],
+        "viewer_geometry": viewer_geometry(project, stored),
         "viewer_segments": [{"index": s["index"], "level": s["shown_level"], "rgb": s["rgb"]} for s in segments],
         **resegment_context(case, role),
     }

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import mask_views, views
 
 app_name = "review"
 
@@ -11,5 +11,6 @@ urlpatterns = [
     path("p/<int:project_id>/exams/<int:exam_id>/case/", views.case, name="case"),
     path("p/<int:project_id>/exams/<int:exam_id>/case/action/", views.case_action, name="case_action"),
     path("p/<int:project_id>/exams/<int:exam_id>/case/resegment/", views.case_resegment, name="case_resegment"),
+    path("p/<int:project_id>/exams/<int:exam_id>/case/mask/", mask_views.mask_edit, name="mask_edit"),
     path("p/<int:project_id>/exams/<int:exam_id>/runs/<int:run_id>/segments.bin", views.segments, name="segments"),
 ]

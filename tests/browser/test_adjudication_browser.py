@@ -2,6 +2,7 @@
 page, and the agreement page shows the hand-computed Cohen's kappa."""
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -49,8 +50,9 @@ def test_adjudicator_resolves_a_disagreement_and_kappa_is_shown(webgl_browser, l
     assert "readers disagree" in browser.find_element(By.ID, "review-history").text
     assert "Adjudication" in browser.find_element(By.ID, "review-panel").text
     browser.find_element(By.ID, "op-shift-down").click()
-    WebDriverWait(browser, 60).until(lambda b: "T11" in b.find_element(
-        By.CSS_SELECTOR, "#level-table tr[data-index='1']").text)
+    # The click reloads the page: a row found on the old page may be gone when its text is read.
+    WebDriverWait(browser, 60, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda b: "T11" in b.find_element(By.CSS_SELECTOR, "#level-table tr[data-index='1']").text)
     wait_for_viewer(browser)
     browser.find_element(By.ID, "op-accept").click()
     WebDriverWait(browser, 60).until(

@@ -47,7 +47,7 @@ def wait_for_viewer(browser, timeout=180):
     WebDriverWait(browser, timeout).until(lambda b: b.execute_script(
         "const s = window.bmdViewer; return !!s && (s.ready || s.errors.length > 0);"))
     state = browser.execute_script("return window.bmdViewer;")
-    assert not state["errors"], state["errors"]
+    assert not state["errors"], (state["errors"], state.get("errorStack"))
     return state
 
 
