@@ -16,7 +16,7 @@ from django.contrib.auth import get_user_model
 from django.db.models.signals import pre_save
 from django.dispatch import receiver
 
-from .models import CohortMember, Exam, ExclusionFlag, Membership, Patient, Project, QCTResult
+from .models import CohortMember, Exam, ExclusionFlag, Membership, Patient, Project, QCTResult, account_name
 
 auditlog.register(Project)
 auditlog.register(Membership)
@@ -69,11 +69,8 @@ def name_the_actor(sender, instance, **kwargs):
 def actor_name(entry):
     """Who wrote an audit entry: the user, or the name stored with the entry once the account is deleted;
     None for the system."""
-    if entry.actor is not None:
-        return entry.actor.get_username()
     extra = entry.additional_data if isinstance(entry.additional_data, dict) else {}
-    name = extra.get(ACTOR_KEY)
-    return f"{name} (account deleted)" if name else None
+    return account_name(entry.actor, extra.get(ACTOR_KEY))
 
 
 def change_rows(entry):

@@ -379,6 +379,15 @@ class AppendOnlyQuerySet(models.QuerySet):
         raise AppendOnlyError(f"{self.model._meta.verbose_name} entries are append-only: not deleted")
 
 
+def account_name(user, name):
+    """Who acted: the user's name, or ``name`` (the name kept with the row when it was written) marked as a
+    deleted account once the account is gone (deleting a user clears the link, SET_NULL, and the row stays);
+    None when no one did."""
+    if user is not None:
+        return user.get_username()
+    return f"{name} (account deleted)" if name else None
+
+
 class AccessLog(models.Model):
     """Who looked at or exported patient data (PHI views and exports). Append-only: entries are created and
     never changed or deleted, by the admin (no change or delete permission) nor in code (these guards).
@@ -404,9 +413,7 @@ class AccessLog(models.Model):
     @property
     def who(self):
         """The user's name; marked as a deleted account once the user is gone."""
-        if self.user is not None:
-            return self.user.get_username()
-        return f"{self.username} (account deleted)" if self.username else "anonymous"
+        return account_name(self.user, self.username) or "anonymous"
 
     def save(self, *args, **kwargs):
         if not self._state.adding:

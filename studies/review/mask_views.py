@@ -40,7 +40,7 @@ def mask_edit(request, project_id, exam_id):
         run = save_mask_edit(case, reading, version, run_id, payload, user=request.user)
     except actions.EditConflict as conflict:
         return JsonResponse({"error": str(conflict), "version": conflict.reading.version,
-                             "changes": [f"{e.user or 'someone'}: {e.summary}" for e in conflict.events]}, status=409)
+                             "changes": [f"{e.who or 'someone'}: {e.summary}" for e in conflict.events]}, status=409)
     except MaskEditError as exc:
         return JsonResponse({"error": str(exc)}, status=400)
     return JsonResponse({"run": run.pk, "url": reverse("review:case", args=[project.pk, exam.pk])})

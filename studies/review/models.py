@@ -14,7 +14,7 @@ from django.db.models import Q
 from django.urls import reverse
 
 from analysis.models import MeasurementRun
-from studies.models import Exam, Project
+from studies.models import Exam, Project, account_name
 
 
 class CaseStatus(models.TextChoices):
@@ -120,11 +120,15 @@ class Reading(models.Model):
 
 
 class ReviewEvent(models.Model):
-    """One review action as readers see it in the case history (the audit log holds the field changes)."""
+    """One review action as readers see it in the case history (the audit log holds the field changes).
+
+    ``username`` is the user's name when the event was recorded, so the history still names them after the
+    account is deleted."""
 
     case = models.ForeignKey(ReviewCase, on_delete=models.CASCADE, related_name="events")
     reading = models.ForeignKey(Reading, on_delete=models.CASCADE, null=True, blank=True, related_name="events")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    username = models.CharField(max_length=150, blank=True, editable=False)
     action = models.CharField(max_length=30)
     summary = models.CharField(max_length=300)
     # The reading's version after the action: a reader who opened version v is shown the events after v.
@@ -135,12 +139,24 @@ class ReviewEvent(models.Model):
         ordering = ["at", "pk"]
 
     def __str__(self):
-        return f"{self.at:%Y-%m-%d %H:%M} {self.user}: {self.summary}"
+        return f"{self.at:%Y-%m-%d %H:%M} {self.who or 'system'}: {self.summary}"
+
+    @property
+    def who(self):
+        return account_name(self.user, self.username)
+
+    def save(self, *args, **kwargs):
+        if self.user is not None and not self.username:
+            self.username = self.user.get_username()
+        super().save(*args, **kwargs)
 
 
 class ReviewComment(models.Model):
+    """A comment on a case; ``author_name`` keeps the author's name when the account is deleted."""
+
     case = models.ForeignKey(ReviewCase, on_delete=models.CASCADE, related_name="comments")
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True)
+    author_name = models.CharField(max_length=150, blank=True, editable=False)
     text = models.TextField(max_length=2000)
     # Comments written during a blinded reading stay hidden from the other reader until both decided.
     reading = models.ForeignKey(Reading, on_delete=models.SET_NULL, null=True, blank=True, related_name="comments")
@@ -148,6 +164,15 @@ class ReviewComment(models.Model):
 
     class Meta:
         ordering = ["at", "pk"]
+
+    @property
+    def who(self):
+        return account_name(self.author, self.author_name)
+
+    def save(self, *args, **kwargs):
+        if self.author is not None and not self.author_name:
+            self.author_name = self.author.get_username()
+        super().save(*args, **kwargs)
 
     def get_additional_data(self):
         return {"project_id": self.case.project_id, "exam_id": self.case.exam_id}

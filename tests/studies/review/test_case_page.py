@@ -56,3 +56,55 @@ def test_annotators_see_the_review_queue_first(client, db):
     coordinator = MembershipFactory(role="coordinator", project=membership.project)
     client.force_login(coordinator.user)
     assert client.get(f"/p/{membership.project_id}/").status_code == 200
+
+
+def test_case_history_still_names_a_reader_whose_account_was_deleted(client, db, storage):
+    from studies.review import actions
+    from studies.review.models import ReviewCase, ReviewComment, ReviewEvent
+
+    exam, _, _ = make_measured_exam()
+    project = exam.patient.project
+    actions.open_cases(project)
+    case = ReviewCase.objects.get(exam=exam)
+    reader = MembershipFactory(project=project, role="annotator").user
+    reader.username = "rita.reader"
+    reader.save()
+    reading = actions.working_reading(case, reader, "annotator")
+    actions.edit_levels(reading, reading.version, reader, "name", index=1, level="T11")
+    actions.comment(case, reader, "segment 1 is T11", reading=reading)
+    events = list(ReviewEvent.objects.filter(case=case, user=reader).values_list("pk", flat=True))
+    assert len(events) == 2  # named, commented
+
+    reader.delete()
+    assert ReviewEvent.objects.filter(pk__in=events, user__isnull=True).count() == 2
+    client.force_login(MembershipFactory(project=project, role="pi").user)
+    html = client.get(f"/p/{project.pk}/exams/{exam.pk}/case/").content.decode()
+    history = html[html.index('id="review-history"'):]
+    history = history[:history.index("</ul>")]
+    assert history.count("rita.reader (account deleted):") == 3  # two events and the comment
+    assert "rita.reader (account deleted): “segment 1 is T11”" in history
+    comment = ReviewComment.objects.get(case=case)
+    assert comment.author is None and comment.who == "rita.reader (account deleted)"
+
+
+def test_review_names_are_filled_in_for_rows_written_before_they_were_kept(db, storage):
+    """The data migration that fills the kept names of the events and comments written before it."""
+    import importlib
+
+    from django.apps import apps
+
+    from studies.review import actions
+    from studies.review.models import ReviewCase, ReviewComment, ReviewEvent
+
+    fill = importlib.import_module("studies.review.migrations.0003_review_event_and_comment_user_names").fill_names
+    exam, _, _ = make_measured_exam()
+    actions.open_cases(exam.patient.project)
+    case = ReviewCase.objects.get(exam=exam)
+    reader = MembershipFactory(project=exam.patient.project, role="annotator").user
+    actions.comment(case, reader, "looks fine")
+    ReviewEvent.objects.update(username="")
+    ReviewComment.objects.update(author_name="")
+    fill(apps, None)
+    assert list(ReviewEvent.objects.filter(user=reader).values_list("username", flat=True)) == [reader.username]
+    assert ReviewComment.objects.get(case=case).author_name == reader.username
+    assert set(ReviewEvent.objects.filter(user__isnull=True).values_list("username", flat=True)) <= {""}
