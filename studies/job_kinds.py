@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from django.urls import NoReverseMatch, reverse
 
 from .access import role_in
-from .models import REGISTRY_EDITORS, TRAINING_LAUNCHERS, Role
+from .models import REGISTRY_EDITORS, TRAINING_LAUNCHERS, JobState, Role
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,33 @@ class JobKind:
         not shown.
     results : dict
         Result key -> label, in display order; keys not listed are not shown.
+    summary : callable or None
+        ``summary(job)``: one sentence on what the job does or did in its present state, shown at the top of
+        its page (and refreshed with it); "" or None for none.
     """
 
     label: str
     roles: frozenset = REGISTRY_EDITORS
     params: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
+    summary: object = None
+
+
+def _import_summary(job):
+    """The QCT import in its present state: what it imports while it waits or runs, what it did once done."""
+    params = job.params or {}
+    source = params.get("source") or "the file"
+    if job.state in (JobState.QUEUED, JobState.RUNNING):
+        rows = (params.get("expected") or {}).get("rows")
+        return f"Importing {rows} row(s) from {source}; all rows or none." if rows is not None else \
+            f"Importing {source}; all rows or none."
+    if job.state == JobState.SUCCEEDED and isinstance(job.result, dict):
+        r = job.result
+        return (f"Imported {r.get('rows', 0)} row(s) from {source}: {r.get('new_patients', 0)} new patient(s), "
+                f"{r.get('new_exams', 0)} new exam(s), {r.get('updated_exams', 0)} exam(s) updated.")
+    if job.state == JobState.FAILED:
+        return f"Nothing was imported from {source} (all rows or none)."
+    return ""
 
 
 JOB_KINDS = {
@@ -44,7 +65,7 @@ JOB_KINDS = {
     "registry.import_qct": JobKind(
         "Import a QCT CSV", REGISTRY_EDITORS, params={"source": "File"},
         results={"rows": "Rows", "new_patients": "New patients", "new_exams": "New exams",
-                 "updated_exams": "Exams updated"}),
+                 "updated_exams": "Exams updated"}, summary=_import_summary),
     "analysis.train_grid": JobKind(
         "Train the model grid", TRAINING_LAUNCHERS,
         params={"cohort_name": "Cohort", "seed": "Random seed", "feature_sets": "Feature sets", "tasks": "Tasks",
@@ -103,6 +124,12 @@ JOB_KINDS = {
 def kind_of(kind):
     """The :class:`JobKind` of a kind string (a registry editor's kind named after the string if unknown)."""
     return JOB_KINDS.get(kind) or JobKind(kind)
+
+
+def summary(job):
+    """One sentence on the job in its present state ("" when its kind has none)."""
+    describe = kind_of(job.kind).summary
+    return describe(job) if describe else ""
 
 
 def may_start(user, kind, project):

@@ -278,8 +278,6 @@ def import_csv(request, project_id):
             with transaction.atomic():
                 job = importers.submit_import_job(project, request.user, pending["path"], source=pending["name"],
                                                   expected=pending["counts"])
-            messages.info(request, f"Importing {pending['counts']['rows']} row(s) from {pending['name']}; "
-                                   "all rows or none.")
             return redirect(job)
         try:
             plan = importers.import_pending(project, pending["path"], source=pending["name"],
@@ -410,6 +408,7 @@ def job_detail(request, job_id):
         "parameters": job_kinds.parameter_rows(job) if can_act else [],
         "results": job_kinds.result_rows(job) if can_act else [],
         "produced": job_kinds.produced_links(job),
+        "summary": job_kinds.summary(job) if can_act else "",
     })
 
 

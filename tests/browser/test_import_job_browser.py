@@ -36,6 +36,9 @@ def test_coordinator_imports_a_large_file_as_a_job(browser, live_server, rq_work
     # The page polls its status: no reload.
     status = wait_for_text(browser, (By.ID, "job-status"), "Succeeded", timeout=30)
     assert f"imported {n} row(s)" in status.text
+    # The page describes the finished import, no longer that it is importing.
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert f"Imported {n} row(s) from registry.csv: {n} new patient(s)" in body and "all rows or none" not in body
     assert QCTResult.objects.get(exam__patient__pseudonym="B00042").bmd_l1 == 102.0
     assert not list((tmp_path / importers.PENDING_FOLDER).iterdir())
 

@@ -72,3 +72,33 @@ def test_large_file_becomes_a_job(coordinator_client, project, django_capture_on
                                       "new_exams": importers.INLINE_MAX_ROWS + 1, "updated_exams": 0}
     assert len(callbacks) == 1  # enqueued once the transaction commits
     assert Patient.objects.count() == 0  # nothing stored in the request
+
+
+def test_job_page_of_a_finished_import_shows_its_result_not_the_running_message(
+        coordinator_client, project, django_capture_on_commit_callbacks):
+    """The job finishes before its page is opened (a fast worker): the page says what was imported (the rows
+    of the file: 2 new patients, P00000 with 2 exams), not that it is importing."""
+    from studies import jobs
+    from studies.models import JobState
+
+    n = importers.INLINE_MAX_ROWS + 1
+    rows = "".join(f"P{i:05d},F,66,2022-05-03,chest,95,,,train\n" for i in range(n - 1))
+    upload(coordinator_client, project, HEADER + rows + "P00000,F,67,2023-05-03,chest,93,,,train\n")
+    with django_capture_on_commit_callbacks():
+        response = confirm(coordinator_client, project)
+    job = Job.objects.get()
+    jobs.execute(row_id=job.pk, attempt=job.attempts)  # what the worker runs
+    job.refresh_from_db()
+    assert job.state == JobState.SUCCEEDED
+    for url in (response["Location"], job.get_absolute_url() + "?partial=1"):
+        page = coordinator_client.get(url).content.decode()
+        assert "Importing" not in page and "all rows or none" not in page
+        assert (f"Imported {n} row(s) from qct.csv: {n - 1} new patient(s), {n} new exam(s), 0 exam(s) updated."
+                in page)
+    # While an import waits (just submitted: not enqueued until its transaction commits) or runs, its page
+    # and the fragment it refreshes say what it does.
+    from django.utils import timezone
+
+    Job.objects.filter(pk=job.pk).update(state=JobState.QUEUED, result=None, rq_job_id="", queued_at=timezone.now())
+    for url in (job.get_absolute_url(), job.get_absolute_url() + "?partial=1"):
+        assert f"Importing {n} row(s) from qct.csv; all rows or none." in coordinator_client.get(url).content.decode()
