@@ -209,6 +209,37 @@ class SegmenterTrainForm(forms.Form):
         return data
 
 
+class MeasureExamForm(forms.Form):
+    """Segment and measure an exam with one of the project's segmenters (empty: the project's default, its
+    promoted version, else the rule-based one). The name is resolved when the job starts, so a later
+    promotion does not change what the job runs; a name the project does not have is a form error."""
+
+    segmenter = forms.CharField(required=False, max_length=100)
+
+    def __init__(self, *args, project, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.project = project
+
+    def choices(self):
+        from .segmenters import segmenter_choices
+
+        return segmenter_choices(self.project)
+
+    def clean_segmenter(self):
+        from .segmenters import SegmenterChoiceError, resolve_name
+
+        try:
+            return resolve_name(self.project, self.cleaned_data["segmenter"])
+        except SegmenterChoiceError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def submit(self, exam, user):
+        """Start the job; ``PermissionDenied`` for a role that may not start it."""
+        from .segmenters import submit_measurement
+
+        return submit_measurement(self.project, exam.pk, self.cleaned_data["segmenter"], user=user)
+
+
 class SegmenterCompareForm(forms.Form):
     a = forms.ChoiceField(label="Segmenter A")
     b = forms.ChoiceField(label="Segmenter B")

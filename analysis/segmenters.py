@@ -74,6 +74,24 @@ def queue_and_device(*names):
     return ("default", "cpu") if all(n == RULE_BASED for n in names) else ("gpu", "cuda")
 
 
+def submit_measurement(project, exam_id, name, *, user=None, requested_by=None):
+    """Start the exam's segment-and-measure job (``analysis.measure_exam``) with the segmenter ``name`` (a
+    name :func:`resolve_name` gave), on the queue and device it needs, with the site's code version.
+
+    ``user``: checked for the role that starting the job needs (``PermissionDenied``); ``requested_by``:
+    named as the job's author without that check (a reader's re-segmentation, which the review's own role
+    check governs)."""
+    from studies import jobs
+
+    from .modeling.versions import code_version
+
+    queue, device = queue_and_device(name)
+    author = user or requested_by
+    return jobs.submit("analysis.measure_exam", project=project, user=user, queue=queue, exam_id=exam_id,
+                       segmenter=name, device=device, code_version=code_version(),
+                       user_id=author.pk if author is not None else None)
+
+
 def use_rule_based_default(project, user=None):
     """Demote the project's promoted version: the rule-based segmenter is the default again (audited)."""
     from auditlog.context import set_actor

@@ -7,12 +7,11 @@ from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from studies import jobs
 from studies.access import get_project_for_user
 from studies.models import TRAINING_LAUNCHERS, Cohort
 
 from . import dashboards
-from .forms import CohortTableForm, CompareForm, ReportForm, SplitsForm, TrainForm
+from .forms import CohortTableForm, CompareForm, MeasureExamForm, ReportForm, SplitsForm, TrainForm
 from .models import ModelVersion
 
 
@@ -113,20 +112,23 @@ def exam_measurements(request, project_id, exam_id):
     exam = get_object_or_404(Exam.objects.select_related("patient"), patient__project=project, pk=exam_id)
     can_measure = request.project_role in REGISTRY_EDITORS
     has_series = exam.stored_series.exists()
+    form = MeasureExamForm(request.POST if request.method == "POST" else None, project=project)
+    status = 200
     if request.method == "POST":
         if not can_measure:
             raise PermissionDenied("Only coordinators and admins start measurements.")
         if not has_series:
             messages.error(request, "This exam has no stored CT series to measure; pull or import one first.")
             return redirect("analysis:exam_measurements", project.pk, exam.pk)
-        job = jobs.submit("analysis.measure_exam", project=project, user=request.user, exam_id=exam.pk,
-                          user_id=request.user.pk)
-        return redirect(job)
+        if form.is_valid():
+            return redirect(form.submit(exam, request.user))
+        status = 400
     runs = MeasurementRun.objects.filter(exam=exam).prefetch_related("levels").order_by("-created_at", "-pk")
     return render(request, "analysis/exam_measurements.html", {
         "project": project, "exam": exam, "runs": runs, "can_measure": can_measure and has_series,
-        "has_series": has_series,
-    })
+        "has_series": has_series, "form": form,
+        "segmenter_choices": form.choices() if can_measure and has_series else [],
+    }, status=status)
 
 
 @login_required

@@ -23,7 +23,6 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from studies import jobs
 from studies.models import Job, JobState
 
 from .models import CaseStatus, Reading, ResegmentationRequest, ReviewCase, ReviewEvent
@@ -49,8 +48,7 @@ def request_resegmentation(case, user, segmenter=""):
     re-segmentation of the case is already queued or running (refused by the database constraint).
     The caller checks the role (:func:`may_request`).
     """
-    from analysis.modeling.versions import code_version
-    from analysis.segmenters import SegmenterChoiceError, queue_and_device, resolve_name
+    from analysis.segmenters import SegmenterChoiceError, resolve_name, submit_measurement
 
     project = case.project
     if not case.exam.stored_series.exists():
@@ -60,7 +58,6 @@ def request_resegmentation(case, user, segmenter=""):
     except SegmenterChoiceError as exc:
         raise ResegmentationError(str(exc)) from None
     settle_finished(ResegmentationRequest.objects.filter(case=case))
-    queue, device = queue_and_device(name)
     with transaction.atomic(), set_actor(user):
         try:
             with transaction.atomic():
@@ -70,9 +67,7 @@ def request_resegmentation(case, user, segmenter=""):
             raise ResegmentationError("a re-segmentation of this case is already queued or running; wait for "
                                       "it to finish") from None
         # The review's role check governs (annotators may request); the job row names who asked.
-        job = jobs.submit("analysis.measure_exam", project=project, queue=queue, exam_id=case.exam_id,
-                          segmenter=name, device=device, code_version=code_version(),
-                          user_id=user.pk if user else None)
+        job = submit_measurement(project, case.exam_id, name, requested_by=user)
         Job.objects.filter(pk=job.pk).update(created_by=user)
         row.job = job
         row.save(update_fields=["job"])

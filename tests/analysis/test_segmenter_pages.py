@@ -146,3 +146,63 @@ def test_a_version_trained_from_the_page_on_a_reviewed_case(client, rq_worker, r
     assert set(version.metrics["dice_per_level"]) == {"T10", "T11", "T12", "L1", "L2"}  # the held-out phantom
     text = client.get(reverse("analysis:segmenter_list", args=[project.pk])).content.decode()
     assert "1 phantom, 1 reviewed case; held out: 1 phantom" in text and 'id="promote-net-reviewed"' in text
+
+
+@pytest.fixture
+def exam_with_series(project, settings, tmp_path):
+    """An exam with a stored (small, uniform) CT series: enough for the HU page to offer a measurement."""
+    import numpy as np
+
+    from analysis.imaging.volume import Volume
+    from studies.pacs.ingest import store_volume
+    from tests.factories import ExamFactory
+
+    settings.STORAGES = {**settings.STORAGES, "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path)}}}
+    exam = ExamFactory(patient__project=project)
+    volume = Volume(np.zeros((4, 8, 8), dtype=np.int16), np.diag([1.0, 1.0, 2.0, 1.0]),
+                    series_uid="1.2.826.0.1.3680043.8.498.77")
+    store_volume(project, volume, exam=exam, source="test")
+    return exam
+
+
+def test_hu_page_measures_with_the_chosen_segmenter(client, project, version, exam_with_series):
+    """The HU page's "Segment and measure" offers the project's segmenters like the review's re-segmentation:
+    the choice reaches the job, the default is the promoted version (else rule-based), and a name the
+    project does not have is a form error."""
+    from analysis.models import SegmenterVersion
+    from studies.models import Project
+
+    url = reverse("analysis:exam_measurements", args=[project.pk, exam_with_series.pk])
+    coordinator = _client(client, project, "coordinator")
+    page = coordinator.get(url).content.decode()
+    assert 'id="measure-segmenter"' in page and "project default (anatomy)" in page and "net-1" in page
+
+    answer = coordinator.post(url, {"segmenter": "net-1"})
+    job = Job.objects.get()
+    assert answer.status_code == 302 and answer["Location"] == job.get_absolute_url()
+    assert job.kind == "analysis.measure_exam" and job.params["exam_id"] == exam_with_series.pk
+    assert job.params["segmenter"] == "net-1" and job.params["device"] == "cuda" and job.queue == "gpu"
+
+    Job.objects.all().delete()
+    assert coordinator.post(url).status_code == 302  # no choice sent (an older form): the default
+    assert Job.objects.get().params["segmenter"] == "anatomy" and Job.objects.get().queue == "default"
+    Job.objects.all().delete()
+    version.promoted = True
+    version.save()
+    assert coordinator.post(url, {"segmenter": ""}).status_code == 302
+    assert Job.objects.get().params["segmenter"] == "net-1"  # the promoted version, resolved when started
+    Job.objects.all().delete()
+
+    # Another project's version and a made-up name: refused on the page, no job.
+    foreign = SegmenterVersion.objects.create(project=Project.objects.create(name="Other study"), name="net-foreign",
+                                              weights="z.pt", weights_sha256="c" * 64)
+    for name in (foreign.name, "no-such-net"):
+        answer = coordinator.post(url, {"segmenter": name})
+        assert answer.status_code == 400
+        assert f"no segmenter named &#x27;{name}&#x27; in this project" in answer.content.decode()
+    assert not Job.objects.exists()
+    # The role check stays: an annotator sees no choice and may not start a measurement.
+    annotator = _client(client, project, "annotator")
+    assert 'id="measure-segmenter"' not in annotator.get(url).content.decode()
+    assert annotator.post(url, {"segmenter": "net-1"}).status_code == 403 and not Job.objects.exists()
