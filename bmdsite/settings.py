@@ -206,9 +206,10 @@ SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 
 # Content-Security-Policy sent with every page (bmdsite.middleware.SecurityHeadersMiddleware). Everything
 # comes from the site itself: no inline scripts (plotly.js and the site's modules are static files; chart
-# data travels in <script type="application/json">, which is not executed). The image viewer compiles
-# WebAssembly ('wasm-unsafe-eval', which allows wasm but not JavaScript eval) and starts workers from blob:
-# URLs; WebGL needs nothing here. Styles: plotly.js creates one empty <style> element and fills it through
+# data travels in <script type="application/json">, which is not executed). The image viewer needs neither
+# WebAssembly nor blob: workers (it bundles no DICOM decoder; its one worker is the static file
+# static/viewer/voxelWorker.js); its cursors are SVG images from blob: URLs (img-src); WebGL needs nothing
+# here. Styles: plotly.js creates one empty <style> element and fills it through
 # the CSSOM (allowed: the hash of the empty string), and at load adds its map library's stylesheet as an
 # inline <style> (allowed by the hash of that text in plotly.js 4.1.1; another plotly.js version may need
 # its own, which tests/browser/test_csp_browser.py reports as a violation). No 'unsafe-inline' anywhere.
@@ -218,12 +219,12 @@ CSP_STYLE_HASHES = [
 ]
 CONTENT_SECURITY_POLICY = {
     "default-src": ["'self'"],
-    "script-src": ["'self'", "'wasm-unsafe-eval'"],
+    "script-src": ["'self'"],
     "style-src": ["'self'", *CSP_STYLE_HASHES],
     "img-src": ["'self'", "data:", "blob:"],
     "font-src": ["'self'", "data:"],
     "connect-src": ["'self'"],
-    "worker-src": ["'self'", "blob:"],
+    "worker-src": ["'self'"],
     "object-src": ["'none'"],
     "base-uri": ["'self'"],
     "form-action": ["'self'"],

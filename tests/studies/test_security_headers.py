@@ -10,11 +10,11 @@ from studies.pacs.models import PseudonymMap
 from tests.factories import ExamFactory, MembershipFactory, PatientFactory, ProjectFactory
 
 # The policy as README's Security section states it, directive by directive.
-EXPECTED_CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self' "
+EXPECTED_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' "
                 "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=' "
                 "'sha256-ji27qzEtxXZW+7dun6UwjHXJ18e6WAin1VvNtkzIE/o='; "
                 "img-src 'self' data: blob:; font-src 'self' data:; "
-                "connect-src 'self'; worker-src 'self' blob:; object-src 'none'; base-uri 'self'; "
+                "connect-src 'self'; worker-src 'self'; object-src 'none'; base-uri 'self'; "
                 "form-action 'self'; frame-ancestors 'none'")
 
 
