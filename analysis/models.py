@@ -96,6 +96,15 @@ class LevelMeasurement(ImmutableModel):
     def __str__(self):
         return f"{self.level}: {self.mean_hu} HU (run {self.run_id})"
 
+    @classmethod
+    def from_measured(cls, run, measured, extra_flags=()):
+        """The row of one ``analysis.measurement.LevelMeasurement`` of ``run`` (not saved)."""
+        m = measured
+        return cls(run=run, level=m.level, mean_hu=m.mean_hu, median_hu=m.median_hu, sd_hu=m.sd_hu,
+                   roi_voxels=m.roi_voxels, body_volume_ml=m.body_volume_ml,
+                   centroid_mm=list(m.centroid_mm) if m.centroid_mm is not None else None,
+                   flags=list(m.flags) + list(extra_flags))
+
 
 class Task(models.TextChoices):
     CLASSIFICATION = "classification", "Classification (3 categories)"

@@ -78,13 +78,7 @@ def measure_exam(exam, *, erosion_mm=3.0, device="cpu", user=None, progress=None
         run.segment_labels.save(f"exam{exam.pk}-{stored.series_uid}-segments.nii.gz", ContentFile(segment_bytes),
                                 save=False)
         run.save()
-        LevelMeasurement.objects.bulk_create([
-            LevelMeasurement(run=run, level=m.level, mean_hu=m.mean_hu, median_hu=m.median_hu, sd_hu=m.sd_hu,
-                             roi_voxels=m.roi_voxels, body_volume_ml=m.body_volume_ml,
-                             centroid_mm=list(m.centroid_mm) if m.centroid_mm is not None else None,
-                             flags=list(m.flags))
-            for m in measurements.values()
-        ])
+        LevelMeasurement.objects.bulk_create([LevelMeasurement.from_measured(run, m) for m in measurements.values()])
     report(1.0, f"{len(measurements)} levels measured")
     return run
 

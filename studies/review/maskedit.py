@@ -220,10 +220,7 @@ def save_mask_edit(case, reading, opened_version, opened_run_id, payload, *, use
                                 save=False)
         run.save()
         LevelMeasurement.objects.bulk_create([
-            LevelMeasurement(run=run, level=m.level, mean_hu=m.mean_hu, median_hu=m.median_hu, sd_hu=m.sd_hu,
-                             roi_voxels=m.roi_voxels, body_volume_ml=m.body_volume_ml,
-                             centroid_mm=list(m.centroid_mm) if m.centroid_mm is not None else None,
-                             flags=list(m.flags) + ([UNUSABLE_BY_READER] if m.level in unusable_levels else []))
+            LevelMeasurement.from_measured(run, m, [UNUSABLE_BY_READER] if m.level in unusable_levels else [])
             for m in result.levels.values()])
         ReviewCase.objects.filter(pk=case.pk).update(base_run=run)
         case.base_run = run
