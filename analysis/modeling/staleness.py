@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from django.db.models import Q
+from django.template.defaultfilters import floatformat
 
 from analysis.modeling.records import chosen_runs
 from studies.models import Exam, ExclusionFlag
@@ -55,6 +56,10 @@ def _current_values(exam_ids):
 def _example(current, exam_id):
     pseudonym, exam_date = current[exam_id][:2]
     return f"{pseudonym} {exam_date:%Y-%m-%d}"
+
+
+def _bmd(value):
+    return "none" if value is None else floatformat(value, 1)
 
 
 def _reason(what, items):
@@ -106,7 +111,9 @@ def stale_reasons(versions):
             _, _, age, sex, bmd, category = now
             example = _example(current, exam_id)
             if columns["qct_bmd"] is not None and columns["qct_bmd"][i] != bmd:
-                found["QCT BMD changed"].append(f"{example}: {columns['qct_bmd'][i]} -> {bmd}")
+                # One decimal, rounded as the registry's pages round it (93.333 -> 93.3).
+                found["QCT BMD changed"].append(
+                    f"{example}: {_bmd(columns['qct_bmd'][i])} -> {_bmd(bmd)} mg/cm3")
             elif columns["category"] is not None and columns["category"][i] != str(category):
                 found["category changed"].append(f"{example}: {columns['category'][i]} -> {category}")
             if columns["age"] is not None and columns["age"][i] != age:

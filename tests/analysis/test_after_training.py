@@ -3,6 +3,7 @@ the dependent model versions stale (with why), and training after a measurement 
 user choose the measurement source on the page."""
 
 import pytest
+from django.template.defaultfilters import floatformat
 from django.urls import reverse
 
 from analysis.modeling.demo import SYNTHETIC_SOURCE, seed_demo_measurements
@@ -70,7 +71,8 @@ def test_correcting_qct_and_age_after_training_saves_and_marks_versions_stale(cl
     assert listing.count('data-testid="stale"') == 2  # both versions used that exam
     detail = client.get(reverse("analysis:model_detail", args=[project.pk, lr.pk])).content.decode()
     name = f"{exam.patient.pseudonym} {exam.exam_date:%Y-%m-%d}"
-    assert f"QCT BMD changed for 1 exam ({name}: {old_bmd} -&gt; 150.0)" in detail
+    # Rounded to one decimal as the registry's pages show BMD (the stored mean has three decimals).
+    assert f"QCT BMD changed for 1 exam ({name}: {floatformat(old_bmd, 1)} -&gt; 150.0 mg/cm3)" in detail
     assert f"age changed for 1 exam ({name}: {exam.age_at_exam} -&gt; {exam.age_at_exam + 1})" in detail
 
 
