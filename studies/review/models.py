@@ -91,6 +91,16 @@ class ReviewCase(models.Model):
     def get_additional_data(self):
         return {"project_id": self.project_id, "exam_id": self.exam_id}
 
+    @property
+    def need(self):
+        """The priority as readers read it, by the bands of ``actions.priority_of``: "high" (no vertebra found
+        or levels withheld), "medium" (a level named with low confidence), "low" (flags only), else "routine"."""
+        if self.priority >= 1000:
+            return "high"
+        if self.priority >= 100:
+            return "medium"
+        return "low" if self.priority > 0 else "routine"
+
 
 class Reading(models.Model):
     case = models.ForeignKey(ReviewCase, on_delete=models.CASCADE, related_name="readings")

@@ -42,6 +42,20 @@ def test_queue_puts_withheld_low_confidence_and_flagged_cases_first(db, storage)
     assert "low confidence: T10" in ordered[0].priority_reasons
 
 
+def test_queue_page_names_the_need_instead_of_the_raw_score(client, db, storage):
+    project = ExamFactory().patient.project
+    clean, _, _ = make_measured_exam(ExamFactory(patient__project=project))
+    low, _, _ = make_measured_exam(ExamFactory(patient__project=project), low=("T10",))
+    actions.open_cases(project)
+    by_exam = {c.exam_id: c for c in ReviewCase.objects.filter(project=project)}
+    # priority_of's bands: low confidence scores 100-999 ("medium"); a clean run scores 0 ("routine").
+    assert (by_exam[low.pk].need, by_exam[clean.pk].need) == ("medium", "routine")
+    client.force_login(MembershipFactory(project=project, role="coordinator").user)
+    page = client.get(f"/p/{project.pk}/review/?mine=0").content.decode()
+    assert f'title="priority score {by_exam[low.pk].priority}">medium</span>' in page
+    assert ">routine</span>" in page
+
+
 def test_naming_one_segment_relabels_the_spine_into_a_new_run_used_by_the_features(case):
     reader, phantom = _reader(case), case.phantom
     reading = actions.working_reading(case, reader, "annotator")
