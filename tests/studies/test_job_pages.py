@@ -140,3 +140,19 @@ def test_job_list_names_kinds_and_warns_when_no_worker_listens(client, project, 
     assert ("No worker is listening on the &#x27;default&#x27; queue: its 1 pending job(s) wait until one "
             "starts") in page
     assert "&#x27;gpu&#x27; queue" not in page  # nothing pending there
+
+
+@pytest.mark.parametrize("state, shown", [
+    # (A running row without a worker would be reconciled as lost on view: the running case is the browser's.)
+    (JobState.FAILED, "stopped at: fitting model 17 of 18"),
+    (JobState.SUCCEEDED, None),  # the last progress line of a finished job no longer describes it
+])
+def test_progress_message_describes_the_job_as_it_is_now(client, project, state, shown):
+    job = Job.objects.create(project=project, kind="analysis.train_grid", state=state, progress=0.9,
+                             message="fitting model 17 of 18", params={"project_id": project.pk})
+    login(client, project, "pi")
+    page = client.get(reverse("studies:job_detail", args=[job.pk])).content.decode()
+    if shown is None:
+        assert "fitting model 17 of 18" not in page
+    else:
+        assert f'<span id="job-message">{shown}</span>' in page
