@@ -239,5 +239,9 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # Django's own "django" logger prints to its console handler when DEBUG is on and then passes the record
+    # up to the root handler: every 403 or 500 traceback was printed twice. One handler, no propagation.
+    "loggers": {"django": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO"),
+                           "propagate": False},
+                "django.db.backends": {"level": "WARNING"}},
 }

@@ -50,3 +50,15 @@ def test_missing_secret_key_fails_the_deployment_check(tmp_path):
                         ALLOWED_HOSTS="bmd.example.org")
     assert result.returncode != 0
     assert "bmdsite.W001" in result.stderr + result.stdout
+
+
+def test_a_forbidden_request_is_logged_once_in_debug_and_in_production():
+    # Django's "django" logger printed with its own console handler (DEBUG) and again through the root's.
+    code = ("import django, logging; django.setup(); "
+            "logging.getLogger('django.request').warning('Forbidden (Permission denied): /p/1/')")
+    for env in (dict(DEBUG="true"), PRODUCTION):
+        result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                                env={**{k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DEBUG")},
+                                     "DJANGO_SETTINGS_MODULE": "bmdsite.settings", **env})
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.count("Forbidden (Permission denied): /p/1/") == 1, (env, result.stderr)
