@@ -7,6 +7,7 @@ No network weights are needed: bodies are found in front of the tracked spinal c
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -375,6 +376,19 @@ def _segment_at_height(z_mm, line, disc_s):
 MERGED_RATIO = 1.4
 
 
+_SEGMENT_NUMBER = re.compile(r"\bsegment (\d+)\b")
+
+
+def notes_by_index(notes, index_of):
+    """The naming rules' notes with each "segment k" (foot end, 0 first) written as the segments list names it
+    (``index_of[k]``: 1 at the head end), so a reader finds the segment a note is about."""
+    def name(match):
+        k = int(match.group(1))
+        return f"segment {index_of[k]}" if k in index_of else "a segment without a body"
+
+    return [_SEGMENT_NUMBER.sub(name, note) for note in notes]
+
+
 def _withhold_beyond_missed_disc(levels, disc_s):
     """Drop the levels counted across a segment that holds two vertebrae.
 
@@ -570,10 +584,13 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
             lut[b.index] = VERSE_LABEL[b.level]
     if any(c < 0.5 for c in confidence.values()) and "low_confidence" not in flags:
         flags.append("low_confidence")
-    notes.insert(0, f"{n_seg} body segments between {len(disc_s)} discs; ribs per segment (inferior first): "
-                    f"{[s.ribs for s in segments]}; iliac attachment: {[s.pelvic for s in segments]} (segment "
-                    "numbers in these notes count from the foot end, 0 first; the segments list counts from "
-                    "the head end, 1 first)")
+    # The naming rules number segments from the foot end, 0 first; readers see the segments list (1 at the
+    # head end): the notes name segments by that index.
+    notes = notes_by_index(notes, index_of)
+    head_first = [segments[k] for k in range(n_seg - 1, -1, -1) if k in index_of]
+    notes.insert(0, f"{n_seg} segments between {len(disc_s)} discs, {len(index_of)} with a body; ribs per body "
+                    f"segment (segment 1, at the head end, first): {[s.ribs for s in head_first]}; iliac "
+                    f"attachment: {[s.pelvic for s in head_first]}")
     labels = lut[segment_labels]
     timings["labelling"] = time.perf_counter() - t0
     return SegmentationResult(labels=labels, level_confidence=confidence, flags=sorted(set(flags)),

@@ -156,3 +156,18 @@ def test_thoracic_window_without_either_end_of_the_rib_cage_names_nothing():
     assert not result.labels.any()
     assert "no_anchor" in result.flags
     assert any("levels withheld" in note for note in result.notes)
+
+
+def test_notes_name_segments_as_the_segments_list_does():
+    # The naming rules count segments from the foot end (0 first); readers see the segments list, 1 at the head
+    # end. The last-rib anchor must name the segment listed as T12, the sacrum the one below L5.
+    import re
+
+    phantom = make_spine_phantom(spacing=(3.0, 1.0, 1.0), orientation="RAS", noise_sd=20.0, random_state=0,
+                                 levels=CASES["3x1x1_RAS"][2])
+    result = segment_vertebrae(phantom.volume)
+    index = {s.level: s.index for s in result.segments}
+    notes = " ".join(result.notes)
+    assert int(re.search(r"last rib-bearing vertebra \(segment (\d+)", notes).group(1)) == index["T12"] == 3
+    assert int(re.search(r"sacrum found \(segment (\d+)", notes).group(1)) == index["L5"] + 1
+    assert "ribs per body segment (segment 1, at the head end, first): [2, 2, 2, 0" in notes

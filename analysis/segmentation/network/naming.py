@@ -167,6 +167,7 @@ def name_bodies(hu, spacing, probability, threshold=0.5):
         _lateral_attachments,
         _segment_index,
         _withhold_beyond_missed_disc,
+        notes_by_index,
     )
 
     spacing = np.asarray(spacing, dtype=np.float64)
@@ -274,9 +275,11 @@ def name_bodies(hu, spacing, probability, threshold=0.5):
         segments.append(BodySegment(index=index_of[k], level=name, confidence=conf, flags=seg_flags))
     if any(s.confidence is not None and s.confidence < 0.5 for s in segments) and "low_confidence" not in flags:
         flags.append("low_confidence")
+    notes = notes_by_index(notes, index_of)
+    head_first = [stretches[k] for k in range(n_seg - 1, -1, -1) if k in index_of]
     notes.insert(0, f"network bodies split at {len(disc_s)} discs of their probability along the body line; "
-                    f"ribs per stretch (inferior first): {[s.ribs for s in stretches]}; iliac attachment: "
-                    f"{[s.pelvic for s in stretches]}")
+                    f"ribs per body segment (segment 1, at the head end, first): {[s.ribs for s in head_first]}; "
+                    f"iliac attachment: {[s.pelvic for s in head_first]}")
     # Voxels are placed only in stretches holding a body (a sliver across a disc stays background).
     placed = {k: index for k, index in index_of.items() if has_body[k]}
     grid = np.zeros(mask.shape, dtype=np.uint8)
