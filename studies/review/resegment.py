@@ -18,11 +18,11 @@ Every request and its outcome is audited and written to the case history.
 
 from __future__ import annotations
 
-from auditlog.context import set_actor
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from studies.audit import acting_as
 from studies.models import Job, JobState
 
 from .models import CaseStatus, Reading, ResegmentationRequest, ReviewCase, ReviewEvent
@@ -58,7 +58,7 @@ def request_resegmentation(case, user, segmenter=""):
     except SegmenterChoiceError as exc:
         raise ResegmentationError(str(exc)) from None
     settle_finished(ResegmentationRequest.objects.filter(case=case))
-    with transaction.atomic(), set_actor(user):
+    with transaction.atomic(), acting_as(user):
         try:
             with transaction.atomic():
                 row = ResegmentationRequest.objects.create(case=case, segmenter=name, requested_by=user,
