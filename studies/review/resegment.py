@@ -105,13 +105,15 @@ def _close(row):
 
 
 def apply_result(row, job):
-    """Make the succeeded job's run the case's run and put the case back into the queue (once)."""
+    """Make the succeeded job's run the case's run and put the case back into the queue (once); audited as
+    the job's user."""
     from analysis.models import MeasurementRun
 
     from .actions import _audit, _initial_map, priority_of
 
     run_id = (job.result or {}).get("measurement_run")
-    with transaction.atomic():
+    # Written by the worker or by whichever page saw the job finish first: either way the reader who asked.
+    with transaction.atomic(), acting_as(job.created_by):
         if not ResegmentationRequest.objects.filter(pk=row.pk, active=True).update(
                 active=False, new_run_id=run_id, finished_at=timezone.now()):
             return 0  # applied already (the signal and a page both saw the job finish)
