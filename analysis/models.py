@@ -283,8 +283,11 @@ class SegmenterComparison(models.Model):
 
 
 # Measurement runs and model versions are the inputs of labels and papers: who created or deleted them is
-# audited (their contents never change, see ImmutableModel).
-auditlog.register(MeasurementRun)
+# audited (their contents never change, see ImmutableModel). A run's entry names what identifies it (exam,
+# series, segmenter, code, label files, QA flags such as "reviewed" or "mask edited"); its per-segment list,
+# parameters and timings are in the run itself, which is never changed.
+auditlog.register(MeasurementRun, include_fields=["exam", "source", "segmenter_version", "code_version", "series_uid",
+                                                  "labels", "segment_labels", "flags", "created_by"])
 auditlog.register(ModelVersion, exclude_fields=["data_snapshot"])
 auditlog.register(SegmenterVersion, exclude_fields=["training_log"])
 auditlog.register(SegmenterComparison, exclude_fields=["results"])

@@ -94,9 +94,9 @@ def submit_measurement(project, exam_id, name, *, user=None, requested_by=None):
 
 def use_rule_based_default(project, user=None):
     """Demote the project's promoted version: the rule-based segmenter is the default again (audited)."""
-    from auditlog.context import set_actor
+    from studies.audit import acting_as
 
-    with transaction.atomic(), set_actor(user):
+    with transaction.atomic(), acting_as(user):
         for version in SegmenterVersion.objects.select_for_update().filter(project=project, promoted=True):
             version.promoted = False
             version.save(update_fields=["promoted"])

@@ -7,9 +7,14 @@ history page finds the entries of its exams, QCT values and flags in one query.
 Every entry with an actor also names them: ``additional_data["actor"]`` holds the actor's user name when the
 entry is written. django-auditlog links the actor with ``on_delete=SET_NULL``, so deleting a user account
 clears that link; the entry stays and still says who it was (the history page shows the name).
+
+Code that writes on behalf of a user outside a page request (a job in the worker) or for another user than
+the request's names them with :func:`acting_as`.
 """
 
-from auditlog.context import auditlog_value
+import contextlib
+
+from auditlog.context import auditlog_value, set_actor
 from auditlog.models import LogEntry
 from auditlog.registry import auditlog
 from django.contrib.auth import get_user_model
@@ -39,6 +44,23 @@ auditlog.register(PseudonymMap, exclude_fields=["real_patient_id"])
 ACTOR_KEY = "actor"
 
 
+@contextlib.contextmanager
+def acting_as(user):
+    """Audit entries written inside the block name ``user`` as their actor (None: the system).
+
+    django-auditlog's ``set_actor`` does not nest: leaving it keeps its own context as the current one, with
+    its receiver disconnected, so the writes after an inner block lost the outer actor (a page's request
+    user once a view had named one) and kept the inner actor's name in ``additional_data`` without the
+    actor. This restores the enclosing context on the way out, whose receiver is still connected.
+    """
+    token = auditlog_value.set(auditlog_value.get(None))
+    try:
+        with set_actor(user):
+            yield
+    finally:
+        auditlog_value.reset(token)
+
+
 def actor_snapshot(user):
     """``{"actor": user name}`` for an entry written by ``user``; empty for the system (no user)."""
     return {ACTOR_KEY: user.get_username()} if user is not None else {}
@@ -52,11 +74,8 @@ def name_the_actor(sender, instance, **kwargs):
     actor = instance.actor if instance.actor_id is not None else None
     if actor is None:
         # A page request: django-auditlog's middleware sets the actor in a receiver of its own, which may run
-        # after this one; the actor is the one it holds.
-        try:
-            actor = auditlog_value.get().get("actor")
-        except LookupError:
-            actor = None
+        # after this one; the actor is the one it holds (none outside a request or acting_as).
+        actor = (auditlog_value.get(None) or {}).get("actor")
         if not isinstance(actor, get_user_model()):
             return
     extra = instance.additional_data

@@ -3,7 +3,8 @@
 - ``submit`` creates the row and enqueues after the surrounding transaction commits, so a job created in a
   transaction that rolls back never runs.
 - ``execute`` is what the RQ worker runs for one *attempt* of a job: it claims the row with a conditional
-  update (queued -> running, for that attempt), calls the registered task and records the outcome.
+  update (queued -> running, for that attempt), calls the registered task and records the outcome. The
+  task runs as the user who submitted the job: every audit entry it writes names them.
 - ``retry`` starts a new attempt (attempts + 1); ``cancel`` ends the current one. Every write an attempt makes to its row (claim,
   progress, result, failure) and every write of the reconciler is a conditional update on (id, attempt,
   state), so an attempt that was cancelled, retried or declared lost can never write again: its next
@@ -32,6 +33,7 @@ from django.db import IntegrityError, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
+from .audit import acting_as
 from .job_kinds import kind_of, may_act, may_start
 from .models import Job, JobState
 
@@ -186,7 +188,7 @@ def execute(*, row_id, attempt=None):
     if not claimed:
         log.warning("job %s attempt %s is not queued; not running it", job_id, attempt)
         return None
-    job = Job.objects.get(pk=job_id)
+    job = Job.objects.select_related("created_by").get(pk=job_id)
     func = _task_for(job.kind)
 
     def progress(fraction, message=""):
@@ -195,29 +197,32 @@ def execute(*, row_id, attempt=None):
         if not written:
             raise JobSuperseded(f"job {job_id} attempt {attempt} was superseded")
 
-    try:
+    # Every audit entry the task, its success receivers and its end hook write names the user who submitted
+    # the job (none for a system job, or once their account is deleted): the worker has no request to say it.
+    with acting_as(job.created_by):
         try:
-            result = func(progress=progress, **job.params)
-        except JobSuperseded:
-            log.warning("job %s attempt %s was superseded; stopped", job_id, attempt)
-            return None
-        except Exception as exc:
-            _attempt(job_id, attempt, JobState.RUNNING).update(
-                state=JobState.FAILED, error=readable_error(exc), traceback=traceback.format_exc(),
-                finished_at=timezone.now(),
-            )
-            raise
-        if not _attempt(job_id, attempt, JobState.RUNNING).update(
-            state=JobState.SUCCEEDED, progress=1.0, result=result, finished_at=timezone.now()
-        ):
-            log.warning("job %s attempt %s was superseded; its result is discarded", job_id, attempt)
-            return None
-        for receiver, error in job_succeeded.send_robust(sender=Job, job=Job.objects.get(pk=job_id)):
-            if error is not None:
-                log.error("job %s: %s failed after the job succeeded: %r", job_id, receiver, error)
-        return result
-    finally:
-        _ended(job)
+            try:
+                result = func(progress=progress, **job.params)
+            except JobSuperseded:
+                log.warning("job %s attempt %s was superseded; stopped", job_id, attempt)
+                return None
+            except Exception as exc:
+                _attempt(job_id, attempt, JobState.RUNNING).update(
+                    state=JobState.FAILED, error=readable_error(exc), traceback=traceback.format_exc(),
+                    finished_at=timezone.now(),
+                )
+                raise
+            if not _attempt(job_id, attempt, JobState.RUNNING).update(
+                state=JobState.SUCCEEDED, progress=1.0, result=result, finished_at=timezone.now()
+            ):
+                log.warning("job %s attempt %s was superseded; its result is discarded", job_id, attempt)
+                return None
+            for receiver, error in job_succeeded.send_robust(sender=Job, job=Job.objects.get(pk=job_id)):
+                if error is not None:
+                    log.error("job %s: %s failed after the job succeeded: %r", job_id, receiver, error)
+            return result
+        finally:
+            _ended(job)
 
 
 # Absolute file system paths (not URLs): shown to members by their last part only.

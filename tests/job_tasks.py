@@ -45,3 +45,25 @@ def superseded_while_running(*, job_pk, report_after, progress):
         progress(0.9, "still going")
         raise AssertionError("progress of a superseded attempt must stop the task")
     return {"stale": True}
+
+
+@task("test.edit_qct")
+def edit_qct(*, qct_id, bmd, other_user_id=None, progress):
+    """Saves an audited QCT value without naming anyone: as the job, then (with ``other_user_id``) inside a
+    block naming that user, then as the job again (the block must not take the job's actor with it)."""
+    from django.contrib.auth import get_user_model
+
+    from studies.audit import acting_as
+    from studies.models import QCTResult
+
+    def save(value):
+        qct = QCTResult.objects.get(pk=qct_id)
+        qct.bmd_l1 = value
+        qct.save()
+
+    save(bmd)
+    if other_user_id is not None:
+        with acting_as(get_user_model().objects.get(pk=other_user_id)):
+            save(bmd + 1)
+        save(bmd + 2)
+    return {"bmd_l1": QCTResult.objects.get(pk=qct_id).bmd_l1}

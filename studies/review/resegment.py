@@ -18,11 +18,11 @@ Every request and its outcome is audited and written to the case history.
 
 from __future__ import annotations
 
-from auditlog.context import set_actor
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from studies.audit import acting_as
 from studies.models import Job, JobState
 
 from .models import CaseStatus, Reading, ResegmentationRequest, ReviewCase, ReviewEvent
@@ -58,7 +58,7 @@ def request_resegmentation(case, user, segmenter=""):
     except SegmenterChoiceError as exc:
         raise ResegmentationError(str(exc)) from None
     settle_finished(ResegmentationRequest.objects.filter(case=case))
-    with transaction.atomic(), set_actor(user):
+    with transaction.atomic(), acting_as(user):
         try:
             with transaction.atomic():
                 row = ResegmentationRequest.objects.create(case=case, segmenter=name, requested_by=user,
@@ -105,13 +105,15 @@ def _close(row):
 
 
 def apply_result(row, job):
-    """Make the succeeded job's run the case's run and put the case back into the queue (once)."""
+    """Make the succeeded job's run the case's run and put the case back into the queue (once); audited as
+    the job's user."""
     from analysis.models import MeasurementRun
 
     from .actions import _audit, _initial_map, priority_of
 
     run_id = (job.result or {}).get("measurement_run")
-    with transaction.atomic():
+    # Written by the worker or by whichever page saw the job finish first: either way the reader who asked.
+    with transaction.atomic(), acting_as(job.created_by):
         if not ResegmentationRequest.objects.filter(pk=row.pk, active=True).update(
                 active=False, new_run_id=run_id, finished_at=timezone.now()):
             return 0  # applied already (the signal and a page both saw the job finish)

@@ -92,12 +92,12 @@ def resolve_segmenter(name=None, project=None):
 
 def promote(version, user=None):
     """Make ``version`` its project's default segmenter (the previous default is demoted), audited."""
-    from auditlog.context import set_actor
     from django.db import transaction
 
     from analysis.models import SegmenterVersion
+    from studies.audit import acting_as
 
-    with transaction.atomic(), set_actor(user):
+    with transaction.atomic(), acting_as(user):
         for old in SegmenterVersion.objects.select_for_update().filter(project=version.project_id, promoted=True):
             if old.pk != version.pk:
                 old.promoted = False

@@ -78,6 +78,12 @@ def test_annotator_request_runs_the_exam_job_and_the_case_returns_with_the_new_r
     # Audited: the request's creation with its actor, the case's status changes.
     entries = LogEntry.objects.get_for_object(row)
     assert entries.filter(action=LogEntry.Action.CREATE, actor=annotator).exists()
+    # What the worker wrote names the reader who asked: the new run, the case put back, the reading reset.
+    created = LogEntry.objects.get_for_object(new_run).get(action=LogEntry.Action.CREATE)
+    assert created.actor == annotator and created.changes_dict["segmenter_version"][1] == new_run.segmenter_version
+    put_back = LogEntry.objects.get_for_object(case).filter(changes__has_key="base_run").latest("timestamp")
+    assert put_back.actor == annotator and put_back.changes_dict["base_run"] == [str(old_run.pk), str(new_run.pk)]
+    assert LogEntry.objects.get_for_object(reading).latest("timestamp").actor == annotator
     assert {"resegment", "resegmented"} <= set(case.events.values_list("action", flat=True))
 
 
@@ -178,3 +184,27 @@ def test_double_read_case_both_asking_is_one_request_and_both_readings_start_aga
     assert case.status == CaseStatus.ADJUDICATION
     adjudication = case.readings.get(kind="adjudication")
     assert actions.as_int_map(adjudication.level_map) == {s["index"]: s["level"] for s in case.base_run.segments}
+
+
+def test_a_result_settled_by_a_page_is_audited_as_the_reader_who_asked(client, case, storage, redis_url):
+    """The worker stopped between the job's success and telling the case: the queue page settles it, and
+    the audit names the reader who asked, not whoever opened the page."""
+    from studies.jobs import job_succeeded
+
+    annotator = MembershipFactory(project=case.project, role="annotator").user
+    row = resegment.request_resegmentation(case, annotator, "anatomy")
+    job_succeeded.disconnect(dispatch_uid="review.resegmentation")
+    try:
+        jobs.execute(row_id=row.job_id, attempt=row.job.attempts)
+    finally:
+        job_succeeded.connect(resegment.on_job_succeeded, dispatch_uid="review.resegmentation")
+    case.refresh_from_db()
+    assert case.status == CaseStatus.RESEGMENT
+
+    _login(client, case, "coordinator")
+    assert client.get(reverse("review:queue", args=[case.project_id])).status_code == 200
+    case.refresh_from_db()
+    row.refresh_from_db()
+    assert case.status == CaseStatus.PENDING and case.base_run_id == row.new_run_id
+    put_back = LogEntry.objects.get_for_object(case).filter(changes__has_key="base_run").latest("timestamp")
+    assert put_back.actor == annotator
