@@ -125,3 +125,25 @@ def test_paired_comparisons(records):
     same = compare_predictions("classification", categories, proba, proba)
     # Identical scores: no difference, z = 0, p = 1 (DeLong paired test).
     assert same["diff"] == 0 and same["p"] == 1.0
+
+
+def test_grid_benchmark_reports_the_parts_of_its_median_run():
+    # The benchmark prints the fitting and evaluation times of the run of median wall time; medians taken
+    # one by one come from different runs and printed a negative remainder ("rest -0.58 s").
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_training_grid.py"
+    spec = importlib.util.spec_from_file_location("bench_training_grid", path)
+    bench = importlib.util.module_from_spec(spec)
+    saved = dict(os.environ)
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    walls, fits, evals = [15.56, 15.07, 20.40], [7.0, 7.43, 9.9], [8.2, 7.3, 8.71]
+    run = bench.median_run(walls)
+    assert run == 0 and fits[run] + evals[run] <= walls[run]
+    assert bench.median_run([3.0, 1.0, 2.0, 4.0]) == 2  # even count: the lower middle run
