@@ -126,10 +126,25 @@ def project_readers(project):
             .select_related("user").order_by("user__username")]
 
 
+def unassigned_cases(project):
+    """Open cases no reader is assigned to: cases without a reading, and cases an annotator opened before they
+    were assigned (:func:`working_reading` then made their single reading, with no reader and undecided)."""
+    assigned = Reading.objects.filter(case=OuterRef("pk")).exclude(kind=ReadingKind.SINGLE, reader=None,
+                                                                  decided_at=None)
+    return ReviewCase.objects.filter(project=project, status=CaseStatus.PENDING).filter(~Exists(assigned))
+
+
 @transaction.atomic
 def assign(project, *, readers=None, double_read_share=None, seed=0, user=None):
-    """Assign every open, unassigned case: round-robin over ``readers``; a ``double_read_share`` of them
-    (chosen at random with ``seed``) to two different readers. Returns the number of cases assigned."""
+    """Assign every open, unassigned case (:func:`unassigned_cases`): round-robin over ``readers``; a
+    ``double_read_share`` of them (chosen at random with ``seed``) to two different readers. Returns the
+    number of cases assigned.
+
+    A case an annotator opened before it was assigned keeps the reading they started (its edits and version):
+    read once, that reading gets the reader; drawn for double reading, it becomes the first reading (of the
+    first reader) and a second reading starts from the automatic levels. Opened cases take part in the draw
+    like the others, so the share of double readings does not depend on which cases were opened early.
+    """
     readers = list(readers if readers is not None else project_readers(project))
     if not readers:
         raise ReviewError("the project has no annotators to assign cases to")
@@ -140,33 +155,57 @@ def assign(project, *, readers=None, double_read_share=None, seed=0, user=None):
         config.double_read_share = double_read_share
     if config.double_read_share > 0 and len(readers) < 2:
         raise ReviewError("double reading needs at least two annotators")
-    unassigned = list(ReviewCase.objects.filter(project=project, status=CaseStatus.PENDING)
-                      .exclude(readings__isnull=False).order_by("-priority", "pk"))
+    unassigned = list(unassigned_cases(project).order_by("-priority", "pk"))
+    opened = {r.case_id: r for r in Reading.objects.filter(case__in=unassigned_cases(project))}
     rng = random.Random(seed)
     n_double = round(config.double_read_share * len(unassigned))
     double = set(rng.sample(range(len(unassigned)), n_double)) if n_double else set()
     position = config.next_reader
-    readings = []
+    readings, taken = [], []
     for i, case in enumerate(unassigned):
         level_map = _initial_map(case)
-        if i in double:
-            first, second = readers[position % len(readers)], readers[(position + 1) % len(readers)]
-            position += 2
+        n_readers = 2 if i in double else 1
+        chosen = [readers[(position + k) % len(readers)] for k in range(n_readers)]
+        started = opened.get(case.pk)
+        if started is not None:
+            kind = ReadingKind.FIRST if n_readers == 2 else ReadingKind.SINGLE
+            if not _take_over(started, user, reader=chosen[0], kind=kind):
+                continue  # decided while we were assigning: the case is closed
+            taken.append(started)
+        position += n_readers
+        if n_readers == 2:
             case.double_read = True
             case.save(update_fields=["double_read"])
-            readings += [Reading(case=case, kind=ReadingKind.FIRST, reader=first, level_map=level_map),
-                         Reading(case=case, kind=ReadingKind.SECOND, reader=second, level_map=level_map)]
-        else:
-            readings.append(Reading(case=case, kind=ReadingKind.SINGLE, reader=readers[position % len(readers)],
-                                    level_map=level_map))
-            position += 1
+            if started is None:
+                readings.append(Reading(case=case, kind=ReadingKind.FIRST, reader=chosen[0], level_map=level_map))
+            readings.append(Reading(case=case, kind=ReadingKind.SECOND, reader=chosen[1], level_map=level_map))
+        elif started is None:
+            readings.append(Reading(case=case, kind=ReadingKind.SINGLE, reader=chosen[0], level_map=level_map))
     Reading.objects.bulk_create(readings)
     config.next_reader = position % len(readers)
     config.save()
     for reading in readings:
         ReviewEvent.objects.create(case=reading.case, reading=reading, user=user, action="assign", version=1,
                                    summary=f"{reading.get_kind_display()} assigned to {reading.reader}")
-    return len(unassigned)
+    for reading in taken:
+        ReviewEvent.objects.create(case=reading.case, reading=reading, user=user, action="assign",
+                                   version=reading.version,
+                                   summary=f"{reading.get_kind_display()} (opened before) assigned to {reading.reader}")
+    return len({r.case_id for r in readings} | {r.case_id for r in taken})
+
+
+def _take_over(reading, user, *, reader, kind):
+    """Give an opened single reading without a reader its ``reader`` (as ``kind``), audited, keeping its edits.
+    False when it was decided or assigned in the meantime (nothing changed)."""
+    if not Reading.objects.filter(pk=reading.pk, kind=ReadingKind.SINGLE, reader=None, decided_at=None).update(
+            reader=reader, kind=kind):
+        return False
+    changes = {"reader": ["None", str(reader)]}
+    if kind != ReadingKind.SINGLE:
+        changes["kind"] = [ReadingKind.SINGLE.value, kind.value]
+    reading.reader, reading.kind = reader, kind
+    _audit(reading, changes, user)
+    return True
 
 
 def _initial_map(case):

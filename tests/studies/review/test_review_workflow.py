@@ -14,7 +14,7 @@ from analysis.modeling.records import records_for_exams
 from analysis.segmentation.levels import VERSE_LABEL
 from studies.models import Exam
 from studies.review import actions
-from studies.review.models import CaseStatus, Reading, ReviewCase
+from studies.review.models import CaseStatus, Reading, ReadingKind, ReviewCase
 from tests.factories import ExamFactory, MembershipFactory
 from tests.studies.review.conftest import LEVELS, make_measured_exam
 
@@ -207,3 +207,51 @@ def test_model_versions_built_on_a_superseded_run_are_marked_stale(client, case)
                                   f"({case.exam.patient.pseudonym} {case.exam.exam_date:%Y-%m-%d}: "
                                   f"run {case.base_run_id} -> {case.result_run_id})"]
     assert 'class="badge stale"' in page.content.decode()
+
+
+@pytest.fixture
+def three_cases(db, storage):
+    """Three open cases of one project (needs 30, 20, 10) on one measured run, and two annotators."""
+    exam, run, _ = make_measured_exam()
+    project = exam.patient.project
+    cases = [ReviewCase.objects.create(project=project, exam=ExamFactory(patient__project=project), base_run=run,
+                                       priority=p) for p in (30, 20, 10)]
+    ann, bob = (MembershipFactory(project=project, role="annotator", user__username=n).user for n in ("ann", "bob"))
+    return project, cases, ann, bob
+
+
+def test_a_case_opened_before_assignment_is_assigned_and_keeps_its_reading(three_cases):
+    from studies.review.models import ReviewEvent
+
+    project, (first, opened, last), ann, bob = three_cases
+    reading = actions.working_reading(opened, bob, "annotator")  # bob opens it before any assignment
+    actions.edit_levels(reading, 1, bob, "shift", delta=1)
+    assert reading.reader is None
+
+    assert actions.assign(project, readers=[ann, bob], user=ann) == 3
+    readers = dict(Reading.objects.filter(case__project=project).values_list("case_id", "reader__username"))
+    assert readers == {first.pk: "ann", opened.pk: "bob", last.pk: "ann"}  # round-robin by need
+    kept = Reading.objects.get(case=opened)
+    assert kept.pk == reading.pk and kept.version == 2 and actions.as_int_map(kept.level_map)[1] == "T11"
+    event = ReviewEvent.objects.get(reading=kept, action="assign")
+    assert event.user == ann and event.summary == "Reading (opened before) assigned to bob"
+    entry = LogEntry.objects.get_for_object(kept).filter(actor=ann).get()
+    assert entry.changes_dict == {"reader": ["None", "bob"]}
+    assert actions.unassigned_cases(project).count() == 0 and actions.assign(project, readers=[ann, bob]) == 0
+
+
+def test_an_opened_case_drawn_for_double_reading_becomes_its_first_reading(three_cases):
+    project, (case, *_), ann, bob = three_cases
+    ReviewCase.objects.exclude(pk=case.pk).update(status=CaseStatus.ACCEPTED)
+    reading = actions.working_reading(case, bob, "annotator")
+    actions.edit_levels(reading, 1, bob, "shift", delta=1)
+
+    assert actions.assign(project, readers=[ann, bob], double_read_share=1.0) == 1
+    case.refresh_from_db()
+    readings = {r.kind: r for r in case.readings.all()}
+    assert case.double_read and set(readings) == {ReadingKind.FIRST, ReadingKind.SECOND}
+    assert readings[ReadingKind.FIRST].pk == reading.pk and readings[ReadingKind.FIRST].reader == ann
+    assert actions.as_int_map(readings[ReadingKind.FIRST].level_map)[1] == "T11"  # the edit stays
+    assert readings[ReadingKind.SECOND].reader == bob and readings[ReadingKind.SECOND].version == 1
+    assert actions.as_int_map(readings[ReadingKind.SECOND].level_map)[1] == LEVELS[0]  # automatic levels
+    assert actions.working_reading(case, ann, "annotator").pk == reading.pk
