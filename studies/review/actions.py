@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from auditlog.models import LogEntry
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from analysis.models import MeasurementRun
@@ -105,17 +105,30 @@ def open_cases(project):
     return len(cases)
 
 
+def _unassigned():
+    """A case to review that no reader is assigned to, as a filter: any reading it has is the undecided single
+    reading without a reader that :func:`working_reading` makes when someone opens the case."""
+    assigned = Reading.objects.filter(case=OuterRef("pk")).exclude(kind=ReadingKind.SINGLE, reader=None,
+                                                                  decided_at=None)
+    return Q(status=CaseStatus.PENDING) & ~Exists(assigned)
+
+
 def queue(project, *, user=None, status="open"):
-    """The project's cases ordered by need (one query; ``user``: only cases with a reading assigned to them)."""
+    """The project's cases ordered by need, in one query.
+
+    ``user``: only the cases that user may take up now: those with an undecided reading assigned to them, and
+    the open cases nobody is assigned to (:func:`unassigned_cases`), which any annotator may read.
+    """
     cases = ReviewCase.objects.filter(project=project).select_related("exam__patient")
     if status == "open":
         cases = cases.filter(in_queue=1)  # indexed with the order (see ReviewCase.in_queue)
     elif status:
         cases = cases.filter(status=status)
     if user is not None:
-        # A join through the reader's open readings (indexed by reader and decided_at), not a correlated
-        # subquery per case: a reader has few open readings, the queue may hold 10,000 cases.
-        cases = cases.filter(readings__reader=user, readings__decided_at=None)
+        # The reader's open readings are few (indexed by reader and decided_at): one hashed list of case ids,
+        # not a join, which would repeat a case per reading and no longer read the queue in index order.
+        mine = Reading.objects.filter(reader=user, decided_at=None).values("case_id")
+        cases = cases.filter(Q(pk__in=mine) | _unassigned())
     return cases.order_by("-priority", "pk")
 
 
@@ -129,9 +142,7 @@ def project_readers(project):
 def unassigned_cases(project):
     """Open cases no reader is assigned to: cases without a reading, and cases an annotator opened before they
     were assigned (:func:`working_reading` then made their single reading, with no reader and undecided)."""
-    assigned = Reading.objects.filter(case=OuterRef("pk")).exclude(kind=ReadingKind.SINGLE, reader=None,
-                                                                  decided_at=None)
-    return ReviewCase.objects.filter(project=project, status=CaseStatus.PENDING).filter(~Exists(assigned))
+    return ReviewCase.objects.filter(project=project).filter(_unassigned())
 
 
 @transaction.atomic

@@ -255,3 +255,28 @@ def test_an_opened_case_drawn_for_double_reading_becomes_its_first_reading(three
     assert readings[ReadingKind.SECOND].reader == bob and readings[ReadingKind.SECOND].version == 1
     assert actions.as_int_map(readings[ReadingKind.SECOND].level_map)[1] == LEVELS[0]  # automatic levels
     assert actions.working_reading(case, ann, "annotator").pk == reading.pk
+
+
+def test_an_annotators_queue_lists_their_cases_and_the_unassigned_ones_by_need(client, three_cases):
+    project, (first, opened, last), ann, bob = three_cases
+    # Before any assignment every open case is there for every annotator, an opened one included.
+    actions.working_reading(opened, bob, "annotator")
+    assert list(actions.queue(project, user=ann)) == [first, opened, last]
+    client.force_login(ann)
+    page = client.get(f"/p/{project.pk}/review/")  # an annotator's default: their cases and the unassigned
+    assert page.context["mine"] and [c.pk for c in page.context["page"]] == [first.pk, opened.pk, last.pk]
+    assert "mine and unassigned" in page.content.decode()
+
+    # Assigned: each sees their own; a case read by someone else, or decided, is no longer offered.
+    ReviewCase.objects.filter(pk=first.pk).update(status=CaseStatus.ACCEPTED)
+    third = MembershipFactory(project=project, role="annotator", user__username="cy").user
+    third_case = ReviewCase.objects.create(project=project, exam=ExamFactory(patient__project=project),
+                                           base_run=first.base_run, priority=25)
+    assert actions.assign(project, readers=[ann, bob]) == 3
+    assert list(actions.queue(project, user=ann)) == [third_case, last]
+    assert list(actions.queue(project, user=bob)) == [opened]
+    assert list(actions.queue(project, user=third)) == []
+    # The filter's box: checked sends mine=0&mine=1 (the hidden 0 first), unchecked only mine=0.
+    shown = {q: [c.pk for c in client.get(f"/p/{project.pk}/review/?status=open&{q}").context["page"]]
+             for q in ("mine=0&mine=1", "mine=0")}
+    assert shown == {"mine=0&mine=1": [third_case.pk, last.pk], "mine=0": [third_case.pk, opened.pk, last.pk]}
