@@ -439,8 +439,9 @@ def agreement(project):
 
 
 def reviewed_training_cases(project):
-    """Accepted cases with their reviewed (or confirmed) run: training data for a segmentation network."""
-    return (ReviewCase.objects.filter(project=project, status=CaseStatus.ACCEPTED)
+    """The cases accepted in review now, with their :attr:`~.models.ReviewCase.reviewed_run`: what a
+    segmentation network trains on and segmenters are compared on (see ``ReviewCase.objects.reviewed``)."""
+    return (ReviewCase.objects.filter(project=project).reviewed()
             .select_related("exam__patient", "base_run", "result_run").order_by("pk"))
 
 
