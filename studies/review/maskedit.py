@@ -7,8 +7,8 @@ the stored CT, with the project's measurement code (:func:`analysis.measurement.
 trabecular ROI is the edited body mask eroded as usual). The run the reader edited stays as it was; the new
 one keeps its source, so the exam's features use it from now on (it is the newest run of that source; once
 the case is accepted it is the exam's reviewed run, :func:`analysis.modeling.records.reviewed_run_ids`), and
-model versions built on the old run show stale (:mod:`analysis.modeling.staleness`). It becomes the run under review of the case, so a later
-relabel or accept builds on the edited voxels.
+model versions built on the old run show stale (:mod:`analysis.modeling.staleness`). It becomes the run under
+review of the case, so a later relabel or accept builds on the edited voxels.
 
 Saving goes through the reading's optimistic version (:func:`.actions._save_reading`): a reader whose page is
 older than the case is told what changed and nothing is saved. Every save is audited.
