@@ -172,17 +172,17 @@ def label_map_folders():
 
 # -- reviewed cases --------------------------------------------------------------------------------------------
 def reviewed_reference_runs(project):
-    """Per exam of ``project`` its newest run accepted in review that has a label map: the reviewed masks."""
-    from studies.models import Exam
+    """The reviewed masks: the run of each case of ``project`` accepted in review now
+    (:func:`studies.review.actions.reviewed_training_cases`) that has a label map, in order of exam."""
+    from studies.review.actions import reviewed_training_cases
 
-    from .modeling.records import reviewed_run_ids
-
-    ids = reviewed_run_ids(Exam.objects.filter(patient__project=project))
-    chosen = {}
-    for run in (MeasurementRun.objects.filter(pk__in=ids).exclude(labels="").select_related("exam__patient")
-                .order_by("exam_id", "-created_at", "-pk")):
-        chosen.setdefault(run.exam_id, run)
-    return list(chosen.values())
+    runs = []
+    for case in reviewed_training_cases(project):
+        run = case.reviewed_run
+        if run.labels:
+            run.exam = case.exam  # fetched with its patient already
+            runs.append(run)
+    return sorted(runs, key=lambda run: run.exam_id)
 
 
 # -- comparing two segmenters -------------------------------------------------------------------------------------

@@ -144,17 +144,15 @@ def expand_reviewed_sources(project, sources):
 
     Raises ``ValueError`` when a ``reviewed`` source finds no accepted case.
     """
-    from studies.review.models import CaseStatus, ReviewCase
+    from studies.review.actions import reviewed_training_cases
 
     out = []
     for source in sources:
         if source.get("kind") != "reviewed":
             out.append(source)
             continue
-        cases = (ReviewCase.objects.filter(project=project, status=CaseStatus.ACCEPTED)
-                 .order_by("id").values_list("id", "exam_id", "base_run_id", "result_run_id"))
-        found = [{"kind": "measurement_run", "id": result or base, "review_case": case, "exam": exam}
-                 for case, exam, base, result in cases]
+        found = [{"kind": "measurement_run", "id": case.result_run_id or case.base_run_id, "review_case": case.pk,
+                  "exam": case.exam_id} for case in reviewed_training_cases(project)]
         if not found:
             raise ValueError(f"project {project.name!r} has no case accepted in review to train on")
         out.extend(found)

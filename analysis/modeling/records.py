@@ -81,18 +81,17 @@ def source_choices(exams):
 
 
 def reviewed_run_ids(exams):
-    """Ids of the runs of ``exams`` that a reviewer accepted.
+    """Ids of the runs of ``exams`` accepted in review: per exam whose review case is accepted now, the run it
+    accepted (the relabelled run made on acceptance, else the run under review as it was).
 
-    A run counts as reviewed when its ``parameters`` carry ``"reviewed": true`` (runs are immutable, so a
-    review that relabels a run records that in the run it creates, see ``studies.review.relabel``) or when a
-    review case accepted it unchanged. Everything that chooses runs asks this function.
+    Only the case's state counts, not the ``"reviewed"`` mark a relabel or a mask edit leaves in its run's
+    ``parameters`` (that records who made the run): a case sent back to re-segmentation or rejected after
+    all no longer makes its runs reviewed. The same definition as the reviewed cases a network trains on
+    (``ReviewCase.objects.reviewed``). Everything that chooses runs asks this function.
     """
-    from studies.review.models import CaseStatus, ReviewCase
+    from studies.review.models import ReviewCase
 
-    relabelled = MeasurementRun.objects.filter(exam__in=exams, parameters__reviewed=True).values_list("pk", flat=True)
-    # A case accepted as it was creates no new run: the run it accepted is the reviewed one.
-    accepted = ReviewCase.objects.filter(exam__in=exams, status=CaseStatus.ACCEPTED, result_run__isnull=True)
-    return set(relabelled) | set(accepted.values_list("base_run_id", flat=True))
+    return set(ReviewCase.objects.filter(exam__in=exams).reviewed_run_ids())
 
 
 def chosen_runs(exams, source):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from auditlog.models import LogEntry
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from analysis.models import MeasurementRun
@@ -105,17 +105,30 @@ def open_cases(project):
     return len(cases)
 
 
+def _unassigned():
+    """A case to review that no reader is assigned to, as a filter: any reading it has is the undecided single
+    reading without a reader that :func:`working_reading` makes when someone opens the case."""
+    assigned = Reading.objects.filter(case=OuterRef("pk")).exclude(kind=ReadingKind.SINGLE, reader=None,
+                                                                  decided_at=None)
+    return Q(status=CaseStatus.PENDING) & ~Exists(assigned)
+
+
 def queue(project, *, user=None, status="open"):
-    """The project's cases ordered by need (one query; ``user``: only cases with a reading assigned to them)."""
+    """The project's cases ordered by need, in one query.
+
+    ``user``: only the cases that user may take up now: those with an undecided reading assigned to them, and
+    the open cases nobody is assigned to (:func:`unassigned_cases`), which any annotator may read.
+    """
     cases = ReviewCase.objects.filter(project=project).select_related("exam__patient")
     if status == "open":
         cases = cases.filter(in_queue=1)  # indexed with the order (see ReviewCase.in_queue)
     elif status:
         cases = cases.filter(status=status)
     if user is not None:
-        # A join through the reader's open readings (indexed by reader and decided_at), not a correlated
-        # subquery per case: a reader has few open readings, the queue may hold 10,000 cases.
-        cases = cases.filter(readings__reader=user, readings__decided_at=None)
+        # The reader's open readings are few (indexed by reader and decided_at): one hashed list of case ids,
+        # not a join, which would repeat a case per reading and no longer read the queue in index order.
+        mine = Reading.objects.filter(reader=user, decided_at=None).values("case_id")
+        cases = cases.filter(Q(pk__in=mine) | _unassigned())
     return cases.order_by("-priority", "pk")
 
 
@@ -126,10 +139,23 @@ def project_readers(project):
             .select_related("user").order_by("user__username")]
 
 
+def unassigned_cases(project):
+    """Open cases no reader is assigned to: cases without a reading, and cases an annotator opened before they
+    were assigned (:func:`working_reading` then made their single reading, with no reader and undecided)."""
+    return ReviewCase.objects.filter(project=project).filter(_unassigned())
+
+
 @transaction.atomic
 def assign(project, *, readers=None, double_read_share=None, seed=0, user=None):
-    """Assign every open, unassigned case: round-robin over ``readers``; a ``double_read_share`` of them
-    (chosen at random with ``seed``) to two different readers. Returns the number of cases assigned."""
+    """Assign every open, unassigned case (:func:`unassigned_cases`): round-robin over ``readers``; a
+    ``double_read_share`` of them (chosen at random with ``seed``) to two different readers. Returns the
+    number of cases assigned.
+
+    A case an annotator opened before it was assigned keeps the reading they started (its edits and version):
+    read once, that reading gets the reader; drawn for double reading, it becomes the first reading (of the
+    first reader) and a second reading starts from the automatic levels. Opened cases take part in the draw
+    like the others, so the share of double readings does not depend on which cases were opened early.
+    """
     readers = list(readers if readers is not None else project_readers(project))
     if not readers:
         raise ReviewError("the project has no annotators to assign cases to")
@@ -140,33 +166,57 @@ def assign(project, *, readers=None, double_read_share=None, seed=0, user=None):
         config.double_read_share = double_read_share
     if config.double_read_share > 0 and len(readers) < 2:
         raise ReviewError("double reading needs at least two annotators")
-    unassigned = list(ReviewCase.objects.filter(project=project, status=CaseStatus.PENDING)
-                      .exclude(readings__isnull=False).order_by("-priority", "pk"))
+    unassigned = list(unassigned_cases(project).order_by("-priority", "pk"))
+    opened = {r.case_id: r for r in Reading.objects.filter(case__in=unassigned_cases(project))}
     rng = random.Random(seed)
     n_double = round(config.double_read_share * len(unassigned))
     double = set(rng.sample(range(len(unassigned)), n_double)) if n_double else set()
     position = config.next_reader
-    readings = []
+    readings, taken = [], []
     for i, case in enumerate(unassigned):
         level_map = _initial_map(case)
-        if i in double:
-            first, second = readers[position % len(readers)], readers[(position + 1) % len(readers)]
-            position += 2
+        n_readers = 2 if i in double else 1
+        chosen = [readers[(position + k) % len(readers)] for k in range(n_readers)]
+        started = opened.get(case.pk)
+        if started is not None:
+            kind = ReadingKind.FIRST if n_readers == 2 else ReadingKind.SINGLE
+            if not _take_over(started, user, reader=chosen[0], kind=kind):
+                continue  # decided while we were assigning: the case is closed
+            taken.append(started)
+        position += n_readers
+        if n_readers == 2:
             case.double_read = True
             case.save(update_fields=["double_read"])
-            readings += [Reading(case=case, kind=ReadingKind.FIRST, reader=first, level_map=level_map),
-                         Reading(case=case, kind=ReadingKind.SECOND, reader=second, level_map=level_map)]
-        else:
-            readings.append(Reading(case=case, kind=ReadingKind.SINGLE, reader=readers[position % len(readers)],
-                                    level_map=level_map))
-            position += 1
+            if started is None:
+                readings.append(Reading(case=case, kind=ReadingKind.FIRST, reader=chosen[0], level_map=level_map))
+            readings.append(Reading(case=case, kind=ReadingKind.SECOND, reader=chosen[1], level_map=level_map))
+        elif started is None:
+            readings.append(Reading(case=case, kind=ReadingKind.SINGLE, reader=chosen[0], level_map=level_map))
     Reading.objects.bulk_create(readings)
     config.next_reader = position % len(readers)
     config.save()
     for reading in readings:
         ReviewEvent.objects.create(case=reading.case, reading=reading, user=user, action="assign", version=1,
                                    summary=f"{reading.get_kind_display()} assigned to {reading.reader}")
-    return len(unassigned)
+    for reading in taken:
+        ReviewEvent.objects.create(case=reading.case, reading=reading, user=user, action="assign",
+                                   version=reading.version,
+                                   summary=f"{reading.get_kind_display()} (opened before) assigned to {reading.reader}")
+    return len({r.case_id for r in readings} | {r.case_id for r in taken})
+
+
+def _take_over(reading, user, *, reader, kind):
+    """Give an opened single reading without a reader its ``reader`` (as ``kind``), audited, keeping its edits.
+    False when it was decided or assigned in the meantime (nothing changed)."""
+    if not Reading.objects.filter(pk=reading.pk, kind=ReadingKind.SINGLE, reader=None, decided_at=None).update(
+            reader=reader, kind=kind):
+        return False
+    changes = {"reader": ["None", str(reader)]}
+    if kind != ReadingKind.SINGLE:
+        changes["kind"] = [ReadingKind.SINGLE.value, kind.value]
+    reading.reader, reading.kind = reader, kind
+    _audit(reading, changes, user)
+    return True
 
 
 def _initial_map(case):
@@ -389,8 +439,9 @@ def agreement(project):
 
 
 def reviewed_training_cases(project):
-    """Accepted cases with their reviewed (or confirmed) run: training data for a segmentation network."""
-    return (ReviewCase.objects.filter(project=project, status=CaseStatus.ACCEPTED)
+    """The cases accepted in review now, with their :attr:`~.models.ReviewCase.reviewed_run`: what a
+    segmentation network trains on and segmenters are compared on (see ``ReviewCase.objects.reviewed``)."""
+    return (ReviewCase.objects.filter(project=project).reviewed()
             .select_related("exam__patient", "base_run", "result_run").order_by("pk"))
 
 

@@ -5,10 +5,10 @@ series, in stored slice order), gzipped. Nothing it sends is trusted: the size i
 the series' shape, the indices must be segments of the run, and the ROI and HU are measured again here, from
 the stored CT, with the project's measurement code (:func:`analysis.measurement.measure_segmentation`: the
 trabecular ROI is the edited body mask eroded as usual). The run the reader edited stays as it was; the new
-one keeps its source, so the exam's features use it from now on (it is the newest run of that source, and it
-is marked ``reviewed`` like an accepted relabel, :mod:`.relabel`), and model versions built on the old run
-show stale (:mod:`analysis.modeling.staleness`). It becomes the run under review of the case, so a later
-relabel or accept builds on the edited voxels.
+one keeps its source, so the exam's features use it from now on (it is the newest run of that source; once
+the case is accepted it is the exam's reviewed run, :func:`analysis.modeling.records.reviewed_run_ids`), and
+model versions built on the old run show stale (:mod:`analysis.modeling.staleness`). It becomes the run under
+review of the case, so a later relabel or accept builds on the edited voxels.
 
 Saving goes through the reading's optimistic version (:func:`.actions._save_reading`): a reader whose page is
 older than the case is told what changed and nothing is saved. Every save is audited.
@@ -192,7 +192,7 @@ def save_mask_edit(case, reading, opened_version, opened_run_id, payload, *, use
         "erosion_mm": erosion_mm,
         "level_confidence": result.level_confidence,
         "notes": [*result.notes, f"mask edited by {editor} in review (base run {base.pk}): {summary}"],
-        # analysis.modeling.records.reviewed_run_ids: a reader's work, the exam's features use it.
+        # A reader's work (provenance); whether it is the exam's reviewed run depends on the case being accepted.
         "reviewed": True,
         "mask_edit": {"base_run": base.pk, "case": case.pk, "editor": editor, "summary": summary,
                       "segments": {str(i): {"added": a, "removed": r} for i, (a, r) in sorted(changes.items())},

@@ -11,6 +11,7 @@ adjudication reading. The accepted result becomes a new, immutable measurement r
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 
 from analysis.models import MeasurementRun
@@ -54,6 +55,18 @@ class ReviewSettings(models.Model):
         return {"project_id": self.project_id}
 
 
+class ReviewCaseQuerySet(models.QuerySet):
+    def reviewed(self):
+        """The cases accepted in review now: the one definition of reviewed data, for training a network,
+        comparing segmenters and choosing an exam's measurements. A case sent back to re-segmentation (and
+        then perhaps rejected) leaves it, and with it the run it had accepted."""
+        return self.filter(status=CaseStatus.ACCEPTED)
+
+    def reviewed_run_ids(self):
+        """The :attr:`ReviewCase.reviewed_run` ids of the reviewed cases."""
+        return self.reviewed().values_list(Coalesce("result_run", "base_run"), flat=True)
+
+
 class ReviewCase(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="review_cases")
     exam = models.OneToOneField(Exam, on_delete=models.CASCADE, related_name="review_case")
@@ -78,6 +91,8 @@ class ReviewCase(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     decided_at = models.DateTimeField(null=True, blank=True)
 
+    objects = ReviewCaseQuerySet.as_manager()
+
     class Meta:
         indexes = [models.Index(fields=["project", "status", "-priority", "id"], name="review_queue_order"),
                    models.Index(fields=["project", "in_queue", "-priority", "id"], name="review_open_queue_order")]
@@ -87,6 +102,12 @@ class ReviewCase(models.Model):
 
     def get_absolute_url(self):
         return reverse("review:case", args=[self.project_id, self.exam_id])
+
+    @property
+    def reviewed_run(self):
+        """The run an accepted case stands for: the reviewed run made on acceptance (a relabel), else the run
+        under review accepted as it was (a reader's mask edit, if any, is that run)."""
+        return self.result_run or self.base_run
 
     def get_additional_data(self):
         return {"project_id": self.project_id, "exam_id": self.exam_id}

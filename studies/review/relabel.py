@@ -78,7 +78,7 @@ def create_reviewed_run(base, level_map, unusable, *, user, case_id=None):
     parameters["level_confidence"] = confidence
     reader = getattr(user, "username", "")
     parameters["notes"] = [*(base.level_notes or []), f"levels named by {reader} in review (base run {base.pk})"]
-    parameters["reviewed"] = True  # analysis.modeling.records.reviewed_run_ids: the exam's features use it
+    parameters["reviewed"] = True  # provenance; reviewed_run_ids asks the case, which may be reopened later
     parameters["review"] = {"base_run": base.pk, "case": case_id, "reader": reader,
                             "level_map": {str(k): v for k, v in sorted(level_map.items())}, "unusable": unusable}
     flags = [f for f in (base.flags or []) if f not in CASE_NAMING_FLAGS] + ["reviewed"]

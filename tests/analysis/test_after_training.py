@@ -198,14 +198,21 @@ def test_training_after_one_measurement_with_the_project_default(demo):
 
 def test_a_reviewed_run_wins_over_a_newer_automatic_one(demo):
     from analysis.modeling.records import PROJECT_DEFAULT_SOURCE, chosen_runs
+    from studies.review.models import CaseStatus, ReviewCase
 
     exam = Exam.objects.filter(patient__project=demo).order_by("pk").first()
+    base = MeasurementRun.objects.create(exam=exam, source="bmdsite")
     reviewed = MeasurementRun.objects.create(exam=exam, source="bmdsite", parameters={"reviewed": True})
     newer = MeasurementRun.objects.create(exam=exam, source="bmdsite")
     assert newer.created_at >= reviewed.created_at and newer.pk > reviewed.pk
     exams = Exam.objects.filter(pk=exam.pk)
+    case = ReviewCase.objects.create(project=demo, exam=exam, base_run=base, result_run=reviewed,
+                                     status=CaseStatus.ACCEPTED)
     assert chosen_runs(exams, PROJECT_DEFAULT_SOURCE) == {exam.pk: reviewed.pk}
     assert chosen_runs(exams, "bmdsite") == {exam.pk: newer.pk}
+    # Reviewed means accepted now: a case sent back leaves its relabelled run an ordinary, older run.
+    ReviewCase.objects.filter(pk=case.pk).update(status=CaseStatus.RESEGMENT)
+    assert chosen_runs(exams, PROJECT_DEFAULT_SOURCE) == {exam.pk: newer.pk}
 
 
 def test_training_page_offers_the_source_and_records_the_choice(client, demo):

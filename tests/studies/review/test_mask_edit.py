@@ -26,6 +26,7 @@ from analysis.imaging.volume import Volume
 from analysis.measurement import measure_levels, measure_segments, segments_json
 from analysis.models import LevelMeasurement, MeasurementRun
 from analysis.modeling.records import chosen_runs
+from analysis.segmenters import reviewed_reference_runs
 from analysis.segmentation.levels import VERSE_LABEL, BodySegment
 from studies.models import Exam
 from studies.pacs.ingest import store_volume
@@ -116,6 +117,8 @@ def test_erasing_half_a_body_makes_a_new_run_measured_from_the_stored_ct(case):
     exams = Exam.objects.filter(pk=case.exam_id)
     assert chosen_runs(exams, "default") == {case.exam_id: run.pk}
     assert chosen_runs(exams, base.source) == {case.exam_id: run.pk}
+    # Not yet a reviewed mask to compare segmenters on: that takes the case's acceptance.
+    assert reviewed_reference_runs(case.project) == []
     # The stored segment map is the edited one.
     from studies.review.segments import segment_index_volume
 
@@ -128,6 +131,9 @@ def test_erasing_half_a_body_makes_a_new_run_measured_from_the_stored_ct(case):
     assert reading.version == 2
     assert LogEntry.objects.get_for_object(reading).filter(actor=reader).exists()
     assert ReviewEvent.objects.filter(case=case, action="mask_edit", user=reader).exists()
+    # Accepted as edited, the edited run is the case's reviewed mask.
+    assert actions.decide(reading, reading.version, reader, "accept").result_run is None
+    assert [r.pk for r in reviewed_reference_runs(case.project)] == [run.pk]
 
 
 def test_model_versions_on_the_old_run_show_stale(case):

@@ -208,3 +208,42 @@ def test_a_result_settled_by_a_page_is_audited_as_the_reader_who_asked(client, c
     assert case.status == CaseStatus.PENDING and case.base_run_id == row.new_run_id
     put_back = LogEntry.objects.get_for_object(case).filter(changes__has_key="base_run").latest("timestamp")
     assert put_back.actor == annotator
+
+
+def test_a_case_sent_back_after_acceptance_no_longer_feeds_training_comparison_or_features(case, storage, redis_url):
+    """Reviewed data has one definition, the cases accepted now (``ReviewCase.objects.reviewed``): the relabelled
+    run of a case accepted and then sent back to re-segmentation (and rejected) trains no network, is no
+    reference of a comparison and is no longer the exam's reviewed run for the features, though it stays
+    marked as a reader's work."""
+    from analysis.modeling.records import PROJECT_DEFAULT_SOURCE, chosen_runs
+    from analysis.segmenters import reviewed_reference_runs
+    from analysis.tasks import expand_reviewed_sources
+    from studies.models import Exam
+
+    exams = Exam.objects.filter(pk=case.exam_id)
+
+    def reviewed():
+        try:
+            trained = [s["id"] for s in expand_reviewed_sources(case.project, [{"kind": "reviewed"}])]
+        except ValueError:
+            trained = []
+        return trained, [r.pk for r in reviewed_reference_runs(case.project)], chosen_runs(
+            exams, PROJECT_DEFAULT_SOURCE)[case.exam_id]
+
+    reader = MembershipFactory(project=case.project, role="annotator").user
+    reading = actions.working_reading(case, reader, "annotator")
+    actions.edit_levels(reading, reading.version, reader, "shift", delta=1)
+    case = actions.decide(reading, reading.version, reader, "accept")
+    relabelled = case.result_run
+    assert reviewed() == ([relabelled.pk], [relabelled.pk], relabelled.pk)
+
+    row = resegment.request_resegmentation(case, reader, "anatomy")
+    jobs.execute(row_id=row.job_id, attempt=row.job.attempts)
+    case.refresh_from_db()
+    row.refresh_from_db()
+    assert case.status == CaseStatus.PENDING and case.base_run_id == row.new_run_id
+    assert reviewed() == ([], [], row.new_run_id)  # the newest run, as for any exam not reviewed
+    reading = actions.working_reading(case, reader, "annotator")
+    assert actions.decide(reading, reading.version, reader, "reject").status == CaseStatus.REJECTED
+    assert reviewed() == ([], [], row.new_run_id)
+    assert MeasurementRun.objects.get(pk=relabelled.pk).parameters["reviewed"] is True

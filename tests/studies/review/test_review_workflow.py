@@ -14,7 +14,7 @@ from analysis.modeling.records import records_for_exams
 from analysis.segmentation.levels import VERSE_LABEL
 from studies.models import Exam
 from studies.review import actions
-from studies.review.models import CaseStatus, Reading, ReviewCase
+from studies.review.models import CaseStatus, Reading, ReadingKind, ReviewCase
 from tests.factories import ExamFactory, MembershipFactory
 from tests.studies.review.conftest import LEVELS, make_measured_exam
 
@@ -221,3 +221,76 @@ def test_model_versions_built_on_a_superseded_run_are_marked_stale(client, case)
                                   f"({case.exam.patient.pseudonym} {case.exam.exam_date:%Y-%m-%d}: "
                                   f"run {case.base_run_id} -> {case.result_run_id})"]
     assert 'class="badge stale"' in page.content.decode()
+
+
+@pytest.fixture
+def three_cases(db, storage):
+    """Three open cases of one project (needs 30, 20, 10) on one measured run, and two annotators."""
+    exam, run, _ = make_measured_exam()
+    project = exam.patient.project
+    cases = [ReviewCase.objects.create(project=project, exam=ExamFactory(patient__project=project), base_run=run,
+                                       priority=p) for p in (30, 20, 10)]
+    ann, bob = (MembershipFactory(project=project, role="annotator", user__username=n).user for n in ("ann", "bob"))
+    return project, cases, ann, bob
+
+
+def test_a_case_opened_before_assignment_is_assigned_and_keeps_its_reading(three_cases):
+    from studies.review.models import ReviewEvent
+
+    project, (first, opened, last), ann, bob = three_cases
+    reading = actions.working_reading(opened, bob, "annotator")  # bob opens it before any assignment
+    actions.edit_levels(reading, 1, bob, "shift", delta=1)
+    assert reading.reader is None
+
+    assert actions.assign(project, readers=[ann, bob], user=ann) == 3
+    readers = dict(Reading.objects.filter(case__project=project).values_list("case_id", "reader__username"))
+    assert readers == {first.pk: "ann", opened.pk: "bob", last.pk: "ann"}  # round-robin by need
+    kept = Reading.objects.get(case=opened)
+    assert kept.pk == reading.pk and kept.version == 2 and actions.as_int_map(kept.level_map)[1] == "T11"
+    event = ReviewEvent.objects.get(reading=kept, action="assign")
+    assert event.user == ann and event.summary == "Reading (opened before) assigned to bob"
+    entry = LogEntry.objects.get_for_object(kept).filter(actor=ann).get()
+    assert entry.changes_dict == {"reader": ["None", "bob"]}
+    assert actions.unassigned_cases(project).count() == 0 and actions.assign(project, readers=[ann, bob]) == 0
+
+
+def test_an_opened_case_drawn_for_double_reading_becomes_its_first_reading(three_cases):
+    project, (case, *_), ann, bob = three_cases
+    ReviewCase.objects.exclude(pk=case.pk).update(status=CaseStatus.ACCEPTED)
+    reading = actions.working_reading(case, bob, "annotator")
+    actions.edit_levels(reading, 1, bob, "shift", delta=1)
+
+    assert actions.assign(project, readers=[ann, bob], double_read_share=1.0) == 1
+    case.refresh_from_db()
+    readings = {r.kind: r for r in case.readings.all()}
+    assert case.double_read and set(readings) == {ReadingKind.FIRST, ReadingKind.SECOND}
+    assert readings[ReadingKind.FIRST].pk == reading.pk and readings[ReadingKind.FIRST].reader == ann
+    assert actions.as_int_map(readings[ReadingKind.FIRST].level_map)[1] == "T11"  # the edit stays
+    assert readings[ReadingKind.SECOND].reader == bob and readings[ReadingKind.SECOND].version == 1
+    assert actions.as_int_map(readings[ReadingKind.SECOND].level_map)[1] == LEVELS[0]  # automatic levels
+    assert actions.working_reading(case, ann, "annotator").pk == reading.pk
+
+
+def test_an_annotators_queue_lists_their_cases_and_the_unassigned_ones_by_need(client, three_cases):
+    project, (first, opened, last), ann, bob = three_cases
+    # Before any assignment every open case is there for every annotator, an opened one included.
+    actions.working_reading(opened, bob, "annotator")
+    assert list(actions.queue(project, user=ann)) == [first, opened, last]
+    client.force_login(ann)
+    page = client.get(f"/p/{project.pk}/review/")  # an annotator's default: their cases and the unassigned
+    assert page.context["mine"] and [c.pk for c in page.context["page"]] == [first.pk, opened.pk, last.pk]
+    assert "mine and unassigned" in page.content.decode()
+
+    # Assigned: each sees their own; a case read by someone else, or decided, is no longer offered.
+    ReviewCase.objects.filter(pk=first.pk).update(status=CaseStatus.ACCEPTED)
+    third = MembershipFactory(project=project, role="annotator", user__username="cy").user
+    third_case = ReviewCase.objects.create(project=project, exam=ExamFactory(patient__project=project),
+                                           base_run=first.base_run, priority=25)
+    assert actions.assign(project, readers=[ann, bob]) == 3
+    assert list(actions.queue(project, user=ann)) == [third_case, last]
+    assert list(actions.queue(project, user=bob)) == [opened]
+    assert list(actions.queue(project, user=third)) == []
+    # The filter's box: checked sends mine=0&mine=1 (the hidden 0 first), unchecked only mine=0.
+    shown = {q: [c.pk for c in client.get(f"/p/{project.pk}/review/?status=open&{q}").context["page"]]
+             for q in ("mine=0&mine=1", "mine=0")}
+    assert shown == {"mine=0&mine=1": [third_case.pk, last.pk], "mine=0": [third_case.pk, opened.pk, last.pk]}
