@@ -323,11 +323,14 @@ def confusion_figure(matrix, classes, *, title=""):
     trace = {
         "type": "heatmap", "z": counts.tolist(), "x": list(classes), "y": list(classes),
         "text": [[str(c) for c in row] for row in counts.tolist()], "texttemplate": "%{text}",
-        "colorscale": [[0.0, "#f6f7f9"], [1.0, "#1f5fa8"]], "showscale": False,
+        # White gaps between the cells (the plot background), so that they read as cells; the lightest cell
+        # (no cases) is a shade darker than the gaps.
+        "colorscale": [[0.0, "#e4e8ee"], [1.0, "#1f5fa8"]], "showscale": False, "xgap": 3, "ygap": 3,
         "hovertemplate": "QCT %{y}<br>predicted %{x}<br>%{z} cases<extra></extra>",
     }
     return _figure([trace], {
         "title": {"text": title},
+        "plot_bgcolor": "#ffffff",
         "xaxis": {"title": {"text": "Predicted"}, "side": "bottom"},
         "yaxis": {"title": {"text": "QCT category"}, "autorange": "reversed"},
         "height": 340,

@@ -61,7 +61,7 @@ def metric_cells(task, metrics):
     ba = metrics["bland_altman"]
     return [
         _ci(metrics, "mae", digits=2), _ci(metrics, "rmse", digits=2), _ci(metrics, "explained_variance"),
-        _ci(metrics, "r2"), f"{metrics['pearson_r']:.3f} (p {metrics['pearson_p']:.2g})",
+        _ci(metrics, "r2"), f"{metrics['pearson_r']:.3f} (p {charts.format_p(metrics['pearson_p'])})",
         f"{ba['bias']:.2f} [{ba['loa_low']:.2f}, {ba['loa_high']:.2f}]",
     ]
 

@@ -42,11 +42,20 @@ def default_segmenter(project):
 
 
 def segmenter_choices(project, *, with_default=True):
-    """``[(value, label)]``: the project default (value ""), the rule-based segmenter and the versions."""
+    """``[(value, label)]``: the project default (value ""), the rule-based segmenter and the versions.
+
+    Each segmenter is offered once: while the default is the rule-based segmenter, the default entry stands
+    for it and it is not listed again by name."""
     from .segmentation.network.registry import RULE_BASED
 
-    choices = [("", f"project default ({default_segmenter(project)})")] if with_default else []
-    choices.append((RULE_BASED, "rule-based (anatomy rules)"))
+    choices = []
+    default = default_segmenter(project) if with_default else None
+    if default == RULE_BASED:
+        choices.append(("", "project default (rule-based, anatomy rules)"))
+    else:
+        if default:
+            choices.append(("", f"project default ({default})"))
+        choices.append((RULE_BASED, "rule-based (anatomy rules)"))
     for name, promoted in SegmenterVersion.objects.filter(project=project).values_list("name", "promoted"):
         choices.append((name, f"{name} (promoted)" if promoted else name))
     return choices

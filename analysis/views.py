@@ -109,7 +109,8 @@ def exam_measurements(request, project_id, exam_id):
     from .models import MeasurementRun
 
     project = get_project_for_user(request, project_id)
-    exam = get_object_or_404(Exam.objects.select_related("patient"), patient__project=project, pk=exam_id)
+    exam = get_object_or_404(Exam.objects.select_related("patient", "review_case"), patient__project=project,
+                             pk=exam_id)
     can_measure = request.project_role in REGISTRY_EDITORS
     has_series = exam.stored_series.exists()
     form = MeasureExamForm(request.POST if request.method == "POST" else None, project=project)
@@ -127,6 +128,8 @@ def exam_measurements(request, project_id, exam_id):
     return render(request, "analysis/exam_measurements.html", {
         "project": project, "exam": exam, "runs": runs, "can_measure": can_measure and has_series,
         "has_series": has_series, "form": form,
+        # The case page (viewer and level review) once the exam has a review case.
+        "has_case": hasattr(exam, "review_case"),
         "segmenter_choices": form.choices() if can_measure and has_series else [],
     }, status=status)
 

@@ -104,8 +104,12 @@ def test_confusion_heatmap_shows_the_counts():
     y = ["osteoporosis", "osteoporosis", "osteopenia", "normal", "normal", "normal"]
     pred = ["osteoporosis", "osteopenia", "osteopenia", "normal", "osteopenia", "normal"]
     matrix = confusion_matrix(y, pred, labels=list(CATEGORIES))
-    (heatmap,) = charts.confusion_figure(matrix, CATEGORIES)["data"]
+    figure = charts.confusion_figure(matrix, CATEGORIES)
+    (heatmap,) = figure["data"]
     assert heatmap["z"] == [[1, 1, 0], [0, 1, 0], [0, 1, 2]]
+    # Cells are drawn apart: gaps of the plot background, which no cell colour (not even an empty cell's) matches.
+    assert heatmap["xgap"] > 0 and heatmap["ygap"] > 0
+    assert figure["layout"]["plot_bgcolor"] not in [colour for _, colour in heatmap["colorscale"]]
     assert heatmap["text"] == [["1", "1", "0"], ["0", "1", "0"], ["0", "1", "2"]]
     assert heatmap["x"] == heatmap["y"] == list(CATEGORIES)
     with pytest.raises(ValueError, match="shape"):

@@ -7,8 +7,11 @@ import re
 import numpy as np
 import pytest
 from django.urls import reverse
+from django.utils.html import escape
 
 from analysis.categories import CATEGORIES
+from analysis.charts import format_p
+from analysis.dashboards import metric_cells
 from analysis.modeling.demo import seed_demo_measurements
 from analysis.modeling.versions import train_cohort
 from analysis.stats.regression import paired_mae_comparison
@@ -65,6 +68,13 @@ def test_classification_version_page_draws_the_stored_roc_points_and_confusion(c
     assert 'src="/static/vendor/plotly/plotly.min.js"' in page and "js/charts.js" in page
 
 
+@pytest.mark.parametrize(("p", "text"), [(3.2e-41, "0.912 (p <0.001)"), (0.0123, "0.912 (p 0.012)")])
+def test_regression_pearson_cell_prints_p_with_the_site_formatter(p, text):
+    metrics = {"mae": 5.0, "rmse": 6.0, "explained_variance": 0.8, "r2": 0.8, "pearson_r": 0.912, "pearson_p": p,
+               "bland_altman": {"bias": 0.5, "loa_low": -10.0, "loa_high": 11.0}}
+    assert metric_cells("regression", metrics)[4] == text
+
+
 def test_regression_version_page_plots_each_case_and_the_bland_altman_limits(client, trained):
     project, v = trained
     sgd = v[("abdomen", "regression")]
@@ -77,6 +87,9 @@ def test_regression_version_page_plots_each_case_and_the_bland_altman_limits(cli
     assert scatter["data"][0]["y"] == [p.predicted_bmd for p in predictions]
     assert len(scatter["data"][0]["x"]) == m["n"]
     assert f"Pearson r = {m['pearson_r']:.3f}" in scatter["data"][0]["name"]
+    # The p of Pearson r is printed like every other p on the site.
+    pearson = f"{m['pearson_r']:.3f} (p {format_p(m['pearson_p'])})"
+    assert f"<td>{escape(pearson)}</td>" in page
     ba = m["bland_altman"]
     lines = [t for t in figure(page, "fig-validation-bland-altman")["data"][1:] if "fill" not in t]
     assert [t["y"][0] for t in lines] == [ba["bias"], ba["loa_low"], ba["loa_high"]]

@@ -12,6 +12,7 @@ from analysis.imaging.volume import load_nifti
 from analysis.models import ImmutableRecordError, MeasurementRun
 from studies import jobs
 from studies.pacs.ingest import store_volume
+from studies.review import actions
 from tests.factories import ExamFactory
 
 
@@ -84,6 +85,12 @@ def test_measurement_page_lists_runs_and_starts_jobs(client, member, exam_with_s
     assert unnamed and "sacrum" in unnamed[-1]["flags"]
     assert page.count('<tr class="unnamed">') == len(unnamed) and "not named" in page
     assert page.count("<tr") - 1 == len(run.segments)  # one header row
+    # The exam's case page (viewer and level review) is linked once the exam has a review case.
+    case_url = reverse("review:case", args=[project.pk, exam_with_series.pk])
+    assert 'id="case-link"' not in page and case_url not in page
+    assert actions.open_cases(project) == 1
+    page = client.get(url).content.decode()
+    assert f'<a href="{case_url}" id="case-link">' in page
     assert client.post(url).status_code == 403
     client.force_login(member("coordinator", project=project))
     response = client.post(url)

@@ -176,7 +176,10 @@ def test_hu_page_measures_with_the_chosen_segmenter(client, project, version, ex
     url = reverse("analysis:exam_measurements", args=[project.pk, exam_with_series.pk])
     coordinator = _client(client, project, "coordinator")
     page = coordinator.get(url).content.decode()
-    assert 'id="measure-segmenter"' in page and "project default (anatomy)" in page and "net-1" in page
+    assert 'id="measure-segmenter"' in page and "net-1" in page
+    # The rule-based segmenter is the default here: offered once, as the default.
+    assert "project default (rule-based, anatomy rules)" in page
+    assert 'value="anatomy"' not in page and page.count("rule-based") == 1
 
     answer = coordinator.post(url, {"segmenter": "net-1"})
     job = Job.objects.get()

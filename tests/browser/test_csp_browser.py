@@ -2,6 +2,9 @@
 every page loads with no policy violation and no script error (a listener installed before any page script
 records both)."""
 
+import os
+from pathlib import Path
+
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -31,8 +34,10 @@ def test_pages_and_dashboards_run_under_the_policy(browser, live_server, transac
         "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path)}}}
     project, _ = seed_demo_project(n_patients=60, random_state=3, name="CSP dashboards")
     seed_demo_measurements(project, random_state=3)
-    versions, _ = train_cohort(project, feature_sets=("chest_cal",), tasks=("regression",),
-                               algorithms={"regression": ["SGD", "RF"]}, n_resamples=10)
+    versions, _ = train_cohort(project, feature_sets=("chest_cal",), tasks=("regression", "classification"),
+                               algorithms={"regression": ["SGD", "RF"], "classification": ["LR"]}, n_resamples=10)
+    regressors = [v for v in versions if v.task == "regression"]
+    classifier = next(v for v in versions if v.task == "classification")
     user = MembershipFactory(project=project, role="admin", user__is_superuser=True, user__is_staff=True).user
     patient = project.patients.order_by("pk").first()
     exam = patient.exams.order_by("pk").first()
@@ -46,8 +51,10 @@ def test_pages_and_dashboards_run_under_the_policy(browser, live_server, transac
 
     p = f"/p/{project.pk}"
     charts = {  # page -> number of plotly charts it draws
-        f"{p}/models/{versions[0].pk}/": 7,  # scatter and Bland-Altman per split, and the calibration curve
-        f"{p}/models/compare/?v={versions[0].pk}&v={versions[1].pk}&split=validation": None,
+        f"{p}/models/{regressors[0].pk}/": 7,  # scatter and Bland-Altman per split, and the calibration curve
+        # ROC, confusion matrix and reliability per split, and the calibration curve
+        f"{p}/models/{classifier.pk}/": 10,
+        f"{p}/models/compare/?v={regressors[0].pk}&v={regressors[1].pk}&split=validation": None,
     }
     pages = ["/", f"{p}/", f"{p}/patients/", f"{p}/patients/{patient.pk}/",
              f"{p}/patients/{patient.pk}/history/", f"{p}/patients/{patient.pk}/exams/{exam.pk}/",
@@ -71,6 +78,10 @@ def test_pages_and_dashboards_run_under_the_policy(browser, live_server, transac
                 "const s = document.getElementById('plotly.js-style-global'); return s && s.sheet ? "
                 "s.sheet.cssRules.length : -1")
             assert rules > 0, (page, rules)
+            confusion = browser.find_elements(By.CSS_SELECTOR, '[data-figure="fig-validation-confusion"]')
+            if confusion and os.environ.get("BMDSITE_SCREENSHOT_DIR"):  # for a person to look at
+                browser.execute_script("arguments[0].scrollIntoView()", confusion[0])
+                browser.save_screenshot(str(Path(os.environ["BMDSITE_SCREENSHOT_DIR"]) / "confusion-matrix.png"))
         found = browser.execute_script("return window.__problems")
         if found:
             problems[page] = found

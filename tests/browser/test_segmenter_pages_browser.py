@@ -57,7 +57,10 @@ def test_annotator_requests_resegmentation_and_sees_the_case_back(webgl_browser,
     annotator = MembershipFactory(project=project, role="annotator").user
     log_in(browser, live_server, annotator, password)
     browser.get(f"{live_server.url}/p/{project.pk}/exams/{exam.pk}/case/")
-    Select(browser.find_element(By.ID, "resegment-with")).select_by_value("anatomy")
+    # No promoted version: the project default is the rule-based segmenter, offered once.
+    choice = Select(browser.find_element(By.ID, "resegment-with"))
+    assert [o.text for o in choice.options] == ["project default (rule-based, anatomy rules)"]
+    choice.select_by_value("")
     _shot(browser, "01-annotator-case-before")
     browser.find_element(By.ID, "op-resegment").click()
     # Deciding moves to the next case in the reader's queue (none): back on this case's page.

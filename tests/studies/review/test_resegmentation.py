@@ -144,6 +144,10 @@ def test_choices_offer_the_promoted_default_the_rule_based_one_and_the_versions(
     from analysis.models import SegmenterVersion
 
     SegmenterVersion.objects.create(project=case.project, name="net-a", weights="x.pt", weights_sha256="0" * 64)
+    # No promoted version: the default is the rule-based segmenter, offered once (as the default).
+    assert segmenter_choices(case.project) == [("", "project default (rule-based, anatomy rules)"), ("net-a", "net-a")]
+    assert segmenter_choices(case.project, with_default=False) == [
+        ("anatomy", "rule-based (anatomy rules)"), ("net-a", "net-a")]
     SegmenterVersion.objects.create(project=case.project, name="net-b", weights="y.pt", weights_sha256="0" * 64,
                                     promoted=True)
     assert segmenter_choices(case.project) == [
