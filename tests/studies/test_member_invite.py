@@ -60,3 +60,22 @@ def test_only_project_admins_create_users(client, db):
     answer = client.post(f"/p/{coordinator.project_id}/members/invite/", {"username": "x", "role": "pi"})
     assert answer.status_code == 403
     assert not get_user_model().objects.filter(username="x").exists()
+
+
+def test_a_user_changes_their_password_from_their_page_in_the_sites_layout(client, db):
+    member = MembershipFactory(role="annotator").user
+    member.set_password("the first passphrase 1")
+    member.save()
+    client.force_login(member)
+    assert 'href="/accounts/password_change/"' in client.get("/account/tokens/").content.decode()
+    form = client.get("/accounts/password_change/")
+    assert_site_page(form, "registration/password_change_form.html")
+    wrong = client.post("/accounts/password_change/", {"old_password": "not it", "new_password1": "x",
+                                                       "new_password2": "x"})
+    assert wrong.status_code == 200 and 'id="change-password"' in wrong.content.decode()
+    new = "a second long passphrase 2"
+    done = client.post("/accounts/password_change/", {"old_password": "the first passphrase 1",
+                                                      "new_password1": new, "new_password2": new}, follow=True)
+    assert_site_page(done, "registration/password_change_done.html")
+    member.refresh_from_db()
+    assert member.check_password(new)
