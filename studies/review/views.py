@@ -8,6 +8,7 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from studies.access import get_project_for_user
@@ -88,7 +89,7 @@ def case_action(request, project_id, exam_id):
     op = data["operation"]
     reading = actions.working_reading(review_case, request.user, request.project_role)
     if op != "comment" and (reading is None or reading.pk != data.get("reading")):
-        messages.error(request, "This reading is not yours to change now (it was decided, or the case moved on).")
+        messages.error(request, _not_yours_now(review_case, reading))
         return redirect(back)
     try:
         if op == "comment":
@@ -129,6 +130,18 @@ def case_resegment(request, project_id, exam_id):
         else:
             messages.success(request, f"Re-segmentation with {row.segmenter} requested (job #{row.job_id}).")
     return redirect("review:case", project.pk, exam.pk)
+
+
+def _not_yours_now(case, reading):
+    """Why a reader's change to ``case`` was not saved, naming what happened since they opened it."""
+    last = case.events.exclude(action="comment").order_by("-at", "-pk").first()
+    since = (f" Last change: {last.summary} by {last.who or 'the system'} at {timezone.localtime(last.at):%H:%M:%S}."
+             if last else "")
+    if case.status not in actions.OPEN_STATUSES:
+        return f"Not saved: this case is {case.get_status_display().lower()} now.{since}"
+    if reading is None:
+        return f"Not saved: this case has no reading of yours to change now (it is read by others).{since}"
+    return f"Not saved: the reading you opened was decided or replaced; this page shows the current one.{since}"
 
 
 def _next_case(project, user):

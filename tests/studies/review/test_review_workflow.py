@@ -159,6 +159,22 @@ def test_second_save_on_an_old_version_is_told_what_changed(case):
     assert actions.as_int_map(Reading.objects.get(pk=reading.pk).level_map)[1] == "T11"  # first's edit kept
 
 
+def test_a_stale_accept_after_another_reader_decided_says_who_decided_what(client, case):
+    first, second = _reader(case), _reader(case)
+    url = f"/p/{case.project_id}/exams/{case.exam_id}/case/"
+    client.force_login(first)
+    client.get(url)  # opens the single reading
+    reading = Reading.objects.get(case=case)
+    client.force_login(second)
+    assert client.post(url + "action/", {"operation": "accept", "reading": reading.pk, "version": 1}
+                       ).status_code == 302
+    client.force_login(first)
+    page = client.post(url + "action/", {"operation": "reject", "reading": reading.pk, "version": 1}, follow=True)
+    text = page.content.decode()
+    assert f"Not saved: this case is accepted now. Last change: case accepted by {second.username} at " in text
+    assert ReviewCase.objects.get(pk=case.pk).status == CaseStatus.ACCEPTED
+
+
 def test_conflict_shown_on_the_page_and_resolved_by_reapplying(client, case):
     first, second = _reader(case), _reader(case)
     url = f"/p/{case.project_id}/exams/{case.exam_id}/case/"
