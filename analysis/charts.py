@@ -24,6 +24,7 @@ __all__ = [
     "cohort_table_rows",
     "confusion_figure",
     "format_ci",
+    "format_number",
     "format_p",
     "reliability_figure",
     "roc_curves_from_metrics",
@@ -74,17 +75,25 @@ def validate_figure(figure):
     return figure
 
 
+def format_number(value, digits=3):
+    """``value`` with ``digits`` decimals, never a negative zero: ``-0.0002`` prints as ``"0.000"``."""
+    text = f"{value:.{digits}f}"
+    # A negative number that rounds to zero would print as "-0.000", a sign without a value behind it.
+    return text[1:] if text.startswith("-") and not text.strip("-0.") else text
+
+
 def format_ci(value, low=None, high=None, digits=3):
     """``"0.948 (0.908–0.984)"`` (``"-0.91 (-2.30 to 0.48)"`` when an end is negative); the value alone
-    without an interval; ``"–"`` without a value."""
+    without an interval; ``"–"`` without a value. No number prints as a negative zero."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
-    text = f"{value:.{digits}f}"
+    text = format_number(value, digits)
     if low is None or high is None:
         return text
-    # "-29.24–-24.38" misreads; an interval with a negative end is written with "to".
-    sep = " to " if min(low, high) < 0 else "–"
-    return f"{text} ({low:.{digits}f}{sep}{high:.{digits}f})"
+    low_text, high_text = format_number(low, digits), format_number(high, digits)
+    # "-29.24–-24.38" misreads; an interval with a negative end (as printed) is written with "to".
+    sep = " to " if low_text.startswith("-") or high_text.startswith("-") else "–"
+    return f"{text} ({low_text}{sep}{high_text})"
 
 
 def format_p(p):

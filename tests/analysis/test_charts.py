@@ -186,6 +186,15 @@ def test_format_ci_uses_to_when_an_end_is_negative():
     assert charts.format_ci(None) == "–"
 
 
+def test_format_ci_never_prints_a_negative_zero():
+    # A paired difference whose lower end is -0.0004 rounds to zero: "0.000 (-0.000 to 0.002)" reads as a
+    # sign without a value, and "to" is only needed when a printed end is negative.
+    assert charts.format_ci(0.0002, -0.0004, 0.0021) == "0.000 (0.000–0.002)"
+    assert charts.format_ci(-0.0002, -0.0004, -0.0001) == "0.000 (0.000–0.000)"
+    assert charts.format_ci(-0.004, -0.0104, 0.0021, 2) == "0.00 (-0.01 to 0.00)"
+    assert charts.format_number(-0.0, 2) == "0.00" and charts.format_number(-0.4, 0) == "0"
+
+
 def test_every_kind_of_figure_passes_plotlys_validators():
     # Figures are plain dicts for speed; plotly's validators (go.Figure) must accept every kind we draw, so a
     # misspelt property fails here rather than silently in the browser.
