@@ -26,6 +26,7 @@ __all__ = [
     "format_ci",
     "format_number",
     "format_p",
+    "format_r2",
     "reliability_figure",
     "roc_curves_from_metrics",
     "roc_figure",
@@ -94,6 +95,17 @@ def format_ci(value, low=None, high=None, digits=3):
     # "-29.24–-24.38" misreads; an interval with a negative end (as printed) is written with "to".
     sep = " to " if low_text.startswith("-") or high_text.startswith("-") else "–"
     return f"{text} ({low_text}{sep}{high_text})"
+
+
+def format_r2(r2, digits=4):
+    """An R² with ``digits`` decimals that never prints a value below 1 as ``1.0000``: ``"0.9997"``;
+    ``">0.9999"`` when only more decimals would tell it from 1; ``"–"`` without a value."""
+    if r2 is None or (isinstance(r2, float) and not math.isfinite(r2)):
+        return "–"
+    text = format_number(r2, digits)
+    if r2 < 1 and float(text) >= 1:
+        return f">{1 - 10 ** -digits:.{digits}f}"
+    return text
 
 
 def format_p(p):
@@ -400,7 +412,7 @@ def calibration_figure(curve, *, max_patients=40, random_state=0, title=""):
             "hovertemplate": "n = %{x}<br>mean %{y:.1f} HU<extra></extra>",
         })
     k, intercept, r2 = curve["k"], curve["intercept"], curve.get("r2")
-    r2_text = f", R² = {r2:.3f}" if r2 is not None else ""
+    r2_text = f", R² = {format_r2(r2)}" if r2 is not None else ""
     traces.append({
         "type": "scatter", "mode": "lines", "x": n_axis, "y": [k * n + intercept for n in n_axis],
         "name": f"fit to the level means: HU = {k:.2f}·n + {intercept:.1f}{r2_text}",
@@ -412,7 +424,7 @@ def calibration_figure(curve, *, max_patients=40, random_state=0, title=""):
         traces.append({
             "type": "scatter", "mode": "lines", "x": n_axis, "y": [pooled["k"] * n + pooled["intercept"] for n in n_axis],
             "name": f"pooled fit (all points): HU = {pooled['k']:.2f}·n + {pooled['intercept']:.1f}, "
-                    f"R² = {pooled['r2']:.3f}",
+                    f"R² = {format_r2(pooled['r2'])}",
             "line": {"color": "#a15c00", "width": 2, "dash": "dash"},
             "hovertemplate": "n = %{x}<br>%{y:.1f} HU<extra>pooled fit</extra>",
         })

@@ -223,8 +223,9 @@ def calibration_panel(version):
     Returns
     -------
     dict or None
-        ``{"chart", "calibration" (stored JSON), "levels": [{"level", "n", "count", "mean", "sd", "p25",
-        "p75"}], "variant", "variant_text", "n_patients"}``.
+        ``{"chart", "calibration" (stored JSON), "r2", "pooled_r2" (formatted by
+        :func:`analysis.charts.format_r2`), "levels": [{"level", "n", "count", "mean", "sd", "p25", "p75"}],
+        "variant", "variant_text", "n_patients"}``.
     """
     from analysis.modeling.calibration import CALIBRATION_VARIANT_LABELS
 
@@ -240,8 +241,10 @@ def calibration_panel(version):
                            "p25": stored["level_p25"][i], "p75": stored["level_p75"][i]})
     figure = charts.calibration_figure(stored, max_patients=CALIBRATION_SAMPLE, random_state=0,
                                        title="Mean trabecular HU by vertebra level (training split)")
+    pooled = stored.get("pooled") or {}
     return {"chart": _chart("fig-calibration", "Thoraco-lumbar calibration curve", figure), "calibration": stored,
-            "levels": levels, "variant": variant, "variant_label": CALIBRATION_VARIANT_LABELS.get(variant, variant),
+            "r2": charts.format_r2(stored.get("r2")),
+            "pooled_r2": charts.format_r2(pooled["r2"]) if pooled else None, "levels": levels, "variant": variant, "variant_label": CALIBRATION_VARIANT_LABELS.get(variant, variant),
             "n_patients": len(stored.get("patients") or []), "sample": CALIBRATION_SAMPLE}
 
 

@@ -289,11 +289,11 @@ def study_report(project, versions, *, classifier="BDT", regressor="SGD"):
         rows = [[l["level"], str(l["n"]), str(l["count"]), f"{l['mean']:.1f}", f"{l['sd']:.1f}"]
                 for l in calibration["levels"]]
         rows.append(["fit to the level means", "", "", f"k = {stored['k']:.3f} HU/level, intercept "
-                     f"{stored['intercept']:.2f}", f"R² = {stored['r2']:.3f}"])
+                     f"{stored['intercept']:.2f}", f"R² = {charts.format_r2(stored['r2'])}"])
         if stored.get("pooled"):
             p = stored["pooled"]
             rows.append(["pooled fit (all points)", "", "", f"k = {p['k']:.3f} HU/level, intercept {p['intercept']:.2f}",
-                         f"R² = {p['r2']:.3f}"])
+                         f"R² = {charts.format_r2(p['r2'])}"])
         tables["table-calibration"] = {
             "id": "table-calibration", "title": "Calibration curve: mean HU per level T5..L2 (training split)",
             "note": f"{stored['n_patients']} training patients with both regions.",

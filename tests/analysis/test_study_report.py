@@ -10,6 +10,7 @@ import pytest
 from django.urls import reverse
 
 from analysis.categories import CATEGORIES
+from analysis.charts import format_r2
 from analysis.modeling.demo import seed_demo_measurements
 from analysis.modeling.versions import train_cohort
 from analysis.stats.paired import paired_macro_auc_bootstrap
@@ -67,6 +68,11 @@ def test_report_has_every_table_and_figure_and_each_csv_equals_its_table(client,
     assert len(re.findall(r'data-figure="fig-8-', page)) == 6
     assert "macro average (one-vs-rest)" in page and "most probable of the three classes" in page
     assert "fig-calibration" in page and "pooled fit (all points)" in page
+    # The fit to the level means with its R² to four decimals, as the chart's legend prints it.
+    calibration = next(v.calibration for v in versions if v.calibration)
+    _, rows = page_table(page, "table-calibration")
+    assert rows[-2][0] == "fit to the level means" and rows[-2][4] == f"R² = {format_r2(calibration['r2'])}"
+    assert rows[-1][4] == f"R² = {format_r2(calibration['pooled']['r2'])}"
 
 
 def test_calibration_effect_is_the_paired_bootstrap_on_the_common_cases(client, trained):
