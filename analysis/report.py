@@ -22,6 +22,8 @@ REGION_ORDER = ("chest", "abdomen", "chest_cal:abdomen_transfer", "chest_cal:lea
 ALGORITHM_ORDER = {"classification": ("BDT", "LR", "RF"), "regression": ("BDT", "SGD", "RF")}
 # Estimator parameters stated as the project's choices (the paper gives none); the rest are scikit-learn's
 # defaults and are in each version's record.
+# A cell with nothing to say (the DeLong test of a regressor), the same on the page and in the CSV.
+NOT_APPLICABLE = "—"
 STATED_PARAMETERS = ("n_estimators", "estimator__min_samples_leaf", "min_samples_leaf", "C", "max_iter", "alpha",
                      "tol", "random_state")
 
@@ -138,8 +140,8 @@ def _effect_table(versions, evaluations):
             try:
                 r = compare_states(ea.resamples, eb.resamples)
             except ValueError as exc:
-                rows.append([region_label(v), f"{v.task}, {v.algorithm}", SPLIT_LABELS.get(split, split), "", "",
-                             str(exc), "", "", ""])
+                rows.append([region_label(v), f"{v.task}, {v.algorithm}", SPLIT_LABELS.get(split, split),
+                             NOT_APPLICABLE, NOT_APPLICABLE, str(exc), NOT_APPLICABLE, NOT_APPLICABLE, NOT_APPLICABLE])
                 continue
             digits = 3 if v.task == "classification" else 2
             metric = "macro AUC" if v.task == "classification" else "MAE (mg/cm3)"
@@ -148,14 +150,15 @@ def _effect_table(versions, evaluations):
                 region_label(v), f"{metric}, {v.algorithm}", SPLIT_LABELS.get(split, split),
                 f"{r['estimate_b']:.{digits}f}", f"{r['estimate_a']:.{digits}f}",
                 charts.format_ci(r["diff"], r["ci_low"], r["ci_high"], digits), charts.format_p(r["p"]),
-                charts.format_ci(delong["diff"], delong["ci_low"], delong["ci_high"]) if delong else "",
-                charts.format_p(delong["p"]) if delong else "",
+                charts.format_ci(delong["diff"], delong["ci_low"], delong["ci_high"]) if delong else NOT_APPLICABLE,
+                charts.format_p(delong["p"]) if delong else NOT_APPLICABLE,
             ])
     return {"id": "table-effect", "title": "The calibration's effect: chest (T5-T10) against calibrated chest "
                                            "(T5-T10-Cal), same algorithm, same cases",
             "note": "Difference = calibrated − chest. Macro AUC and MAE: paired stratified bootstrap on the same "
                     "resamples of the same cases (percentile CI, two-sided p); osteoporosis vs not: paired DeLong "
-                    "test. Only feature augmentation cannot change with k (see the model pages).",
+                    "test, for the classifiers only (— for the regressors). Only feature augmentation cannot change "
+                    "with k (see the model pages).",
             "columns": ["Calibrated model", "Metric, method", "Split", "Chest", "Calibrated",
                         "Difference (95% CI)", "P (bootstrap)", "Osteoporosis vs not: AUC difference (DeLong CI)",
                         "P (DeLong)"],

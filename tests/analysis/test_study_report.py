@@ -100,6 +100,11 @@ def test_calibration_effect_is_the_paired_bootstrap_on_the_common_cases(client, 
     assert row[3] == f"{result['macro_auc_b']:.3f}" and row[4] == f"{result['macro_auc_a']:.3f}"
     assert row[5] == format_ci(result["diff"], result["ci_low"], result["ci_high"])
     assert row[6] == format_p(result["p"])
+    # DeLong is for the classifiers: a regressor's DeLong cells say so with a dash (the CSV holds the same),
+    # and no cell of the table is empty.
+    mae = [r for r in rows if r[1].startswith("MAE")]
+    assert mae and all(r[7] == r[8] == "—" for r in mae)
+    assert all(cell for r in rows for cell in r)
 
 
 def test_printable_version_and_access(client, trained):
