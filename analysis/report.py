@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 
 from analysis import charts
-from analysis.dashboards import SPLIT_LABELS, evaluated_cases
+from analysis.dashboards import SPLIT_LABELS, evaluated_cases_by_version
 from analysis.models import Evaluation, ModelVersion
 
 __all__ = ["default_versions", "region_label", "study_report", "table_csv"]
@@ -194,11 +194,12 @@ def _figures(versions, evaluations, classifier, regressor):
                         f"osteoporosis vs not", "charts": charts_})
     for numbers, split in (((5, 6), "validation"), ((8, 8), "test")):
         series, bland_altman = [], []
-        for v in versions:
-            e = evaluations.get((v.pk, split))
-            if v.task != "regression" or v.algorithm != regressor or e is None or e.metrics.get("error"):
-                continue
-            cases = evaluated_cases(v, split)
+        drawn = [v for v in versions if v.task == "regression" and v.algorithm == regressor
+                 and (v.pk, split) in evaluations and not evaluations[(v.pk, split)].metrics.get("error")]
+        cases_by_version = evaluated_cases_by_version(drawn, split)
+        for v in drawn:
+            e = evaluations[(v.pk, split)]
+            cases = cases_by_version[v.pk]
             series.append({"name": region_label(v), "reference": cases.qct_bmd, "predicted": cases.predicted_bmd,
                            "pearson_r": e.metrics["pearson_r"], "labels": cases.labels})
             bland_altman.append({"id": f"fig-{numbers[1]}-ba-{v.pk}", "label": f"Bland-Altman, {region_label(v)}",
@@ -254,6 +255,7 @@ def study_report(project, versions, *, classifier="BDT", regressor="SGD"):
         "n_resamples", "thresholds", "classifier", "regressor"}``.
     """
     from analysis.dashboards import calibration_panel
+    from studies.models import Cohort
 
     versions = sorted(versions, key=_order)
     # Resample states only where the calibration's effect pairs versions (chest and calibrated chest).
@@ -263,7 +265,9 @@ def study_report(project, versions, *, classifier="BDT", regressor="SGD"):
     for pk, split, resamples in Evaluation.objects.filter(model_version__in=paired).values_list(
             "model_version_id", "split", "resamples"):
         evaluations[(pk, split)].resamples = resamples
-    cohorts = sorted({v.cohort.name for v in versions if v.cohort_id})
+    # One query for the cohorts' names, however the versions were loaded.
+    cohorts = sorted(set(Cohort.objects.filter(pk__in={v.cohort_id for v in versions if v.cohort_id})
+                         .values_list("name", flat=True)))
     tables = {}
     if cohorts:
         tables["table-1"] = _cohort_table(project, cohorts[0])

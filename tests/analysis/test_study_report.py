@@ -116,3 +116,22 @@ def test_printable_version_and_access(client, trained):
     other = ProjectFactory()
     assert client.get(reverse("analysis:study_report", args=[other.pk])).status_code == 404
     assert client.get(reverse("analysis:study_report_csv", args=[project.pk, "table-9"])).status_code == 404
+
+
+def test_query_count_does_not_grow_with_the_number_of_versions(client, trained):
+    # Chest and abdomen (4 versions), then with abdomen transfer and learned mapping (8): each adds a
+    # classifier to figures 4 and 7 and a regressor to figures 5, 6 and 8, read in one query per split.
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    project, versions = trained
+    login(client, project, "annotator")
+    url = reverse("analysis:study_report", args=[project.pk])
+    chosen = [v.pk for v in versions if v.calibration_variant in ("", "abdomen_transfer", "learned_mapping")]
+    counts = []
+    for pks in ([v.pk for v in versions if v.feature_set in ("chest", "abdomen")], chosen):
+        with CaptureQueriesContext(connection) as ctx:
+            page = client.get(url, {"v": pks}).content.decode()
+        assert f"for {len(pks)} model versions" in page
+        counts.append(len(ctx.captured_queries))
+    assert len(chosen) == 8 and counts[0] == counts[1], counts
