@@ -28,8 +28,10 @@ def trained(db, settings, tmp_path):
     seed_demo_measurements(project, random_state=1)
     versions, _ = train_cohort(project, feature_sets=("abdomen", "chest_cal"),
                                algorithms={"classification": ["LR"], "regression": ["SGD"]}, n_resamples=20,
-                               calibration_variants=("abdomen_transfer",))
-    by_key = {(v.feature_set, v.task): v for v in versions}
+                               calibration_variants=("abdomen_transfer", "feature_augmentation"))
+    # ("chest_cal", task) is abdomen transfer, ("chest_cal:feature_augmentation", task) the augmented chest.
+    by_key = {(f"{v.feature_set}:{v.calibration_variant}" if v.calibration_variant == "feature_augmentation"
+               else v.feature_set, v.task): v for v in versions}
     return project, by_key
 
 
@@ -105,9 +107,17 @@ def test_calibrated_version_page_shows_the_stored_fit_and_the_training_patients(
     assert f"<td>{r2}</td>" in page and fit["name"].endswith(f"R² = {r2}")
     assert f"R² = {format_r2(cal['pooled']['r2'])} (small" in page
     assert "abdomen transfer" in page and "The slope k therefore changes the predictions" in page
+    assert "cannot change a z-scored model" not in page
     # Every training patient of the 90-patient demo has both regions; up to 40 of them are stored and drawn.
     assert cal["n_patients"] == version.data_snapshot["n_by_split"]["train"]
     assert patients["name"] == f"per-patient HU, {min(40, cal['n_patients'])} of {cal['n_patients']} patients"
+    # Feature augmentation: the page says why k cannot matter (tests/analysis/test_calibration_variants.py
+    # shows that it does not).
+    augmented = v[("chest_cal:feature_augmentation", "classification")]
+    page = client.get(reverse("analysis:model_detail", args=[project.pk, augmented.pk])).content.decode()
+    assert "Variant <strong>feature augmentation</strong>" in page
+    assert "They are a linear combination of the chest features" in page
+    assert "<strong>this calibration cannot change a z-scored model's predictions with k</strong>" in page
     abdomen = v[("abdomen", "classification")]
     page = client.get(reverse("analysis:model_detail", args=[project.pk, abdomen.pk])).content.decode()
     assert "fig-calibration" not in page
