@@ -38,6 +38,8 @@ __all__ = [
 CATEGORY_COLOURS = {"osteoporosis": "#b3261e", "osteopenia": "#a15c00", "normal": "#2e7d32"}
 SERIES_COLOURS = ("#1f5fa8", "#b3261e", "#2e7d32", "#a15c00", "#6b4fa0", "#00838f", "#5f6b7a")
 BMD_UNITS = "mg/cm³"
+# Top margin of a chart with a title: the mode bar's strip (about 30 px) above the title's line.
+TITLE_MARGIN_PX = 84
 
 
 def _legend_below(n_entries, plot_height=340):
@@ -62,9 +64,16 @@ def _figure(traces, layout):
         "legend": {"bgcolor": "rgba(255,255,255,0.8)"},
         "hovermode": "closest",
     }
-    # Titles sit at the left: the mode bar takes the top right corner.
-    layout = {**layout, "title": {"x": 0.01, "xanchor": "left", **layout.get("title", {})}}
+    # The mode bar takes the top strip of the chart on the right: a long title at its height runs under the
+    # buttons. Titles sit at the left on a line of their own just above the plot area, below that strip.
+    layout = {**layout, "title": {"x": 0.01, "xanchor": "left", "yref": "paper", "y": 1, "yanchor": "bottom",
+                                  "pad": {"b": 12}, **layout.get("title", {})}}
     base.update(layout)
+    extra = TITLE_MARGIN_PX - base["margin"].get("t", 0)
+    if layout["title"].get("text") and extra > 0:
+        # The plot area keeps its size: the chart grows by the extra margin.
+        base["margin"] = {**base["margin"], "t": TITLE_MARGIN_PX}
+        base["height"] += extra
     return jsonable({"data": list(traces), "layout": base})
 
 

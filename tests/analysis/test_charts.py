@@ -230,3 +230,17 @@ def test_every_kind_of_figure_passes_plotlys_validators():
         charts.validate_figure(figure)
     with pytest.raises(ValueError):
         charts.validate_figure({"data": [{"type": "scatter", "colour": "red"}], "layout": {}})
+
+
+def test_titles_sit_above_the_plot_area_below_the_mode_bar():
+    # The mode bar covers the top strip of a chart on the right; a long title ("T5-T10-Cal (abdomen transfer),
+    # BDT, validation (n = 106)") on that strip ran under its buttons. The title gets a line of its own just
+    # above the plot area, and the chart grows by the margin that takes, so the plot area keeps its size.
+    curves = [{"name": "a", "fpr": [0, 1], "tpr": [0, 1], "auc": 0.5, "ci_low": 0.4, "ci_high": 0.6}]
+    titled = charts.roc_figure(curves, title="T5-T10-Cal (abdomen transfer), BDT, validation (n = 106)")["layout"]
+    plain = charts.roc_figure(curves)["layout"]
+    assert titled["title"]["yref"] == "paper" and titled["title"]["y"] == 1 and titled["title"]["yanchor"] == "bottom"
+    assert titled["margin"]["t"] == charts.TITLE_MARGIN_PX >= 80 and plain["margin"]["t"] == 50
+    assert (titled["height"] - titled["margin"]["t"] - titled["margin"]["b"]
+            == plain["height"] - plain["margin"]["t"] - plain["margin"]["b"])
+    charts.validate_figure(charts.roc_figure(curves, title="t"))
