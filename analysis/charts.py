@@ -24,7 +24,9 @@ __all__ = [
     "cohort_table_rows",
     "confusion_figure",
     "format_ci",
+    "format_number",
     "format_p",
+    "format_r2",
     "reliability_figure",
     "roc_curves_from_metrics",
     "roc_figure",
@@ -36,6 +38,8 @@ __all__ = [
 CATEGORY_COLOURS = {"osteoporosis": "#b3261e", "osteopenia": "#a15c00", "normal": "#2e7d32"}
 SERIES_COLOURS = ("#1f5fa8", "#b3261e", "#2e7d32", "#a15c00", "#6b4fa0", "#00838f", "#5f6b7a")
 BMD_UNITS = "mg/cm³"
+# Top margin of a chart with a title: the mode bar's strip (about 30 px) above the title's line.
+TITLE_MARGIN_PX = 84
 
 
 def _legend_below(n_entries, plot_height=340):
@@ -60,9 +64,16 @@ def _figure(traces, layout):
         "legend": {"bgcolor": "rgba(255,255,255,0.8)"},
         "hovermode": "closest",
     }
-    # Titles sit at the left: the mode bar takes the top right corner.
-    layout = {**layout, "title": {"x": 0.01, "xanchor": "left", **layout.get("title", {})}}
+    # The mode bar takes the top strip of the chart on the right: a long title at its height runs under the
+    # buttons. Titles sit at the left on a line of their own just above the plot area, below that strip.
+    layout = {**layout, "title": {"x": 0.01, "xanchor": "left", "yref": "paper", "y": 1, "yanchor": "bottom",
+                                  "pad": {"b": 12}, **layout.get("title", {})}}
     base.update(layout)
+    extra = TITLE_MARGIN_PX - base["margin"].get("t", 0)
+    if layout["title"].get("text") and extra > 0:
+        # The plot area keeps its size: the chart grows by the extra margin.
+        base["margin"] = {**base["margin"], "t": TITLE_MARGIN_PX}
+        base["height"] += extra
     return jsonable({"data": list(traces), "layout": base})
 
 
@@ -74,17 +85,36 @@ def validate_figure(figure):
     return figure
 
 
+def format_number(value, digits=3):
+    """``value`` with ``digits`` decimals, never a negative zero: ``-0.0002`` prints as ``"0.000"``."""
+    text = f"{value:.{digits}f}"
+    # A negative number that rounds to zero would print as "-0.000", a sign without a value behind it.
+    return text[1:] if text.startswith("-") and not text.strip("-0.") else text
+
+
 def format_ci(value, low=None, high=None, digits=3):
     """``"0.948 (0.908–0.984)"`` (``"-0.91 (-2.30 to 0.48)"`` when an end is negative); the value alone
-    without an interval; ``"–"`` without a value."""
+    without an interval; ``"–"`` without a value. No number prints as a negative zero."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
-    text = f"{value:.{digits}f}"
+    text = format_number(value, digits)
     if low is None or high is None:
         return text
-    # "-29.24–-24.38" misreads; an interval with a negative end is written with "to".
-    sep = " to " if min(low, high) < 0 else "–"
-    return f"{text} ({low:.{digits}f}{sep}{high:.{digits}f})"
+    low_text, high_text = format_number(low, digits), format_number(high, digits)
+    # "-29.24–-24.38" misreads; an interval with a negative end (as printed) is written with "to".
+    sep = " to " if low_text.startswith("-") or high_text.startswith("-") else "–"
+    return f"{text} ({low_text}{sep}{high_text})"
+
+
+def format_r2(r2, digits=4):
+    """An R² with ``digits`` decimals that never prints a value below 1 as ``1.0000``: ``"0.9997"``;
+    ``">0.9999"`` when only more decimals would tell it from 1; ``"–"`` without a value."""
+    if r2 is None or (isinstance(r2, float) and not math.isfinite(r2)):
+        return "–"
+    text = format_number(r2, digits)
+    if r2 < 1 and float(text) >= 1:
+        return f">{1 - 10 ** -digits:.{digits}f}"
+    return text
 
 
 def format_p(p):
@@ -394,7 +424,7 @@ def calibration_figure(curve, *, max_patients=40, random_state=0, title=""):
             "hovertemplate": "n = %{x}<br>mean %{y:.1f} HU<extra></extra>",
         })
     k, intercept, r2 = curve["k"], curve["intercept"], curve.get("r2")
-    r2_text = f", R² = {r2:.3f}" if r2 is not None else ""
+    r2_text = f", R² = {format_r2(r2)}" if r2 is not None else ""
     traces.append({
         "type": "scatter", "mode": "lines", "x": n_axis, "y": [k * n + intercept for n in n_axis],
         "name": f"fit to the level means: HU = {k:.2f}·n + {intercept:.1f}{r2_text}",
@@ -406,7 +436,7 @@ def calibration_figure(curve, *, max_patients=40, random_state=0, title=""):
         traces.append({
             "type": "scatter", "mode": "lines", "x": n_axis, "y": [pooled["k"] * n + pooled["intercept"] for n in n_axis],
             "name": f"pooled fit (all points): HU = {pooled['k']:.2f}·n + {pooled['intercept']:.1f}, "
-                    f"R² = {pooled['r2']:.3f}",
+                    f"R² = {format_r2(pooled['r2'])}",
             "line": {"color": "#a15c00", "width": 2, "dash": "dash"},
             "hovertemplate": "n = %{x}<br>%{y:.1f} HU<extra>pooled fit</extra>",
         })

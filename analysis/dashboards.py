@@ -24,6 +24,7 @@ __all__ = [
     "cohort_panel",
     "comparison",
     "evaluated_cases",
+    "evaluated_cases_by_version",
     "metric_cells",
     "metric_rows",
     "reliability_panels",
@@ -100,30 +101,45 @@ def evaluated_cases(version, split, *, probabilities=False):
     with the registry's current QCT values: the points of the scatter and Bland-Altman charts.
     ``probabilities=True`` reads the classifiers' probabilities too (empty dicts otherwise).
     """
+    return evaluated_cases_by_version([version], split, probabilities=probabilities)[version.pk]
+
+
+def evaluated_cases_by_version(versions, split, *, probabilities=False):
+    """:func:`evaluated_cases` of several versions at once, in three queries whatever their number.
+
+    Returns
+    -------
+    dict
+        ``{version pk: CaseSet}``, an empty set for a version without predictions on ``split``.
+    """
+    from analysis.models import Prediction
     from studies.models import ExclusionFlag
 
+    pks = [v.pk for v in versions]
     # Plain values, not model instances: a report draws ten of these sets and instances cost ten times more.
     rows = list(
-        version.predictions.filter(split=split).order_by("exam_id").values_list(
-            "exam_id", "exam__patient_id", "exam__patient__pseudonym", "exam__qct__qct_bmd", "exam__qct__category",
-            "predicted_bmd", "probabilities" if probabilities else "exam_id")
+        Prediction.objects.filter(model_version__in=pks, split=split).order_by("model_version_id", "exam_id")
+        .values_list("model_version_id", "exam_id", "exam__patient_id", "exam__patient__pseudonym",
+                     "exam__qct__qct_bmd", "exam__qct__category", "predicted_bmd",
+                     "probabilities" if probabilities else "exam_id")
     )
-    exam_ids = [r[0] for r in rows]
+    exam_ids = sorted({r[1] for r in rows})
     excluded_exams = set(ExclusionFlag.objects.filter(exam__in=exam_ids).values_list("exam_id", flat=True))
     excluded_patients = set(
         ExclusionFlag.objects.filter(exam=None, patient__exams__in=exam_ids).values_list("patient_id", flat=True)
     )
-    cases = CaseSet()
-    for exam_id, patient_id, pseudonym, qct_bmd, category, predicted_bmd, probabilities in rows:
+    by_version = {pk: CaseSet() for pk in pks}
+    for version_id, exam_id, patient_id, pseudonym, qct_bmd, category, predicted_bmd, proba in rows:
         if exam_id in excluded_exams or patient_id in excluded_patients or qct_bmd is None:
             continue
+        cases = by_version[version_id]
         cases.exam_ids.append(exam_id)
         cases.labels.append(pseudonym)
         cases.qct_bmd.append(qct_bmd)
         cases.categories.append(category)
         cases.predicted_bmd.append(predicted_bmd)
-        cases.probabilities.append(probabilities if isinstance(probabilities, dict) else {})
-    return cases
+        cases.probabilities.append(proba if isinstance(proba, dict) else {})
+    return by_version
 
 
 def _chart(chart_id, label, figure):
@@ -223,8 +239,9 @@ def calibration_panel(version):
     Returns
     -------
     dict or None
-        ``{"chart", "calibration" (stored JSON), "levels": [{"level", "n", "count", "mean", "sd", "p25",
-        "p75"}], "variant", "variant_text", "n_patients"}``.
+        ``{"chart", "calibration" (stored JSON), "r2", "pooled_r2" (formatted by
+        :func:`analysis.charts.format_r2`), "levels": [{"level", "n", "count", "mean", "sd", "p25", "p75"}],
+        "variant", "variant_text", "n_patients"}``.
     """
     from analysis.modeling.calibration import CALIBRATION_VARIANT_LABELS
 
@@ -240,8 +257,10 @@ def calibration_panel(version):
                            "p25": stored["level_p25"][i], "p75": stored["level_p75"][i]})
     figure = charts.calibration_figure(stored, max_patients=CALIBRATION_SAMPLE, random_state=0,
                                        title="Mean trabecular HU by vertebra level (training split)")
+    pooled = stored.get("pooled") or {}
     return {"chart": _chart("fig-calibration", "Thoraco-lumbar calibration curve", figure), "calibration": stored,
-            "levels": levels, "variant": variant, "variant_label": CALIBRATION_VARIANT_LABELS.get(variant, variant),
+            "r2": charts.format_r2(stored.get("r2")),
+            "pooled_r2": charts.format_r2(pooled["r2"]) if pooled else None, "levels": levels, "variant": variant, "variant_label": CALIBRATION_VARIANT_LABELS.get(variant, variant),
             "n_patients": len(stored.get("patients") or []), "sample": CALIBRATION_SAMPLE}
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 
 from analysis import charts
-from analysis.dashboards import SPLIT_LABELS, evaluated_cases
+from analysis.dashboards import SPLIT_LABELS, evaluated_cases_by_version
 from analysis.models import Evaluation, ModelVersion
 
 __all__ = ["default_versions", "region_label", "study_report", "table_csv"]
@@ -22,6 +22,8 @@ REGION_ORDER = ("chest", "abdomen", "chest_cal:abdomen_transfer", "chest_cal:lea
 ALGORITHM_ORDER = {"classification": ("BDT", "LR", "RF"), "regression": ("BDT", "SGD", "RF")}
 # Estimator parameters stated as the project's choices (the paper gives none); the rest are scikit-learn's
 # defaults and are in each version's record.
+# A cell with nothing to say (the DeLong test of a regressor), the same on the page and in the CSV.
+NOT_APPLICABLE = "—"
 STATED_PARAMETERS = ("n_estimators", "estimator__min_samples_leaf", "min_samples_leaf", "C", "max_iter", "alpha",
                      "tol", "random_state")
 
@@ -138,8 +140,8 @@ def _effect_table(versions, evaluations):
             try:
                 r = compare_states(ea.resamples, eb.resamples)
             except ValueError as exc:
-                rows.append([region_label(v), f"{v.task}, {v.algorithm}", SPLIT_LABELS.get(split, split), "", "",
-                             str(exc), "", "", ""])
+                rows.append([region_label(v), f"{v.task}, {v.algorithm}", SPLIT_LABELS.get(split, split),
+                             NOT_APPLICABLE, NOT_APPLICABLE, str(exc), NOT_APPLICABLE, NOT_APPLICABLE, NOT_APPLICABLE])
                 continue
             digits = 3 if v.task == "classification" else 2
             metric = "macro AUC" if v.task == "classification" else "MAE (mg/cm3)"
@@ -148,14 +150,15 @@ def _effect_table(versions, evaluations):
                 region_label(v), f"{metric}, {v.algorithm}", SPLIT_LABELS.get(split, split),
                 f"{r['estimate_b']:.{digits}f}", f"{r['estimate_a']:.{digits}f}",
                 charts.format_ci(r["diff"], r["ci_low"], r["ci_high"], digits), charts.format_p(r["p"]),
-                charts.format_ci(delong["diff"], delong["ci_low"], delong["ci_high"]) if delong else "",
-                charts.format_p(delong["p"]) if delong else "",
+                charts.format_ci(delong["diff"], delong["ci_low"], delong["ci_high"]) if delong else NOT_APPLICABLE,
+                charts.format_p(delong["p"]) if delong else NOT_APPLICABLE,
             ])
     return {"id": "table-effect", "title": "The calibration's effect: chest (T5-T10) against calibrated chest "
                                            "(T5-T10-Cal), same algorithm, same cases",
             "note": "Difference = calibrated − chest. Macro AUC and MAE: paired stratified bootstrap on the same "
                     "resamples of the same cases (percentile CI, two-sided p); osteoporosis vs not: paired DeLong "
-                    "test. Only feature augmentation cannot change with k (see the model pages).",
+                    "test, for the classifiers only (— for the regressors). Only feature augmentation cannot change "
+                    "with k (see the model pages).",
             "columns": ["Calibrated model", "Metric, method", "Split", "Chest", "Calibrated",
                         "Difference (95% CI)", "P (bootstrap)", "Osteoporosis vs not: AUC difference (DeLong CI)",
                         "P (DeLong)"],
@@ -191,11 +194,12 @@ def _figures(versions, evaluations, classifier, regressor):
                         f"osteoporosis vs not", "charts": charts_})
     for numbers, split in (((5, 6), "validation"), ((8, 8), "test")):
         series, bland_altman = [], []
-        for v in versions:
-            e = evaluations.get((v.pk, split))
-            if v.task != "regression" or v.algorithm != regressor or e is None or e.metrics.get("error"):
-                continue
-            cases = evaluated_cases(v, split)
+        drawn = [v for v in versions if v.task == "regression" and v.algorithm == regressor
+                 and (v.pk, split) in evaluations and not evaluations[(v.pk, split)].metrics.get("error")]
+        cases_by_version = evaluated_cases_by_version(drawn, split)
+        for v in drawn:
+            e = evaluations[(v.pk, split)]
+            cases = cases_by_version[v.pk]
             series.append({"name": region_label(v), "reference": cases.qct_bmd, "predicted": cases.predicted_bmd,
                            "pearson_r": e.metrics["pearson_r"], "labels": cases.labels})
             bland_altman.append({"id": f"fig-{numbers[1]}-ba-{v.pk}", "label": f"Bland-Altman, {region_label(v)}",
@@ -251,6 +255,7 @@ def study_report(project, versions, *, classifier="BDT", regressor="SGD"):
         "n_resamples", "thresholds", "classifier", "regressor"}``.
     """
     from analysis.dashboards import calibration_panel
+    from studies.models import Cohort
 
     versions = sorted(versions, key=_order)
     # Resample states only where the calibration's effect pairs versions (chest and calibrated chest).
@@ -260,7 +265,9 @@ def study_report(project, versions, *, classifier="BDT", regressor="SGD"):
     for pk, split, resamples in Evaluation.objects.filter(model_version__in=paired).values_list(
             "model_version_id", "split", "resamples"):
         evaluations[(pk, split)].resamples = resamples
-    cohorts = sorted({v.cohort.name for v in versions if v.cohort_id})
+    # One query for the cohorts' names, however the versions were loaded.
+    cohorts = sorted(set(Cohort.objects.filter(pk__in={v.cohort_id for v in versions if v.cohort_id})
+                         .values_list("name", flat=True)))
     tables = {}
     if cohorts:
         tables["table-1"] = _cohort_table(project, cohorts[0])
@@ -289,11 +296,11 @@ def study_report(project, versions, *, classifier="BDT", regressor="SGD"):
         rows = [[l["level"], str(l["n"]), str(l["count"]), f"{l['mean']:.1f}", f"{l['sd']:.1f}"]
                 for l in calibration["levels"]]
         rows.append(["fit to the level means", "", "", f"k = {stored['k']:.3f} HU/level, intercept "
-                     f"{stored['intercept']:.2f}", f"R² = {stored['r2']:.3f}"])
+                     f"{stored['intercept']:.2f}", f"R² = {charts.format_r2(stored['r2'])}"])
         if stored.get("pooled"):
             p = stored["pooled"]
             rows.append(["pooled fit (all points)", "", "", f"k = {p['k']:.3f} HU/level, intercept {p['intercept']:.2f}",
-                         f"R² = {p['r2']:.3f}"])
+                         f"R² = {charts.format_r2(p['r2'])}"])
         tables["table-calibration"] = {
             "id": "table-calibration", "title": "Calibration curve: mean HU per level T5..L2 (training split)",
             "note": f"{stored['n_patients']} training patients with both regions.",

@@ -128,7 +128,7 @@ def test_calibration_chart_draws_the_level_means_their_fit_the_pooled_fit_and_a_
     measured, means, fit, pooled = figure["data"]
     assert fit["x"] == n.tolist()
     np.testing.assert_allclose(fit["y"], 180.0 - 4.0 * n, atol=1e-9)
-    assert "-4.00·n + 180.0" in fit["name"] and "R² = 1.000" in fit["name"] and "level means" in fit["name"]
+    assert "-4.00·n + 180.0" in fit["name"] and "R² = 1.0000" in fit["name"] and "level means" in fit["name"]
     np.testing.assert_allclose(means["y"], 180.0 - 4.0 * n, atol=1e-9)
     np.testing.assert_allclose(means["error_y"]["array"], np.full(10, offsets.std(ddof=1)), atol=1e-9)
     assert pooled["name"].startswith("pooled fit (all points): HU = -4.00·n + 180.0")
@@ -149,6 +149,9 @@ def test_calibration_chart_without_patients_is_the_cohort_line_only():
              "n": list(range(1, 11)), "patients": []}
     (fit,) = charts.calibration_figure(curve)["data"]
     assert fit["y"] == [150.0 - 3.0 * i for i in range(1, 11)]
+    # The demo's fit to the level means has R² 0.99971: the legend tells it from a perfect line.
+    (fit,) = charts.calibration_figure({**curve, "r2": 0.99971})["data"]
+    assert fit["name"].endswith("R² = 0.9997")
 
 
 def test_cohort_table_rows_print_the_seed_table_1():
@@ -190,6 +193,21 @@ def test_format_ci_uses_to_when_an_end_is_negative():
     assert charts.format_ci(None) == "–"
 
 
+def test_format_ci_never_prints_a_negative_zero():
+    # A paired difference whose lower end is -0.0004 rounds to zero: "0.000 (-0.000 to 0.002)" reads as a
+    # sign without a value, and "to" is only needed when a printed end is negative.
+    assert charts.format_ci(0.0002, -0.0004, 0.0021) == "0.000 (0.000–0.002)"
+    assert charts.format_ci(-0.0002, -0.0004, -0.0001) == "0.000 (0.000–0.000)"
+    assert charts.format_ci(-0.004, -0.0104, 0.0021, 2) == "0.00 (-0.01 to 0.00)"
+    assert charts.format_number(-0.0, 2) == "0.00" and charts.format_number(-0.4, 0) == "0"
+
+
+@pytest.mark.parametrize(("r2", "text"), [(0.99971, "0.9997"), (0.99996, ">0.9999"), (1.0, "1.0000"),
+                                          (0.0412, "0.0412"), (None, "–")])
+def test_format_r2_never_prints_a_value_below_one_as_one(r2, text):
+    assert charts.format_r2(r2) == text
+
+
 def test_every_kind_of_figure_passes_plotlys_validators():
     # Figures are plain dicts for speed; plotly's validators (go.Figure) must accept every kind we draw, so a
     # misspelt property fails here rather than silently in the browser.
@@ -216,3 +234,17 @@ def test_every_kind_of_figure_passes_plotlys_validators():
         charts.validate_figure(figure)
     with pytest.raises(ValueError):
         charts.validate_figure({"data": [{"type": "scatter", "colour": "red"}], "layout": {}})
+
+
+def test_titles_sit_above_the_plot_area_below_the_mode_bar():
+    # The mode bar covers the top strip of a chart on the right; a long title ("T5-T10-Cal (abdomen transfer),
+    # BDT, validation (n = 106)") on that strip ran under its buttons. The title gets a line of its own just
+    # above the plot area, and the chart grows by the margin that takes, so the plot area keeps its size.
+    curves = [{"name": "a", "fpr": [0, 1], "tpr": [0, 1], "auc": 0.5, "ci_low": 0.4, "ci_high": 0.6}]
+    titled = charts.roc_figure(curves, title="T5-T10-Cal (abdomen transfer), BDT, validation (n = 106)")["layout"]
+    plain = charts.roc_figure(curves)["layout"]
+    assert titled["title"]["yref"] == "paper" and titled["title"]["y"] == 1 and titled["title"]["yanchor"] == "bottom"
+    assert titled["margin"]["t"] == charts.TITLE_MARGIN_PX >= 80 and plain["margin"]["t"] == 50
+    assert (titled["height"] - titled["margin"]["t"] - titled["margin"]["b"]
+            == plain["height"] - plain["margin"]["t"] - plain["margin"]["b"])
+    charts.validate_figure(charts.roc_figure(curves, title="t"))

@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.utils.html import escape
 
 from analysis.categories import CATEGORIES
-from analysis.charts import format_p
+from analysis.charts import format_p, format_r2
 from analysis.dashboards import metric_cells
 from analysis.modeling.demo import seed_demo_measurements
 from analysis.modeling.versions import train_cohort
@@ -30,8 +30,10 @@ def trained(db, settings, tmp_path):
     seed_demo_measurements(project, random_state=1)
     versions, _ = train_cohort(project, feature_sets=("abdomen", "chest_cal"),
                                algorithms={"classification": ["LR"], "regression": ["SGD"]}, n_resamples=20,
-                               calibration_variants=("abdomen_transfer",))
-    by_key = {(v.feature_set, v.task): v for v in versions}
+                               calibration_variants=("abdomen_transfer", "feature_augmentation"))
+    # ("chest_cal", task) is abdomen transfer, ("chest_cal:feature_augmentation", task) the augmented chest.
+    by_key = {(f"{v.feature_set}:{v.calibration_variant}" if v.calibration_variant == "feature_augmentation"
+               else v.feature_set, v.task): v for v in versions}
     return project, by_key
 
 
@@ -110,11 +112,24 @@ def test_calibrated_version_page_shows_the_stored_fit_and_the_training_patients(
     expected_k, expected_b = np.polyfit(np.arange(1, 11), cal["level_mean"], 1)
     assert cal["k"] == pytest.approx(expected_k, abs=1e-9) and cal["intercept"] == pytest.approx(expected_b, abs=1e-9)
     assert pooled["name"].startswith("pooled fit (all points)") and fit["name"].startswith("fit to the level means")
-    assert f"{cal['k']:.3f}" in page and f"{cal['r2']:.3f}" in page and "R² of the fit to the level means" in page
+    assert f"{cal['k']:.3f}" in page and "R² of the fit to the level means" in page
+    # R² with four decimals (the demo's 0.99971 is not a perfect line), in the header, the fit table and the chart.
+    r2 = format_r2(cal["r2"])
+    assert len(r2.split(".")[1]) == 4 and f"R² of the level means = {r2}" in page
+    assert f"<td>{r2}</td>" in page and fit["name"].endswith(f"R² = {r2}")
+    assert f"R² = {format_r2(cal['pooled']['r2'])} (small" in page
     assert "abdomen transfer" in page and "The slope k therefore changes the predictions" in page
+    assert "cannot change a z-scored model" not in page
     # Every training patient of the 90-patient demo has both regions; up to 40 of them are stored and drawn.
     assert cal["n_patients"] == version.data_snapshot["n_by_split"]["train"]
     assert patients["name"] == f"per-patient HU, {min(40, cal['n_patients'])} of {cal['n_patients']} patients"
+    # Feature augmentation: the page says why k cannot matter (tests/analysis/test_calibration_variants.py
+    # shows that it does not).
+    augmented = v[("chest_cal:feature_augmentation", "classification")]
+    page = client.get(reverse("analysis:model_detail", args=[project.pk, augmented.pk])).content.decode()
+    assert "Variant <strong>feature augmentation</strong>" in page
+    assert "They are a linear combination of the chest features" in page
+    assert "<strong>this calibration cannot change a z-scored model's predictions with k</strong>" in page
     abdomen = v[("abdomen", "classification")]
     page = client.get(reverse("analysis:model_detail", args=[project.pk, abdomen.pk])).content.decode()
     assert "fig-calibration" not in page

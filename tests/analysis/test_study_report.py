@@ -10,6 +10,7 @@ import pytest
 from django.urls import reverse
 
 from analysis.categories import CATEGORIES
+from analysis.charts import format_r2
 from analysis.modeling.demo import seed_demo_measurements
 from analysis.modeling.versions import train_cohort
 from analysis.stats.paired import paired_macro_auc_bootstrap
@@ -67,6 +68,11 @@ def test_report_has_every_table_and_figure_and_each_csv_equals_its_table(client,
     assert len(re.findall(r'data-figure="fig-8-', page)) == 6
     assert "macro average (one-vs-rest)" in page and "most probable of the three classes" in page
     assert "fig-calibration" in page and "pooled fit (all points)" in page
+    # The fit to the level means with its R² to four decimals, as the chart's legend prints it.
+    calibration = next(v.calibration for v in versions if v.calibration)
+    _, rows = page_table(page, "table-calibration")
+    assert rows[-2][0] == "fit to the level means" and rows[-2][4] == f"R² = {format_r2(calibration['r2'])}"
+    assert rows[-1][4] == f"R² = {format_r2(calibration['pooled']['r2'])}"
 
 
 def test_calibration_effect_is_the_paired_bootstrap_on_the_common_cases(client, trained):
@@ -94,6 +100,11 @@ def test_calibration_effect_is_the_paired_bootstrap_on_the_common_cases(client, 
     assert row[3] == f"{result['macro_auc_b']:.3f}" and row[4] == f"{result['macro_auc_a']:.3f}"
     assert row[5] == format_ci(result["diff"], result["ci_low"], result["ci_high"])
     assert row[6] == format_p(result["p"])
+    # DeLong is for the classifiers: a regressor's DeLong cells say so with a dash (the CSV holds the same),
+    # and no cell of the table is empty.
+    mae = [r for r in rows if r[1].startswith("MAE")]
+    assert mae and all(r[7] == r[8] == "—" for r in mae)
+    assert all(cell for r in rows for cell in r)
 
 
 def test_printable_version_and_access(client, trained):
@@ -105,3 +116,22 @@ def test_printable_version_and_access(client, trained):
     other = ProjectFactory()
     assert client.get(reverse("analysis:study_report", args=[other.pk])).status_code == 404
     assert client.get(reverse("analysis:study_report_csv", args=[project.pk, "table-9"])).status_code == 404
+
+
+def test_query_count_does_not_grow_with_the_number_of_versions(client, trained):
+    # Chest and abdomen (4 versions), then with abdomen transfer and learned mapping (8): each adds a
+    # classifier to figures 4 and 7 and a regressor to figures 5, 6 and 8, read in one query per split.
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    project, versions = trained
+    login(client, project, "annotator")
+    url = reverse("analysis:study_report", args=[project.pk])
+    chosen = [v.pk for v in versions if v.calibration_variant in ("", "abdomen_transfer", "learned_mapping")]
+    counts = []
+    for pks in ([v.pk for v in versions if v.feature_set in ("chest", "abdomen")], chosen):
+        with CaptureQueriesContext(connection) as ctx:
+            page = client.get(url, {"v": pks}).content.decode()
+        assert f"for {len(pks)} model versions" in page
+        counts.append(len(ctx.captured_queries))
+    assert len(chosen) == 8 and counts[0] == counts[1], counts

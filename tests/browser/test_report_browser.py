@@ -44,6 +44,16 @@ def _no_sideways_scroll(browser):
     return width, client if width <= client else f"{client} (too wide: {wide})"
 
 
+def _titles_under_the_mode_bar(browser):
+    """Titles of the drawn charts whose box overlaps their mode bar's (the bar is laid out while hidden)."""
+    return browser.execute_script(
+        "const overlap = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;"
+        "return Array.from(document.querySelectorAll('.js-plotly-plot')).filter(plot => {"
+        "  const title = plot.querySelector('.gtitle'), bar = plot.querySelector('.modebar');"
+        "  return title && bar && overlap(title.getBoundingClientRect(), bar.getBoundingClientRect());"
+        "}).map(plot => plot.dataset.figure);")
+
+
 def _all_charts_drawn(browser, timeout=120):
     expected = len(browser.find_elements(By.CSS_SELECTOR, "[data-figure]"))
     WebDriverWait(browser, timeout).until(
@@ -83,6 +93,8 @@ def test_report_tables_charts_csv_and_800px(browser, live_server, transactional_
             "fetch(arguments[0], {credentials: 'same-origin'}).then(r => r.text()).then(done);",
             link.get_attribute("href"))
         assert list(csv.reader(io.StringIO(text))) == cells, table_id
+    # No chart title runs under the mode bar (its buttons take the top right corner of every chart).
+    assert _titles_under_the_mode_bar(browser) == []
     # Each chart offers PNG (camera) and SVG downloads in its mode bar.
     browser.execute_script("document.querySelector('.js-plotly-plot').dispatchEvent(new MouseEvent('mouseover'))")
     assert browser.find_elements(By.CSS_SELECTOR, "[data-title='Download plot as SVG']")
