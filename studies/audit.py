@@ -75,7 +75,8 @@ def name_the_actor(sender, instance, **kwargs):
     if actor is None:
         # A page request: django-auditlog's middleware sets the actor in a receiver of its own, which may run
         # after this one; the actor is the one it holds (none outside a request or acting_as).
-        actor = (auditlog_value.get(None) or {}).get("actor")
+        context = auditlog_value.get(None) or {}
+        actor = context.get("actor") if _is_live(context) else None
         if not isinstance(actor, get_user_model()):
             return
     extra = instance.additional_data
@@ -83,6 +84,13 @@ def name_the_actor(sender, instance, **kwargs):
         extra = {}
     if isinstance(extra, dict) and ACTOR_KEY not in extra:
         instance.additional_data = {**extra, **actor_snapshot(actor)}
+
+
+def _is_live(context):
+    """Whether django-auditlog's context is still in force: ``set_actor`` leaves its value set after its block
+    (in a thread that served a request, in a test) and only disconnects its receiver, by the context's id."""
+    uid = context.get("signal_duid")
+    return uid is not None and any(lookup[0] == uid for lookup, *_ in pre_save.receivers)
 
 
 def actor_name(entry):

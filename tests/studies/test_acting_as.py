@@ -51,3 +51,16 @@ def test_a_block_inside_a_page_request_gives_the_request_user_back(db):
     AuditlogMiddleware(view)(request)
     assert _actors(qct) == [("70.0", request_user, request_user.username), ("71.0", named, named.username),
                             ("72.0", request_user, request_user.username)]
+
+
+def test_a_context_left_behind_by_an_earlier_block_names_no_one(db):
+    # django-auditlog's set_actor leaves its value in the context after the block (only its receiver goes):
+    # a later write outside any block was stored with that earlier user's name.
+    from auditlog.context import set_actor
+
+    earlier = UserFactory()
+    qct = QCTResultFactory(bmd_l1=100.0)
+    with set_actor(earlier):
+        _save(qct, 70.0)
+    _save(qct, 71.0)
+    assert _actors(qct) == [("70.0", earlier, earlier.username), ("71.0", None, None)]
