@@ -55,11 +55,15 @@ class EditConflict(Exception):
 
 
 # -- need for review -------------------------------------------------------------------------------------
+SACRUM = "sacrum"  # the segment flag of the default segmenter's sacrum (analysis.segmentation.labelling)
+
+
 def priority_of(run, segments=None):
     """(priority, reasons) of a run: withheld levels first, then low confidence, then flags."""
     segments = segments if segments is not None else run_segments(run)
     score, reasons = 0, []
-    withheld = [s["index"] for s in segments if not s.get("level")]
+    # The sacrum is found and listed as a segment but is no level to name: not a withheld level.
+    withheld = [s["index"] for s in segments if not s.get("level") and SACRUM not in (s.get("flags") or ())]
     if withheld:
         score += 1000 + 10 * len(withheld)
         reasons.append(f"{len(withheld)} level(s) withheld")

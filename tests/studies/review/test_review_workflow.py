@@ -42,6 +42,20 @@ def test_queue_puts_withheld_low_confidence_and_flagged_cases_first(db, storage)
     assert "low confidence: T10" in ordered[0].priority_reasons
 
 
+def test_the_sacrum_listed_as_a_segment_is_no_withheld_level():
+    # The default segmenter lists the sacrum (flag "sacrum", no level): it made every measured abdomen "high"
+    # need ("1 level(s) withheld"). A segment withheld by the naming rules still counts.
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(flags=[])
+    named = [{"index": 1, "level": "L4", "confidence": 0.95, "flags": []},
+             {"index": 2, "level": "L5", "confidence": 0.95, "flags": []}]
+    sacrum = {"index": 3, "level": None, "confidence": None, "flags": ["sacrum", "hu_outlier"]}
+    withheld = {"index": 3, "level": None, "confidence": None, "flags": ["level_withheld"]}
+    assert actions.priority_of(run, named + [sacrum]) == (0, [])
+    assert actions.priority_of(run, named + [withheld]) == (1010, ["1 level(s) withheld"])
+
+
 def test_queue_page_names_the_need_instead_of_the_raw_score(client, db, storage):
     project = ExamFactory().patient.project
     clean, _, _ = make_measured_exam(ExamFactory(patient__project=project))
