@@ -254,7 +254,30 @@ def working_reading(case, user, role):
                                                defaults={"level_map": _initial_map(case)})
     if reading.decided_at is not None:
         return None
+    # A reading assigned to a reader is theirs (a project admin may step in); an unassigned one is anyone's.
+    if reading.reader_id not in (None, user.pk) and role != Role.ADMIN:
+        return None
     return reading
+
+
+def why_view_only(case, user, role):
+    """Why ``user`` has no reading to change on ``case`` (see :func:`working_reading`), as a sentence."""
+    if case.status not in OPEN_STATUSES:
+        return f"this case is {case.get_status_display().lower()}."
+    if case.status == CaseStatus.ADJUDICATION:
+        adjudication = case.readings.filter(kind=ReadingKind.ADJUDICATION).select_related("reader").first()
+        who = adjudication.reader if adjudication and adjudication.reader else "the project's adjudicator"
+        return f"this case is in adjudication, by {who}."
+    if role not in READERS:
+        return "your role views cases; annotators, PIs and admins read them."
+    if case.double_read:
+        return "this case is double-read by two other readers."
+    single = case.readings.filter(kind=ReadingKind.SINGLE).select_related("reader").first()
+    if single and single.decided_at:
+        return "its reading is decided."
+    if single and single.reader_id not in (None, user.pk):
+        return f"this case is assigned to {single.reader}."
+    return "there is no reading of yours on this case."
 
 
 def as_int_map(level_map):

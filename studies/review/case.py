@@ -67,6 +67,7 @@ def case_context(project, exam, user, role):
     return {
         "project": project, "exam": exam, "patient": exam.patient, "qct": qct, "case": case, "run": run,
         "runs": MeasurementRun.objects.filter(exam=exam).order_by("-created_at", "-pk"),
+        "view_only": actions.why_view_only(case, user, role) if case and reading is None else "",
         "segments": segments, "reading": reading, "readings": readings, "events": events, "comments": comments,
         "stored": stored, "study_uid": study_uid_of(stored) if stored else "", "exclusions": list(flags),
         "predictions": list(predictions), "notes": run.level_notes if run else [], "role": role,

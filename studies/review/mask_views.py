@@ -33,8 +33,9 @@ def mask_edit(request, project_id, exam_id):
         return JsonResponse({"error": "reading, version and run (numbers) are required"}, status=400)
     reading = actions.working_reading(case, request.user, request.project_role)
     if reading is None or reading.pk != reading_id:
-        return JsonResponse({"error": "this reading is not yours to change now (it was decided, or the case "
-                                      "moved on)"}, status=403)
+        why = (actions.why_view_only(case, request.user, request.project_role) if reading is None
+               else "the reading you opened was decided or replaced; reload the page.")
+        return JsonResponse({"error": f"not saved: {why}"}, status=403)
     payload = request.read(max_upload_bytes() + 1)
     try:
         run = save_mask_edit(case, reading, version, run_id, payload, user=request.user)

@@ -89,7 +89,7 @@ def case_action(request, project_id, exam_id):
     op = data["operation"]
     reading = actions.working_reading(review_case, request.user, request.project_role)
     if op != "comment" and (reading is None or reading.pk != data.get("reading")):
-        messages.error(request, _not_yours_now(review_case, reading))
+        messages.error(request, _not_yours_now(review_case, reading, request.user, request.project_role))
         return redirect(back)
     try:
         if op == "comment":
@@ -132,16 +132,14 @@ def case_resegment(request, project_id, exam_id):
     return redirect("review:case", project.pk, exam.pk)
 
 
-def _not_yours_now(case, reading):
+def _not_yours_now(case, reading, user, role):
     """Why a reader's change to ``case`` was not saved, naming what happened since they opened it."""
     last = case.events.exclude(action="comment").order_by("-at", "-pk").first()
     since = (f" Last change: {last.summary} by {last.who or 'the system'} at {timezone.localtime(last.at):%H:%M:%S}."
              if last else "")
-    if case.status not in actions.OPEN_STATUSES:
-        return f"Not saved: this case is {case.get_status_display().lower()} now.{since}"
-    if reading is None:
-        return f"Not saved: this case has no reading of yours to change now (it is read by others).{since}"
-    return f"Not saved: the reading you opened was decided or replaced; this page shows the current one.{since}"
+    if reading is not None:  # a reading, but not the one the page was opened on
+        return f"Not saved: the reading you opened was decided or replaced; this page shows the current one.{since}"
+    return f"Not saved: {actions.why_view_only(case, user, role)}{since}"
 
 
 def _next_case(project, user):

@@ -185,7 +185,7 @@ def test_a_stale_accept_after_another_reader_decided_says_who_decided_what(clien
     client.force_login(first)
     page = client.post(url + "action/", {"operation": "reject", "reading": reading.pk, "version": 1}, follow=True)
     text = page.content.decode()
-    assert f"Not saved: this case is accepted now. Last change: case accepted by {second.username} at " in text
+    assert f"Not saved: this case is accepted. Last change: case accepted by {second.username} at " in text
     assert ReviewCase.objects.get(pk=case.pk).status == CaseStatus.ACCEPTED
 
 
@@ -282,6 +282,26 @@ def test_a_case_opened_before_assignment_is_assigned_and_keeps_its_reading(three
     entry = LogEntry.objects.get_for_object(kept).filter(actor=ann).get()
     assert entry.changes_dict == {"reader": ["None", "bob"]}
     assert actions.unassigned_cases(project).count() == 0 and actions.assign(project, readers=[ann, bob]) == 0
+
+
+def test_an_assigned_reading_is_its_readers_and_others_are_told_why_they_only_view(client, three_cases):
+    project, (case, *_), ann, bob = three_cases
+    ReviewCase.objects.exclude(pk=case.pk).update(status=CaseStatus.ACCEPTED)
+    assert actions.assign(project, readers=[ann, bob]) == 1
+    reading = Reading.objects.get(case=case)
+    assert reading.reader == ann
+    assert actions.working_reading(case, ann, "annotator").pk == reading.pk
+    assert actions.working_reading(case, bob, "annotator") is None
+    assert actions.why_view_only(case, bob, "annotator") == "this case is assigned to ann."
+    admin = MembershipFactory(project=project, role="admin").user
+    assert actions.working_reading(case, admin, "admin").pk == reading.pk  # an admin may step in
+
+    url = f"/p/{project.pk}/exams/{case.exam_id}/case/"
+    client.force_login(bob)
+    assert 'id="view-only">View only: this case is assigned to ann.' in client.get(url).content.decode()
+    answer = client.post(url + "action/", {"operation": "accept", "reading": reading.pk, "version": 1}, follow=True)
+    assert "Not saved: this case is assigned to ann." in answer.content.decode()
+    assert Reading.objects.get(pk=reading.pk).decided_at is None
 
 
 def test_an_opened_case_drawn_for_double_reading_becomes_its_first_reading(three_cases):
