@@ -188,7 +188,7 @@ def execute(*, row_id, attempt=None):
     if not claimed:
         log.warning("job %s attempt %s is not queued; not running it", job_id, attempt)
         return None
-    job = Job.objects.select_related("created_by").get(pk=job_id)
+    job = Job.objects.select_related("created_by", "retried_by").get(pk=job_id)
     func = _task_for(job.kind)
 
     def progress(fraction, message=""):
@@ -197,9 +197,10 @@ def execute(*, row_id, attempt=None):
         if not written:
             raise JobSuperseded(f"job {job_id} attempt {attempt} was superseded")
 
-    # Every audit entry the task, its success receivers and its end hook write names the user who submitted
-    # the job (none for a system job, or once their account is deleted): the worker has no request to say it.
-    with acting_as(job.created_by):
+    # Every audit entry the task, its success receivers and its end hook write names the user who started this
+    # attempt: who retried it, else who submitted the job (none for a system job, or once their account is
+    # deleted): the worker has no request to say it.
+    with acting_as(job.retried_by or job.created_by):
         try:
             try:
                 result = func(progress=progress, **job.params)
@@ -351,7 +352,7 @@ def retry(job, user=None):
             updated = _attempt(job.pk, attempt, JobState.FAILED, JobState.CANCELLED).update(
                 state=JobState.QUEUED, attempts=attempt + 1, error="", traceback="", progress=0.0, message="",
                 worker_name="", rq_job_id="", result=None, started_at=None, finished_at=None,
-                queued_at=timezone.now(),
+                queued_at=timezone.now(), retried_by=user,
             )
     except IntegrityError:
         raise JobError("Another job of this kind is already queued or running in this project; "

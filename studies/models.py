@@ -325,6 +325,10 @@ class Job(models.Model):
     traceback = models.TextField(blank=True)
     result = models.JSONField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    # Who started the current attempt by "Retry" (None: the first attempt, or a retry by the system): its
+    # audit entries name them, not the job's submitter.
+    retried_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     # When the current attempt was (re-)enqueued: the reconciler gives a queued row this long to reach Redis.
     queued_at = models.DateTimeField(null=True, blank=True)

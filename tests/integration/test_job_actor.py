@@ -50,3 +50,18 @@ def test_a_job_whose_user_was_deleted_or_a_system_job_writes_without_an_actor(rq
     entries = list(_updates(qct))
     assert [e.changes_dict["bmd_l1"][1] for e in entries] == ["70.0", "90.0"]
     assert [(e.actor_id, "actor" in e.additional_data) for e in entries] == [(None, False), (None, False)]
+
+
+def test_a_retried_job_names_who_retried_it(rq_worker, project, member):
+    submitter, retrier = member("coordinator"), member("admin")
+    qct = QCTResultFactory(exam__patient__project=project, bmd_l1=100.0)
+    job = jobs.submit("test.edit_qct", project=project, user=submitter, qct_id=qct.pk, bmd=70.0)
+    jobs.cancel(job)  # before a worker took it
+    jobs.retry(job, user=retrier)
+
+    worker = rq_worker(burst=True)
+    worker.wait(timeout=WAIT_S)
+    job.refresh_from_db()
+    assert job.state == JobState.SUCCEEDED and job.attempts == 1, job.error or worker.output()
+    assert (job.created_by, job.retried_by) == (submitter, retrier)
+    assert [(e.changes_dict["bmd_l1"][1], e.actor) for e in _updates(qct)] == [("70.0", retrier)]
