@@ -56,3 +56,48 @@ def test_stopping_runembedded_stops_its_worker_and_queue(signum, tmp_path):
             proc.wait()
         for pid in child_pids(proc.pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_taken_default_queue_port_gives_way_to_a_free_one(tmp_path):
+    """With EMBEDDED_REDIS_PORT unset and the default port taken (another site on this machine), the embedded
+    queue takes a free port and its worker follows it; with the variable set, a taken port is an error."""
+    import re
+
+    default = 6390  # the settings' default for EMBEDDED_REDIS_PORT
+    blocker = socket.socket()
+    try:
+        blocker.bind(("127.0.0.1", default))
+        blocker.listen()
+    except OSError:
+        pass  # taken already, which is the case under test
+    web_port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "EMBEDDED_REDIS_PORT")}
+    env.update(BMDSITE_VAR_DIR=str(tmp_path), PYTHONPATH=str(REPO))
+    log = tmp_path / "runembedded.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "manage.py", "runembedded", f"127.0.0.1:{web_port}"], cwd=REPO,
+                                env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        found = wait_for(lambda: re.search(r"embedded job queue on 127\.0\.0\.1:(\d+)", log.read_text()),
+                         timeout=WAIT_S, what="the embedded queue to start")
+        port = int(found.group(1))
+        assert port != default and f"port {default} is taken" in log.read_text()
+        wait_for(lambda: accepts(web_port) and registered_workers(port), timeout=WAIT_S,
+                 what="the site and its worker on the free port")
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=WAIT_S) in (0, 1), log.read_text()
+    finally:
+        blocker.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for pid in child_pids(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+
+    env["EMBEDDED_REDIS_PORT"] = str(port)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        refused = subprocess.run([sys.executable, "manage.py", "runembedded", f"127.0.0.1:{free_port()}"], cwd=REPO,
+                                 env=env, capture_output=True, text=True, timeout=WAIT_S)
+    assert refused.returncode != 0 and "set EMBEDDED_REDIS_PORT to a free port" in refused.stderr

@@ -37,9 +37,15 @@ class Command(BaseCommand):
             try:
                 server = start_server(url.hostname, url.port)
             except OSError as exc:
-                raise CommandError(f"cannot start the embedded job queue on {url.hostname}:{url.port}: {exc} "
-                                   "(set EMBEDDED_REDIS_PORT to a free port)") from None
-            self.stdout.write(f"embedded job queue on {url.hostname}:{url.port}")
+                if "EMBEDDED_REDIS_PORT" in os.environ:  # asked for: that port or nothing
+                    raise CommandError(f"cannot start the embedded job queue on {url.hostname}:{url.port}: {exc} "
+                                       "(set EMBEDDED_REDIS_PORT to a free port)") from None
+                # The default port is taken (another site on this machine, say): any free one will do.
+                server = start_server(url.hostname, 0)
+                _use_queue_port(server.server_address[1])
+                self.stdout.write(f"port {url.port} is taken ({exc.strerror or exc}): using a free one")
+            port = server.server_address[1]
+            self.stdout.write(f"embedded job queue on {url.hostname}:{port}")
         worker_cmd = [sys.executable, "manage.py", "rqworker", "default", "gpu"]
         if embedded:
             worker_cmd += ["--worker-class", "studies.embedded.EmbeddedWorker"]
@@ -64,6 +70,15 @@ class Command(BaseCommand):
                 server.shutdown()
                 server.server_close()
             self.stdout.write("stopped the web server, the job worker(s) and the job queue")
+
+
+def _use_queue_port(port):
+    """Point this process's queues and the workers it starts (through the environment) at ``port``."""
+    os.environ["EMBEDDED_REDIS_PORT"] = str(port)
+    url = urlparse(settings.REDIS_URL)._replace(netloc=f"{urlparse(settings.REDIS_URL).hostname}:{port}").geturl()
+    settings.REDIS_URL = url
+    for queue in settings.RQ_QUEUES.values():  # django_rq reads these dicts when a queue is first used
+        queue["URL"] = url
 
 
 def _interrupt(signum, frame):
