@@ -377,16 +377,25 @@ MERGED_RATIO = 1.4
 
 
 _SEGMENT_NUMBER = re.compile(r"\bsegment (\d+)\b")
+_SEGMENT_LIST = re.compile(r"\bsegment\(s\) \[([\d, ]*)\]")
 
 
 def notes_by_index(notes, index_of):
-    """The naming rules' notes with each "segment k" (foot end, 0 first) written as the segments list names it
-    (``index_of[k]``: 1 at the head end), so a reader finds the segment a note is about."""
-    def name(match):
+    """The naming rules' notes with each "segment k" or "segment(s) [k, ...]" (foot end, 0 first) written as the
+    segments list names them (``index_of[k]``: 1 at the head end), so a reader finds the segment a note is
+    about."""
+    def one(k):
+        return str(index_of[k]) if k in index_of else "(without a body)"
+
+    def listed(match):
+        ks = [int(k) for k in match.group(1).replace(",", " ").split()]
+        return "segment(s) " + ", ".join(one(k) for k in ks)
+
+    def single(match):
         k = int(match.group(1))
         return f"segment {index_of[k]}" if k in index_of else "a segment without a body"
 
-    return [_SEGMENT_NUMBER.sub(name, note) for note in notes]
+    return [_SEGMENT_NUMBER.sub(single, _SEGMENT_LIST.sub(listed, note)) for note in notes]
 
 
 def _withhold_beyond_missed_disc(levels, disc_s):

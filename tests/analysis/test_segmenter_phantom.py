@@ -171,3 +171,14 @@ def test_notes_name_segments_as_the_segments_list_does():
     assert int(re.search(r"last rib-bearing vertebra \(segment (\d+)", notes).group(1)) == index["T12"] == 3
     assert int(re.search(r"sacrum found \(segment (\d+)", notes).group(1)) == index["L5"] + 1
     assert "ribs per body segment (segment 1, at the head end, first): [2, 2, 2, 0" in notes
+
+
+def test_notes_by_index_renumbers_single_segments_and_lists():
+    from analysis.segmentation.spine import notes_by_index
+
+    index_of = {0: 5, 1: 4, 2: 3, 3: 2, 4: 1}  # five bodies, foot end first
+    notes = ["rib check: segment 1 bears no rib", "bone traced like a rib beside segment(s) [0, 2] lies below",
+             "segment 7 is beyond the bodies", "12 rib-bearing segments"]
+    assert notes_by_index(notes, index_of) == [
+        "rib check: segment 4 bears no rib", "bone traced like a rib beside segment(s) 5, 3 lies below",
+        "a segment without a body is beyond the bodies", "12 rib-bearing segments"]
