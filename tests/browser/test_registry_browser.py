@@ -1,6 +1,7 @@
 """In headless Chromium: log in, add a patient and a QCT value, see the category and the history entry."""
 
 import pytest
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
@@ -11,8 +12,12 @@ pytestmark = pytest.mark.browser
 
 
 def wait_for_text(browser, locator, text, timeout=10):
-    """Wait until the page that a click loads shows ``text`` (a click returns before navigation ends)."""
-    WebDriverWait(browser, timeout).until(EC.text_to_be_present_in_element(locator, text))
+    """Wait until the page that a click loads shows ``text`` (a click returns before navigation ends).
+
+    While the old page gives way to the new one, Chromium may answer a lookup with a stale element or "Node
+    with given id does not belong to the document" (a plain WebDriverException): both mean not yet."""
+    WebDriverWait(browser, timeout, ignored_exceptions=(WebDriverException,)).until(
+        EC.text_to_be_present_in_element(locator, text))
     return browser.find_element(*locator)
 
 
