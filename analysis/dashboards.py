@@ -260,7 +260,8 @@ def calibration_panel(version):
     pooled = stored.get("pooled") or {}
     return {"chart": _chart("fig-calibration", "Thoraco-lumbar calibration curve", figure), "calibration": stored,
             "r2": charts.format_r2(stored.get("r2")),
-            "pooled_r2": charts.format_r2(pooled["r2"]) if pooled else None, "levels": levels, "variant": variant, "variant_label": CALIBRATION_VARIANT_LABELS.get(variant, variant),
+            "pooled_r2": charts.format_r2(pooled["r2"]) if pooled else None, "levels": levels, "variant": variant,
+            "variant_label": CALIBRATION_VARIANT_LABELS.get(variant, variant),
             "n_patients": len(stored.get("patients") or []), "sample": CALIBRATION_SAMPLE}
 
 

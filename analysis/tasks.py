@@ -151,8 +151,8 @@ def expand_reviewed_sources(project, sources):
         if source.get("kind") != "reviewed":
             out.append(source)
             continue
-        found = [{"kind": "measurement_run", "id": case.result_run_id or case.base_run_id, "review_case": case.pk,
-                  "exam": case.exam_id} for case in reviewed_training_cases(project)]
+        found = [{"kind": "measurement_run", "id": case.reviewed_run.pk, "review_case": case.pk, "exam": case.exam_id}
+                 for case in reviewed_training_cases(project)]
         if not found:
             raise ValueError(f"project {project.name!r} has no case accepted in review to train on")
         out.extend(found)

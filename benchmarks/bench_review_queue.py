@@ -2,9 +2,10 @@
 
 Target (issue 11): median under 300 ms and a constant number of queries (page 1, a later page, the open
 cases, a reader's own assignments, and the queue of a reader with none: every case is assigned to someone
-else, so the filter "mine and unassigned" looks at each open case and finds nothing). Baseline in the same process: the project overview page. (Open cases were
-once selected by ``status IN (pending, adjudication)``, for which SQLite sorted every open case with its exam
-and patient on each page: 588 ms reported at page 100; see ``ReviewCase.in_queue``.)
+else, so the filter "mine and unassigned" looks at each open case and finds nothing). Baseline in the same
+process: the project overview page. (Open cases were once selected by ``status IN (pending, adjudication)``,
+for which SQLite sorted every open case with its exam and patient on each page: 588 ms reported at page 100;
+see ``ReviewCase.in_queue``.)
 
 Runs on a throw-away test database: PostgreSQL when DATABASE_URL points to one (as in CI), else SQLite (the
 embedded default). ``--backends both`` runs it on the configured PostgreSQL and then on SQLite (a second

@@ -4,7 +4,8 @@
   transaction that rolls back never runs.
 - ``execute`` is what the RQ worker runs for one *attempt* of a job: it claims the row with a conditional
   update (queued -> running, for that attempt), calls the registered task and records the outcome. The
-  task runs as the user who submitted the job: every audit entry it writes names them.
+  task runs as the user who started the attempt (who retried it, else who submitted the job): every audit
+  entry it writes names them.
 - ``retry`` starts a new attempt (attempts + 1); ``cancel`` ends the current one. Every write an attempt makes to its row (claim,
   progress, result, failure) and every write of the reconciler is a conditional update on (id, attempt,
   state), so an attempt that was cancelled, retried or declared lost can never write again: its next

@@ -75,7 +75,8 @@ class Command(BaseCommand):
 def _use_queue_port(port):
     """Point this process's queues and the workers it starts (through the environment) at ``port``."""
     os.environ["EMBEDDED_REDIS_PORT"] = str(port)
-    url = urlparse(settings.REDIS_URL)._replace(netloc=f"{urlparse(settings.REDIS_URL).hostname}:{port}").geturl()
+    current = urlparse(settings.REDIS_URL)
+    url = current._replace(netloc=f"{current.hostname}:{port}").geturl()
     settings.REDIS_URL = url
     for queue in settings.RQ_QUEUES.values():  # django_rq reads these dicts when a queue is first used
         queue["URL"] = url
