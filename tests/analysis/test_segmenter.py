@@ -272,7 +272,7 @@ def _chest(n_thoracic_ribs, c7=True, lumbar=1):
     segs += [Segment(complete=True, rib_left=True, rib_right=True) for _ in range(n_thoracic_ribs)]
     if c7:
         # The top end segment (no disc above it in view), its body below the edge of the scan.
-        segs.append(Segment(complete=False, cut=False, extent_mm=12.0))
+        segs.append(Segment(complete=False, cut=False, extent_mm=12.0, headroom_mm=20.0))
     return segs
 
 

@@ -101,7 +101,7 @@ def test_vertebra_cut_by_the_top_of_the_scan_is_not_taken_for_c7():
     def stack(top_cut):
         segs = [Segment(complete=False, cut=True)]  # the lowest, cut by the bottom of the scan
         segs += [Segment(complete=True, rib_left=True, rib_right=True) for _ in range(10)]
-        segs.append(Segment(complete=False, cut=top_cut, extent_mm=14.0))
+        segs.append(Segment(complete=False, cut=top_cut, extent_mm=14.0, headroom_mm=None if top_cut else 20.0))
         return segs
 
     levels, flags, notes = label_segments(stack(top_cut=True))

@@ -231,6 +231,8 @@ def name_bodies(hu, spacing, probability, threshold=0.5):
         extent = float(s_of_voxel[sel].max() - s_of_voxel[sel].min()) + float(spacing[0]) if sel.any() else 0.0
         segment = Segment(complete=bounded and not cut[k] and bool(sel.any()), cut=bool(cut[k]), extent_mm=extent,
                           pitch_mm=float(disc_s[k] - disc_s[k - 1]) if bounded else None,
+                          headroom_mm=(float(full[0] - starts[0] - zz[sel].max()) * float(spacing[0])
+                                       if k == n_seg - 1 and sel.any() else None),
                           rib_right=bool(ribs[k, 0]), rib_left=bool(ribs[k, 1]), pelvic_right=bool(pelvic[k, 0]),
                           pelvic_left=bool(pelvic[k, 1]),
                           ala_gap_mm=(float(disc_s[k] - ala_top[k]) if k < len(disc_s) and np.isfinite(ala_top[k])
