@@ -354,13 +354,9 @@ def _cross_check(segments, levels, flags, notes, anchors, slice_mm):
             segments[k].flags.append("sliver_at_edge")
             doubted[k] = (f"sliver check: only {min(in_view):.0f} mm of {name} in view at the edge of the scan "
                           f"(its body is about {body:.0f} mm high): the name cannot be checked")
-    # The ribs cannot anchor where the rib finding itself is shown to be wrong somewhere. A rib anchor's
-    # witness (the rib-free vertebra beside it) only has to be whole in view and rib-free: its body in two
-    # pieces (osteoporotic marrow leaves the mask hollow) does not move the anchor, though counting across
-    # the witness is still doubted.
+    # The ribs cannot anchor where the rib finding itself is shown to be wrong somewhere.
     sound = [(a, w, kind) for a, w, kind in anchors
-             if a not in suspects and not (kind == "rib" and broken)
-             and (w not in suspects or (kind == "rib" and suspects[w] == "body_in_pieces"))]
+             if a not in suspects and w not in suspects and not (kind == "rib" and broken)]
     for a, w, kind in anchors:
         if (a, w, kind) not in sound:
             notes.append(f"the {kind} anchor at segment {a} fails a check (it, the segment beside it that makes it "
