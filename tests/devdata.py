@@ -184,9 +184,10 @@ def chest_variants(chest, array, mask, reference, marrow_drop_hu=110.0):
     plain = array.copy()
     plain[enhanced] = 40 + rng.normal(0, 12, int(enhanced.sum())).astype(np.float32)
     core = np.zeros(array.shape, dtype=bool)
-    for value in np.unique(reference):
-        if value:
-            core |= ndimage.binary_erosion(reference == value, structure=np.ones((3, 5, 5), bool))
+    reference = np.asarray(reference).astype(np.int64, copy=False)
+    for value, box in enumerate(ndimage.find_objects(reference), start=1):
+        if box is not None:  # eroded within the vertebra's bounding box (outside it the label is absent)
+            core[box] |= ndimage.binary_erosion(reference[box] == value, structure=np.ones((3, 5, 5), bool))
     core &= array < 400
 
     def osteoporotic(a):

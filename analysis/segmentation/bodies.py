@@ -974,6 +974,7 @@ def _endplate_band_candidates(hu_raw, f, s_mm, step, dips):
 
     h = ndimage.gaussian_filter1d(hu_raw, BAND_SMOOTH_MM / step, mode="nearest")
     reach = max(1, int(round(BAND_REACH_MM / step)))
+    beyond = BAND_BODY_BEYOND * reach
     dips = np.asarray(dips, dtype=float)
     out = []
     for i in range(1, len(h) - 1):
@@ -984,7 +985,6 @@ def _endplate_band_candidates(hu_raw, f, s_mm, step, dips):
         prominence = h[i] - max(h[i - reach : i].min(), h[i + 1 : i + reach + 1].min())
         if prominence < DISC_DIP_HU:
             continue
-        beyond = BAND_BODY_BEYOND * reach
         if (f[max(0, i - beyond) : i - reach // 2].max() < 0.5
                 or f[i + reach // 2 + 1 : i + beyond + 1].max() < 0.5):
             continue

@@ -454,14 +454,14 @@ def _counted_levels(segments):
         # the scan must go on above it (C7_HEADROOM_MM), or a thoracic vertebra just below the top of the
         # scan, whose rib joint is at its upper edge, looks rib-free too.
         run_below = sum(1 for i in rib_idx if first - FIRST_RIB_RUN < i <= first)
-        whole_below_top = (above is not None and not above.complete and not above.cut
+        rib_free_above = above is not None and above.ribs == 0 and run_below >= FIRST_RIB_RUN
+        whole_below_top = (rib_free_above and not above.complete and not above.cut
                            and (above.extent_mm or 0.0) >= C7_IN_VIEW_MM)
-        if (above is not None and above.ribs == 0 and run_below >= FIRST_RIB_RUN
-                and (above.complete or (whole_below_top and (above.headroom_mm or 0.0) >= C7_HEADROOM_MM))):
+        if rib_free_above and (above.complete or (whole_below_top and (above.headroom_mm or 0.0) >= C7_HEADROOM_MM)):
             first_anchor = first
             notes.append(f"first rib-bearing vertebra (segment {first}) = T1, with a complete rib-free "
                          "vertebra (C7) above it")
-        elif above is not None and above.ribs == 0 and run_below >= FIRST_RIB_RUN and whole_below_top:
+        elif whole_below_top:
             notes.append(f"the rib-free segment {first + 1} at the top of the scan has "
                          f"{above.headroom_mm or 0.0:.0f} mm of scan above it (less than {C7_HEADROOM_MM:.0f}): "
                          "its rib joint, at its upper edge, may lie out of view, so it is not taken as C7")

@@ -31,6 +31,16 @@ def _reference_level(reference, names, mask):
     return by_value.get(int(values[np.argmax(counts)])) if len(values) else None
 
 
+def _assert_none_named_wrongly_with_confidence(result, reference, names):
+    """Each label of ``result`` lies mostly on the reference vertebra of its name or has confidence < 0.5."""
+    for value in np.unique(result.labels):
+        if value == 0:
+            continue
+        name = LEVEL_OF_LABEL[int(value)]
+        if _reference_level(reference, names, result.labels == value) != name:
+            assert result.level_confidence.get(name, 0.0) < 0.5, (name, result.level_confidence)
+
+
 def test_t5_to_t10_are_named_right(chest):
     # Truth: the TotalSegmentator vertebra labels (ribs checked). Our body of each chest level must lie
     # mostly on the vertebra of that name.
@@ -45,12 +55,7 @@ def test_no_level_is_named_wrongly_with_confidence(chest):
     # A wrong level at confidence 0.5 or more silently corrupts every feature table built on it: each
     # label we write either lies mostly on the vertebra of its name or carries confidence below 0.5.
     volume, reference, names, result = chest
-    for value in np.unique(result.labels):
-        if value == 0:
-            continue
-        name = LEVEL_OF_LABEL[int(value)]
-        if _reference_level(reference, names, result.labels == value) != name:
-            assert result.level_confidence.get(name, 0.0) < 0.5, (name, result.level_confidence)
+    _assert_none_named_wrongly_with_confidence(result, reference, names)
 
 
 def test_t5_to_t10_are_measured(chest):
@@ -133,9 +138,4 @@ def test_osteoporotic_non_contrast_window_cut_at_t3_names_nothing_wrongly(diffdr
     result = segment_vertebrae(Volume(array[first:stop], affine))
     window = reference[first:stop]
     assert not any("= T1, with a complete rib-free vertebra (C7)" in note for note in result.notes)
-    for value in np.unique(result.labels):
-        if value == 0:
-            continue
-        name = LEVEL_OF_LABEL[int(value)]
-        if _reference_level(window, names, result.labels == value) != name:
-            assert result.level_confidence.get(name, 0.0) < 0.5, (name, result.level_confidence)
+    _assert_none_named_wrongly_with_confidence(result, window, names)
