@@ -19,7 +19,8 @@ Cases:
   made into what issue 9's failures came from (``tests.devdata.chest_variants``): without contrast, with
   osteoporotic marrow (about 40 HU), and both; the whole scan in each variant, and with marrow of about
   90 HU. Out of sample for the naming rules (not developed on it);
-  the C7 headroom rule (``labelling.C7_HEADROOM_MM``) was added after a confident wrong level here.
+  the C7 headroom rule (``labelling.C7_HEADROOM_MM``) was added after a confident wrong level here, and the
+  confidence decay without a floor (``labelling.COUNT_DECAY``) after the whole scan named C6 "C7" at 0.5.
 - A C7-S1 phantom seen through chest and abdomen windows (exact labels).
 
 Per case: the levels named with their confidence, which of them are wrong (our body mask lies mostly on
