@@ -121,7 +121,10 @@ C7_IN_VIEW_MM = 10.0
 C7_HEADROOM_MM = 8.0
 # The first rib is only read as T1 at the top of a run of at least this many rib-bearing vertebrae (T1-T3):
 # a single rib-bearing segment with a rib-free one above it is as likely T12 below a split or rib-less
-# segment.
+# segment. It must bear ribs on both sides: the first rib pair is bilateral, whereas a cervical rib (0.5-1 %
+# of people) is mostly one-sided, and a long transverse process of C7 touching the first rib below it can
+# be traced as a rib on one side (issue 9: a chest CT whose C7 read as bearing one rib named every level one
+# too high at confidence 0.5-0.8).
 FIRST_RIB_RUN = 3
 # A vertebra cut by the edge of the scan with no more than this much of it in view along the spine (a
 # vertebra with its disc is 17-40 mm) is not named: the 3 mm ROI erosion from both ends leaves nothing of
@@ -475,7 +478,12 @@ def _counted_levels(segments):
         rib_free_above = above is not None and above.ribs == 0 and run_below >= FIRST_RIB_RUN
         whole_below_top = (rib_free_above and not above.complete and not above.cut
                            and (above.extent_mm or 0.0) >= C7_IN_VIEW_MM)
-        if rib_free_above and (above.complete or (whole_below_top and (above.headroom_mm or 0.0) >= C7_HEADROOM_MM)):
+        c7_seen = rib_free_above and (above.complete or (whole_below_top and (above.headroom_mm or 0.0) >= C7_HEADROOM_MM))
+        if c7_seen and segments[first].ribs < 2:
+            notes.append(f"the first rib-bearing segment {first} bears a rib on one side only: the first rib pair is "
+                         "bilateral, so this may be C7 with a cervical rib or a transverse process taken for a rib "
+                         "(or T1 with a rib missed); it is not taken as T1")
+        elif c7_seen:
             first_anchor = first
             notes.append(f"first rib-bearing vertebra (segment {first}) = T1, with a complete rib-free "
                          "vertebra (C7) above it")

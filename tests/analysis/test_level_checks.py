@@ -67,7 +67,14 @@ def test_rib_free_segment_inside_the_rib_run_doubts_two_agreeing_rib_anchors():
     # First rib (segment 12 under a rib-free top) and last rib (segment 1 over a rib-free one) are 12
     # segments apart, so before the checks the anchors "agreed" and named every level at 0.95, each one a
     # level too high. The rib-free segment 8 between rib-bearing ones shows the rib finding is wrong.
+    # Its first rib-bearing segment bears a rib on one side only: not taken as T1 (a first rib pair is
+    # bilateral), so nothing is anchored at all.
     segs = _chest([0, 2, 2, 1, 2, 2, 2, 2, 0, 2, 2, 2, 1, 0])
+    levels, flags, notes = label_segments(segs)
+    assert _confident(levels) == []
+    assert any("segment 12 bears a rib on one side only" in note for note in notes)
+    # Had both of its ribs been found, the rib-free segment still shows the rib finding wrong.
+    segs = _chest([0, 2, 2, 1, 2, 2, 2, 2, 0, 2, 2, 2, 2, 0])
     levels, flags, notes = label_segments(segs)
     assert _named(levels)[12] == "T1" and _named(levels)[1] == "T12"
     assert _confident(levels) == []
@@ -83,6 +90,22 @@ def test_rib_free_segment_inside_the_rib_run_doubts_the_first_rib_anchor():
     assert _named(levels)[9] == "T1"  # the names are kept, for review ...
     assert _confident(levels) == []  # ... but none of them is trusted
     assert any("rib anchor at segment 9 fails a check" in note for note in notes)
+
+
+def test_a_first_rib_seen_on_one_side_only_is_not_taken_for_t1():
+    # Issue 9, second chest CT: the rib-free C7 read as bearing one rib named every level one too high at
+    # 0.5-0.8. The first rib pair is bilateral; a one-sided "first rib" may be a cervical rib or a
+    # transverse process of C7 traced into the first rib below it, or T1 with one rib missed: either way no
+    # T1 anchor. Here C7 (rib-free, whole in view) sits above the one-sided segment, as it would over a
+    # true T1 whose other rib was missed, so no other rule refuses the anchor.
+    segs = _chest([0] + [2] * 10 + [1, 0])
+    levels, flags, notes = label_segments(segs)
+    assert _confident(levels) == []
+    assert not any("= T1, with a complete rib-free vertebra" in note for note in notes)
+    assert any("bears a rib on one side only" in note for note in notes)
+    segs[-2].rib_right = True  # both sides: the first rib anchors T1
+    levels, flags, notes = label_segments(segs)
+    assert _named(levels)[11] == "T1" and "T5" in _confident(levels)
 
 
 def test_rib_free_vertebra_just_below_the_top_of_the_scan_is_no_c7():
