@@ -15,7 +15,7 @@ import numpy as np
 
 from analysis.segmentation.levels import VERSE_LABEL, BodySegment
 
-SEGMENTER_VERSION = "anatomy-0.9"
+SEGMENTER_VERSION = "anatomy-0.10"
 
 
 @dataclass
