@@ -426,6 +426,46 @@ def notes_by_index(notes, index_of):
     return [_SEGMENT_NUMBER.sub(single, _SEGMENT_LIST.sub(listed, note)) for note in notes]
 
 
+def stretch_segment(k, disc_s, cut, ribs, pelvic, ala_top, s_body, z_body, top_z, spacing):
+    """What the naming rules see of the stretch of spine ``k`` (0 at the foot end) between the discs.
+
+    Parameters
+    ----------
+    k : int
+    disc_s : list of float
+        Disc centres along the body line (mm), inferior first: stretch ``k`` lies between ``disc_s[k - 1]``
+        and ``disc_s[k]``; the first and last are open towards the ends of the scan.
+    cut : np.ndarray of bool
+        Per stretch: its body reaches the edge of the field of view.
+    ribs, pelvic : np.ndarray of bool, shape (n_stretches, 2)
+    ala_top : np.ndarray of float
+        See :func:`_lateral_attachments`.
+    s_body, z_body : np.ndarray
+        Position along the body line (mm) and slice index of the stretch's body voxels.
+    top_z : int
+        Index of the top slice of the field of view, in the frame of ``z_body``.
+    spacing : sequence of 3 floats
+
+    Returns
+    -------
+    analysis.segmentation.labelling.Segment
+    """
+    from analysis.segmentation.labelling import Segment
+
+    n_seg = len(disc_s) + 1
+    bounded = 0 < k < n_seg - 1
+    seen = len(s_body) > 0
+    return Segment(
+        complete=bounded and not cut[k] and seen, cut=bool(cut[k]),
+        # Height of the body in view along the spine (voxel centres span one slice less than the voxels).
+        extent_mm=float(s_body.max() - s_body.min()) + float(spacing[0]) if seen else 0.0,
+        pitch_mm=float(disc_s[k] - disc_s[k - 1]) if bounded else None,
+        headroom_mm=float(top_z - z_body.max()) * float(spacing[0]) if k == n_seg - 1 and seen else None,
+        rib_right=bool(ribs[k, 0]), rib_left=bool(ribs[k, 1]),
+        pelvic_right=bool(pelvic[k, 0]), pelvic_left=bool(pelvic[k, 1]),
+        ala_gap_mm=float(disc_s[k] - ala_top[k]) if k < len(disc_s) and np.isfinite(ala_top[k]) else 0.0)
+
+
 def _withhold_beyond_missed_disc(levels, disc_s):
     """Drop the levels counted across a segment that holds two vertebrae.
 
@@ -483,7 +523,7 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
     """
     from analysis.segmentation import bodies
     from analysis.segmentation.grid import canonical_grid
-    from analysis.segmentation.labelling import Segment, label_segments
+    from analysis.segmentation.labelling import label_segments
 
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
@@ -539,21 +579,9 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
                       or yy[sel].max() == shape[1] - 1 or xx[sel].min() == 0 or xx[sel].max() == shape[2] - 1)
     cut_ends = {k for k in (0, n_seg - 1) if cut[k]}
     ribs, pelvic, ala_top = _lateral_attachments(hu, spacing, track, line, disc_s, n_seg, body, cut_ends=cut_ends)
-    segments = []
-    for k in range(n_seg):
-        sel = keep & (seg_of_voxel == k)
-        bounded = 0 < k < n_seg - 1
-        # Height of the body in view along the spine (voxel centres span one slice less than the voxels).
-        extent = float(s_of_voxel[sel].max() - s_of_voxel[sel].min()) + float(spacing[0]) if sel.any() else 0.0
-        segments.append(Segment(complete=bounded and not cut[k] and sel.any(), cut=bool(cut[k]), extent_mm=extent,
-                                pitch_mm=float(disc_s[k] - disc_s[k - 1]) if bounded else None,
-                                headroom_mm=(float(shape[0] - 1 - zz[sel].max()) * float(spacing[0])
-                                             if k == n_seg - 1 and sel.any() else None),
-                                rib_right=bool(ribs[k, 0]),
-                                rib_left=bool(ribs[k, 1]), pelvic_right=bool(pelvic[k, 0]),
-                                pelvic_left=bool(pelvic[k, 1]),
-                                ala_gap_mm=(float(disc_s[k] - ala_top[k])
-                                            if k < len(disc_s) and np.isfinite(ala_top[k]) else 0.0)))
+    segments = [stretch_segment(k, disc_s, cut, ribs, pelvic, ala_top, s_of_voxel[keep & (seg_of_voxel == k)],
+                                zz[keep & (seg_of_voxel == k)], shape[0] - 1, spacing)
+                for k in range(n_seg)]
     # The end segments are open (beyond the first and last disc), but neither can show more than one
     # vertebra: if what is in view is clearly longer than the pitch next to it, a disc in it was missed.
     # (Not the sacrum, which is long.)

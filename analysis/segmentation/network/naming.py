@@ -161,13 +161,14 @@ def name_bodies(hu, spacing, probability, threshold=0.5):
 
     from analysis.measurement import body_in_pieces
     from analysis.segmentation import bodies
-    from analysis.segmentation.labelling import Segment, label_segments
+    from analysis.segmentation.labelling import label_segments
     from analysis.segmentation.spine import (
         MERGED_RATIO,
         _lateral_attachments,
         _segment_index,
         _withhold_beyond_missed_disc,
         notes_by_index,
+        stretch_segment,
     )
 
     spacing = np.asarray(spacing, dtype=np.float64)
@@ -227,16 +228,8 @@ def name_bodies(hu, spacing, probability, threshold=0.5):
     stretches = []
     for k in range(n_seg):
         sel = keep & (seg_of_voxel == k)
-        bounded = 0 < k < n_seg - 1
-        extent = float(s_of_voxel[sel].max() - s_of_voxel[sel].min()) + float(spacing[0]) if sel.any() else 0.0
-        segment = Segment(complete=bounded and not cut[k] and bool(sel.any()), cut=bool(cut[k]), extent_mm=extent,
-                          pitch_mm=float(disc_s[k] - disc_s[k - 1]) if bounded else None,
-                          headroom_mm=(float(full[0] - starts[0] - zz[sel].max()) * float(spacing[0])
-                                       if k == n_seg - 1 and sel.any() else None),
-                          rib_right=bool(ribs[k, 0]), rib_left=bool(ribs[k, 1]), pelvic_right=bool(pelvic[k, 0]),
-                          pelvic_left=bool(pelvic[k, 1]),
-                          ala_gap_mm=(float(disc_s[k] - ala_top[k]) if k < len(disc_s) and np.isfinite(ala_top[k])
-                                      else 0.0))
+        segment = stretch_segment(k, disc_s, cut, ribs, pelvic, ala_top, s_of_voxel[sel], zz[sel],
+                                  full[0] - starts[0], spacing)
         if sel.any():
             piece = np.zeros(mask_c.shape, dtype=bool)
             piece[zz[sel], yy[sel], xx[sel]] = True
