@@ -579,9 +579,11 @@ def segment_vertebrae(volume, device="cpu", target_mm=1.5):
                       or yy[sel].max() == shape[1] - 1 or xx[sel].min() == 0 or xx[sel].max() == shape[2] - 1)
     cut_ends = {k for k in (0, n_seg - 1) if cut[k]}
     ribs, pelvic, ala_top = _lateral_attachments(hu, spacing, track, line, disc_s, n_seg, body, cut_ends=cut_ends)
-    segments = [stretch_segment(k, disc_s, cut, ribs, pelvic, ala_top, s_of_voxel[keep & (seg_of_voxel == k)],
-                                zz[keep & (seg_of_voxel == k)], shape[0] - 1, spacing)
-                for k in range(n_seg)]
+    segments = []
+    for k in range(n_seg):
+        sel = keep & (seg_of_voxel == k)
+        segments.append(stretch_segment(k, disc_s, cut, ribs, pelvic, ala_top, s_of_voxel[sel], zz[sel],
+                                        shape[0] - 1, spacing))
     # The end segments are open (beyond the first and last disc), but neither can show more than one
     # vertebra: if what is in view is clearly longer than the pitch next to it, a disc in it was missed.
     # (Not the sacrum, which is long.)
